@@ -1,0 +1,62 @@
+"""Random numbers keyed by what they describe: the only source of randomness (MODEL.md section 9).
+
+Keys are derived from ``seed, chip, layer, stream`` (and, for read noise, the image index and
+input bit) with SplitMix64 in integer tensor ops. Per-chip quantities (programming errors, drift)
+are drawn with a CPU generator seeded by the chip's key (:func:`chip_normal`); read noise, which
+needs a stream per (chip, image, bit), is counter-based (:func:`normal`). Chip ``t`` is therefore the
+same chip whatever the batch size, the other chips evaluated with it, the task split or the device.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _i64(c: int) -> int:
+    return c - (1 << 64) if c >= (1 << 63) else c
+
+
+_GOLDEN = _i64(0x9E3779B97F4A7C15)
+_M1 = _i64(0xBF58476D1CE4E5B9)
+_M2 = _i64(0x94D049BB133111EB)
+
+
+def _lsr(z: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic)."""
+    return (z >> k) & ((1 << (64 - k)) - 1)
+
+
+def splitmix(z: torch.Tensor) -> torch.Tensor:
+    """SplitMix64 output function of state ``z`` (int64, wrapping arithmetic)."""
+    z = z + _GOLDEN
+    z = (z ^ _lsr(z, 30)) * _M1
+    z = (z ^ _lsr(z, 27)) * _M2
+    return z ^ _lsr(z, 31)
+
+
+def derive(base: torch.Tensor | int, *parts: torch.Tensor | int, device=None) -> torch.Tensor:
+    """Fold ``parts`` (ints or int64 tensors, broadcast together) into a key tensor."""
+    k = torch.as_tensor(base, dtype=torch.int64, device=device)
+    for p in parts:
+        p = torch.as_tensor(p, dtype=torch.int64, device=k.device)
+        k = splitmix(k ^ splitmix(p))
+    return k
+
+
+def chip_normal(keys: torch.Tensor, n: int, device) -> torch.Tensor:
+    """``(len(keys), n)`` standard normals (float32), row ``i`` from a CPU generator seeded by ``keys[i]``."""
+    out = torch.empty(len(keys), n)
+    for row, k in zip(out, keys.tolist()):  # one generator per chip: chips never share a stream
+        torch.randn(n, generator=torch.Generator().manual_seed(k & (2**63 - 1)), out=row)
+    return out.to(device)
+
+
+def normal(keys: torch.Tensor, n: int, dtype=torch.float32) -> torch.Tensor:
+    """Standard normals of shape ``(*keys.shape, n)``: element ``i`` of stream ``key`` is
+    Box-Muller on the two 32-bit halves of ``splitmix(key + i * golden)``."""
+    i = torch.arange(n, dtype=torch.int64, device=keys.device)
+    h = splitmix(keys.unsqueeze(-1) + i * _GOLDEN)
+    u1 = (_lsr(h, 32).double() + 0.5) * 2.0**-32
+    u2 = ((h & 0xFFFFFFFF).double() + 0.5) * 2.0**-32
+    return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * math.pi * u2)).to(dtype)

@@ -1,0 +1,144 @@
+"""The hardware description: one pydantic schema for the Python API and the scenario YAML.
+
+Every field is a physical or architectural choice of MODEL.md; defaults follow the study
+(Xiao et al. 2022). Invalid combinations fail at construction with a message naming the field.
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PositiveFloat = Field(gt=0)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ADC(_Strict):
+    """MODEL.md section 7."""
+
+    bits: Optional[int] = Field(8, ge=1, le=24, description="ADC resolution; null = ideal ADC")
+    range: Literal["calibrated", "max", "explicit"] = "calibrated"
+    percentile: float = Field(99.98, gt=50, le=100, description="central percentile covered when calibrated")
+    limits: Optional[tuple[float, float]] = Field(
+        None,
+        description="explicit [lo, hi] in units of one Gmax device under full input voltage",
+    )
+
+    @model_validator(mode="after")
+    def _limits(self):
+        if self.range == "explicit":
+            if self.limits is None:
+                raise ValueError("adc.limits: required when adc.range is 'explicit'")
+            if not self.limits[0] < self.limits[1]:
+                raise ValueError("adc.limits: lo must be below hi")
+        elif self.limits is not None:
+            raise ValueError("adc.limits: only used with adc.range 'explicit'")
+        return self
+
+
+class ProgrammingError(_Strict):
+    """MODEL.md section 4: one draw per chip."""
+
+    model: Literal["none", "independent", "proportional", "sonos", "pcm", "rram"] = "none"
+    sigma: float = Field(0.0, ge=0, description="relative sigma (independent, proportional)")
+    scale: float = Field(1.0, ge=0, description="multiplier of a fitted device model's sigma curve")
+    clip: bool = True
+
+    @model_validator(mode="after")
+    def _sigma_for_model(self):
+        if self.model in ("sonos", "pcm", "rram") and self.sigma != 0:
+            raise ValueError(
+                f"error.sigma: the '{self.model}' device model has a fitted sigma curve; "
+                "use error.scale to scale it"
+            )
+        return self
+
+
+class ReadNoise(_Strict):
+    """MODEL.md section 4: drawn afresh at every MVM (every input bit when bit-serial)."""
+
+    model: Literal["none", "independent", "proportional", "sonos"] = "none"
+    sigma: float = Field(0.0, ge=0)
+
+
+class Drift(_Strict):
+    """MODEL.md section 4 (beyond the study): G(t) = G0 (t/t0)^-nu, nu ~ N(nu_mean, nu_std) per device."""
+
+    time_s: Optional[float] = Field(None, gt=0, description="time since programming; null = no drift")
+    t0_s: float = Field(20.0, gt=0)
+    nu_mean: float = Field(0.05, ge=0)
+    nu_std: float = Field(0.0, ge=0)
+    compensate: bool = False
+
+    @model_validator(mode="after")
+    def _t(self):
+        if self.time_s is not None and self.time_s < self.t0_s:
+            raise ValueError("drift.time_s: must be at least drift.t0_s")
+        return self
+
+
+class Parasitics(_Strict):
+    """MODEL.md section 8."""
+
+    rp: float = Field(0.0, ge=0, description="wire segment resistance times Gmax")
+    topology: Literal["columns", "grid"] = "columns"
+
+
+class Hardware(_Strict):
+    """All analog settings of a simulated chip (MODEL.md sections 2-8)."""
+
+    mapping: Literal["differential", "offset"] = "differential"
+    on_off_ratio: Optional[float] = Field(100.0, gt=1, description="Gmax/Gmin; null = infinite")
+    weight_bits: Optional[int] = Field(8, ge=2, le=16, description="null = continuous weights")
+    weight_percentile: float = Field(100.0, gt=50, le=100, description="w_max as a percentile of |W|")
+    slices: int = Field(1, ge=1)
+    input_bits: Optional[int] = Field(8, ge=2, le=16, description="null = continuous inputs")
+    input_percentile: float = Field(99.99, gt=50, le=100, description="input range calibration percentile")
+    input_mode: Literal["analog", "bitserial"] = "analog"
+    input_accumulation: Literal["analog", "digital"] = "analog"
+    rows_max: int = Field(1152, ge=1)
+    cols_max: Optional[int] = Field(None, ge=1)
+    analog_first_layer: bool = True
+    analog_last_layer: bool = True
+    adc: ADC = ADC()
+    error: ProgrammingError = ProgrammingError()
+    read_noise: ReadNoise = ReadNoise()
+    drift: Drift = Drift()
+    parasitics: Parasitics = Parasitics()
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.weight_bits is None:
+            if self.slices != 1:
+                raise ValueError("slices: continuous weights (weight_bits null) need slices = 1")
+        elif self.slices > self.magnitude_bits:
+            raise ValueError(
+                f"slices: {self.slices} slices exceed the {self.magnitude_bits} bits stored per weight "
+                f"(weight_bits {self.weight_bits}, {self.mapping} mapping)"
+            )
+        if self.input_mode == "bitserial" and self.input_bits is None:
+            raise ValueError("input_mode: bit-serial inputs need integer input_bits, not null")
+        return self
+
+    @property
+    def magnitude_bits(self) -> int:
+        """Bits stored in devices: |q| (differential) or the level u (offset); MODEL.md section 3."""
+        return self.weight_bits - 1 if self.mapping == "differential" else self.weight_bits
+
+    @property
+    def gmin(self) -> float:
+        return 0.0 if self.on_off_ratio is None else 1.0 / self.on_off_ratio
+
+    def is_ideal(self) -> bool:
+        return (
+            self.weight_bits is None
+            and self.input_bits is None
+            and self.adc.bits is None
+            and self.error.model == "none"
+            and self.read_noise.model == "none"
+            and self.drift.time_s is None
+            and self.parasitics.rp == 0
+        )

@@ -1,0 +1,302 @@
+"""Workload models: :func:`load_model` and the built-in recipes (the `model:` schema is in mcsim.specs).
+
+Three kinds of model:
+
+* ``builtin:<name>``: small networks trained on first use on the built-in data sets
+  (see :data:`BUILTINS`) and cached in :func:`cache_dir`; training is deterministic.
+* ``torchvision:<arch>``: a torchvision classification model. ``weights`` is a weight-enum name
+  (``IMAGENET1K_V1``, ``DEFAULT``, ...) whose file must already be in the torch hub cache,
+  a path to a state_dict / checkpoint file, or null for random initialisation.
+* ``factory: package.module:function``: any ``nn.Module``, with an optional ``checkpoint``.
+
+Nothing is ever downloaded.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Optional
+from urllib.parse import urlparse
+
+import platformdirs
+import torch
+import torchvision
+from torch import nn
+
+from .data import DataSpec, import_object, load_split
+from .specs import BUILTIN_MODELS, ModelSpec  # noqa: F401  (ModelSpec re-exported)
+
+RECIPE_VERSION = 1  # bump when training code changes in a way the recipe fields do not show
+
+
+class ModelError(ValueError):
+    """A model problem; the message starts with the offending field (``model.weights: ...``)."""
+
+
+# ---------------------------------------------------------------- built-in architectures
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 conv+BN, residual add, ReLU; 1x1 conv+BN shortcut when the shape changes."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.relu2 = nn.ReLU()
+        self.shortcut = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        return self.relu2(out + self.shortcut(x))
+
+
+class MnistResNet(nn.Module):
+    """1x28x28 -> stem (conv-BN-ReLU, pool to 14x14) -> block 16 -> stride-2 block 32 -> avgpool -> linear."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                                  nn.MaxPool2d(2))
+        self.layer1 = BasicBlock(16, 16)
+        self.layer2 = BasicBlock(16, 32, stride=2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer2(self.layer1(self.stem(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def mnist_cnn() -> nn.Module:
+    """1x28x28: (conv5x5-ReLU-maxpool) x2 -> linear."""
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 7 * 7, 10),
+    )
+
+
+def digits_cnn() -> nn.Module:
+    """1x8x8: (conv3x3-ReLU-maxpool) x2 -> linear."""
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 2 * 2, 10),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How a built-in model is made; any change of it (or of the architecture) retrains."""
+
+    build: Callable[[], nn.Module]
+    dataset: str
+    epochs: int
+    lr: float
+    batch_size: int = 64
+    weight_decay: float = 0.0
+    seed: int = 0
+
+    def digest(self) -> str:
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "build"}
+        with torch.random.fork_rng(devices=[]):  # building draws initial weights: keep the global RNG
+            architecture = repr(self.build())
+        text = f"v{RECIPE_VERSION}|{sorted(fields.items())}|{architecture}"
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+BUILTINS: dict[str, Recipe] = {
+    "digits-cnn": Recipe(digits_cnn, "digits", epochs=30, lr=3e-3),
+    "mnist-cnn": Recipe(mnist_cnn, "mnist5k", epochs=8, lr=2e-3),
+    "mnist-resnet": Recipe(MnistResNet, "mnist5k", epochs=10, lr=5e-3, weight_decay=1e-4),
+}
+assert tuple(BUILTINS) == BUILTIN_MODELS, "mcsim.specs.BUILTIN_MODELS must list the recipes of BUILTINS"
+
+
+# ---------------------------------------------------------------- public API
+
+
+def load_model(spec: ModelSpec) -> nn.Module:
+    """The model of ``spec``, on CPU, in eval mode, with ``requires_grad`` off."""
+    if spec.factory is not None:
+        model = _load_factory(spec)
+    else:
+        kind, _, arch = spec.name.partition(":")
+        model = _load_builtin(arch) if kind == "builtin" else _load_torchvision(arch, spec)
+    model = model.to("cpu").eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def cache_dir() -> Path:
+    """Where trained built-in models live: ``$MCSIM_CACHE_DIR`` or the user cache dir of mcsim."""
+    env = os.environ.get("MCSIM_CACHE_DIR")
+    return Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("mcsim"))
+
+
+def builtin_path(name: str) -> Path:
+    """Cache file of built-in model ``name``; its name carries the recipe digest."""
+    return cache_dir() / f"{name}-{BUILTINS[name].digest()}.pt"
+
+
+def builtin_metadata(name: str) -> dict:
+    """Training record of a built-in model (test_accuracy, train_seconds, ...); trains it if needed."""
+    return _builtin_checkpoint(name)["meta"]
+
+
+# ---------------------------------------------------------------- built-ins
+
+
+def _load_builtin(name: str) -> nn.Module:
+    model = BUILTINS[name].build()
+    model.load_state_dict(_builtin_checkpoint(name)["state_dict"])
+    return model
+
+
+def _builtin_checkpoint(name: str) -> dict:
+    """Load the cached checkpoint, or train and cache it (atomically)."""
+    path = builtin_path(name)
+    if path.is_file():
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a corrupt file: retrain over it
+            warnings.warn(f"retraining builtin:{name}: cannot read {path} ({exc})")
+    checkpoint = _train(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(checkpoint, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return checkpoint
+
+
+def _train(name: str) -> dict:
+    """Train a built-in model deterministically (one thread, deterministic algorithms, fixed seeds)."""
+    recipe = BUILTINS[name]
+    data = DataSpec(name=recipe.dataset)
+    train, test = load_split(data, "train"), load_split(data, "test")
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    start = time.perf_counter()
+    try:
+        torch.set_num_threads(1)
+        torch.use_deterministic_algorithms(True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(recipe.seed)
+            model = recipe.build()
+            _fit(model, train.images, torch.tensor(train.targets), recipe)
+            accuracy = _accuracy(model, test.images, torch.tensor(test.targets))
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+    meta = {"name": name, "recipe": recipe.digest(), "test_accuracy": accuracy,
+            "train_seconds": round(time.perf_counter() - start, 2), "torch": str(torch.__version__)}
+    return {"state_dict": model.state_dict(), "meta": meta}
+
+
+def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe) -> None:
+    """Adam with a cosine learning-rate decay over all steps; fixed-seed shuffling."""
+    gen = torch.Generator().manual_seed(recipe.seed)
+    steps_per_epoch = -(-len(x) // recipe.batch_size)
+    opt = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs * steps_per_epoch)
+    model.train()
+    for _ in range(recipe.epochs):
+        for idx in torch.randperm(len(x), generator=gen).split(recipe.batch_size):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+            sched.step()
+    model.eval()
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    return float((model(x).argmax(1) == y).float().mean())
+
+
+# ---------------------------------------------------------------- torchvision and factory
+
+
+def _load_torchvision(arch: str, spec: ModelSpec) -> nn.Module:
+    if spec.weights is None:
+        return torchvision.models.get_model(arch, weights=None, **spec.kwargs)
+    enum = torchvision.models.get_model_weights(arch)
+    if spec.weights in enum.__members__:
+        weights = enum[spec.weights]
+        _require_hub_file(arch, spec.weights, weights.url)
+        # The file is in the hub cache, so torchvision loads it without any download.
+        return torchvision.models.get_model(arch, weights=weights, **spec.kwargs)
+    path = Path(spec.weights).expanduser()
+    if not path.is_file():
+        raise ModelError(f"model.weights: {spec.weights!r} is neither an existing file nor a weight name "
+                         f"of {arch} ({', '.join(enum.__members__)})")
+    model = torchvision.models.get_model(arch, weights=None, **spec.kwargs)
+    _load_state(model, path, "model.weights")
+    return model
+
+
+def hub_file(url: str) -> Path:
+    """Where torch hub keeps the file of ``url``: ``<torch.hub.get_dir()>/checkpoints/<basename>``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+def _require_hub_file(arch: str, name: str, url: str) -> None:
+    file = hub_file(url)
+    if not file.is_file():
+        raise ModelError(f"model.weights: {arch} {name} needs {file.name}, which is not in the torch hub "
+                         f"cache; mcsim never downloads: put the file from {url} at {file}")
+
+
+def _load_factory(spec: ModelSpec) -> nn.Module:
+    fn = import_object(spec.factory, "model.factory", ModelError)
+    try:
+        model = fn(**spec.kwargs)
+    except Exception as exc:
+        raise ModelError(f"model.factory: {spec.factory}(**model.kwargs) failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model.factory: {spec.factory} returned {type(model).__name__}, not an nn.Module")
+    if spec.checkpoint is not None:
+        path = Path(spec.checkpoint).expanduser()
+        if not path.is_file():
+            raise ModelError(f"model.checkpoint: {spec.checkpoint} is not a file")
+        _load_state(model, path, "model.checkpoint")
+    return model
+
+
+def _load_state(model: nn.Module, path: Path, field: str) -> None:
+    """Load a state_dict file, or a checkpoint dict holding one under 'state_dict' or 'model'."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"{field}: cannot read {path} as a state_dict "
+                         f"(save one with torch.save(model.state_dict(), path)): {exc}") from exc
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict):
+        raise ModelError(f"{field}: {path} holds a {type(obj).__name__}, not a state_dict")
+    if obj and all(k.startswith("module.") for k in obj):  # saved from DataParallel/DDP
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    try:
+        model.load_state_dict(obj)
+    except RuntimeError as exc:
+        raise ModelError(f"{field}: {path} does not fit the model: {exc}") from exc

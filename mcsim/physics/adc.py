@@ -1,0 +1,37 @@
+"""The ADC: MODEL.md section 7.
+
+Column outputs are in units of the current of one Gmax device under the full input voltage.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def quantize(y: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int) -> torch.Tensor:
+    """``y_q = lo + step * round((clip(y, lo, hi) - lo) / step)``, ``step = (hi - lo) / (2**bits - 1)``."""
+    step = (hi - lo) / (2**bits - 1)
+    return lo + step * torch.round((torch.minimum(torch.maximum(y, lo), hi) - lo) / step)
+
+
+def percentile_range(samples: np.ndarray, percentile: float) -> tuple[float, float]:
+    """Central interval holding ``percentile`` % of the calibration outputs (section 7)."""
+    tail = (100 - percentile) / 2
+    lo, hi = np.percentile(samples, [tail, 100 - tail])
+    if hi <= lo:  # a constant output: give the ADC a non-empty range around it
+        pad = max(abs(hi), 1e-12) * 1e-3
+        lo, hi = lo - pad, hi + pad
+    return float(lo), float(hi)
+
+
+def full_range(rows: int, signed_inputs: bool, mapping: str, gmin: float, v_max: float = 1.0) -> tuple[float, float]:
+    """Theoretical output range of one column with ``rows`` devices (range ``max``).
+
+    Differential: the analog difference spans ``+-rows * (1 - Gmin) * v_max``.
+    Offset: ``rows * Gmax * v_max`` from 0 (or symmetric for signed inputs).
+    """
+    if mapping == "differential":
+        span = rows * (1 - gmin) * v_max
+        return -span, span
+    span = rows * v_max
+    return (-span if signed_inputs else 0.0), span

@@ -1,0 +1,35 @@
+"""Inputs (the DAC): MODEL.md section 5.
+
+An activation ``x`` becomes a normalized voltage ``v = n / n_max`` in [-1, 1] (n an integer level
+over the layer's calibrated range), or, bit-serially, one binary (signed: +1/-1/0) vector per bit
+with ``v = sum_k 2**k v_k / n_max``.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def max_level(bits: int, signed: bool) -> int:
+    """Largest integer input level: ``2**Bx - 1`` unsigned, ``2**(Bx-1) - 1`` signed (sign-magnitude)."""
+    return 2 ** (bits - 1) - 1 if signed else 2**bits - 1
+
+
+def n_serial_bits(bits: int, signed: bool) -> int:
+    """Input bits applied one per MVM: ``Bx`` unsigned, ``Bx - 1`` magnitude bits signed."""
+    return bits - 1 if signed else bits
+
+
+def levels(x: torch.Tensor, x_range: float, bits: int | None, signed: bool) -> torch.Tensor:
+    """Integer levels ``n`` (continuous inputs: ``x / x_range`` unclipped, an ideal DAC)."""
+    if bits is None:
+        return x / x_range
+    n_max = max_level(bits, signed)
+    lo = -n_max if signed else 0
+    return torch.round(x / x_range * n_max).clamp(lo, n_max)
+
+
+def bit_planes(n: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
+    """Bit-serial inputs ``v_k`` (k = 0 least significant) stacked on a new leading dim."""
+    mag = n.abs().to(torch.int64)
+    planes = torch.stack([(mag >> k) & 1 for k in range(n_serial_bits(bits, signed))]).to(n.dtype)
+    return planes * torch.sign(n) if signed else planes

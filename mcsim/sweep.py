@@ -1,0 +1,238 @@
+"""Expansion of a scenario's sweep into the points the runner simulates.
+
+``expand(scenario)`` gives a ``SweepPlan``: one result dim per grid key (named by the key's
+last dotted component: ``hardware.error.sigma`` -> ``sigma``), then one dim ``point`` if the
+sweep has zipped keys (each zipped key is a coordinate along ``point``, again named by its last
+component). ``plan.points`` lists every point in C order over ``plan.dims``, each with the
+``Hardware`` it simulates: the scenario's hardware with the point's overrides applied.
+
+An override replaces the value at its dotted path in the hardware's nested settings (a dict
+value replaces the whole group: ``hardware.adc: [{bits: 4}]`` gives an ADC with default
+settings but 4 bits) and the result is validated by pydantic.
+
+No torch, ray or zarr here.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from pydantic import ValidationError
+
+from mcsim.hardware import Hardware
+from mcsim.scenario import Scenario, ScenarioError, Sweep, canonical_json, dim_name, format_validation_error
+
+__all__ = ["SweepPlan", "SweepPoint", "apply_overrides", "expand", "normalized_sweep"]
+
+POINT_DIM = "point"
+_MAX_POINT_ERRORS = 10
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One point of the sweep."""
+
+    index: int  # flat index, C order over SweepPlan.dims
+    position: tuple[int, ...]  # index along each dim of SweepPlan.dims
+    labels: dict[str, Any]  # dim / coordinate name -> value at this point (JSON-compatible)
+    overrides: dict[str, Any]  # dotted sweep key -> value
+    hardware: Hardware  # the scenario's hardware with the overrides applied
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """All points of a sweep and the dims/coordinates that label them."""
+
+    dims: list[str]
+    coords: dict[str, list]
+    shape: tuple[int, ...]
+    points: list[SweepPoint]
+    #: coordinate name -> the dim it lies along (grid coords: themselves; zip coords: 'point')
+    coord_dims: dict[str, str] = field(default_factory=dict)
+    #: coordinate name -> the dotted sweep key it comes from (absent for 'point')
+    keys: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return len(self.points)
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def __iter__(self):
+        return iter(self.points)
+
+    def point_at(self, position: tuple[int, ...]) -> SweepPoint:
+        """The point at a position (one index per dim)."""
+        if len(position) != len(self.shape):
+            raise IndexError(f"position {position} does not match dims {self.dims}")
+        flat = 0
+        for i, n in zip(position, self.shape):
+            if not 0 <= i < n:
+                raise IndexError(f"position {position} out of shape {self.shape}")
+            flat = flat * n + i
+        return self.points[flat]
+
+
+def _set_path(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    if parts[0] != "hardware" or len(parts) < 2:
+        raise ValueError(f"{key}: sweep keys must start with 'hardware.'")
+    node = data
+    for i, part in enumerate(parts[1:-1], start=1):
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        elif not isinstance(nxt, dict):
+            raise ValueError(f"{key}: '{'.'.join(parts[:i + 1])}' is a single setting, not a group of settings")
+        node = nxt
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def _get_path(data: dict, key: str) -> Any:
+    node: Any = data
+    for part in key.split(".")[1:]:
+        node = node[part]
+    return node
+
+
+def apply_overrides(hardware: Hardware, overrides: Mapping[str, Any]) -> Hardware:
+    """``hardware`` with each dotted ``hardware.…`` key set to its value, validated.
+
+    Raises pydantic's ``ValidationError`` (or ``ValueError`` for a malformed key).
+    """
+    if not overrides:
+        return hardware
+    data = hardware.model_dump()
+    for key, value in overrides.items():
+        _set_path(data, key, value)
+    return Hardware.model_validate(data)
+
+
+def _describe(overrides: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={json.dumps(v, default=str)}" for k, v in overrides.items())
+
+
+def _build(hardware: Hardware, sweep: Sweep) -> tuple[SweepPlan, list[str]]:
+    """The plan (points whose hardware fails validation have hardware=None) and the problems."""
+    grid_keys = list(sweep.grid)
+    zip_keys = list(sweep.zip)
+    n_zip = len(sweep.zip[zip_keys[0]]) if zip_keys else 0
+
+    dims = [dim_name(k) for k in grid_keys]
+    shape = [len(sweep.grid[k]) for k in grid_keys]
+    coords: dict[str, list] = {dim_name(k): list(sweep.grid[k]) for k in grid_keys}
+    coord_dims = {dim_name(k): dim_name(k) for k in grid_keys}
+    keys = {dim_name(k): k for k in grid_keys}
+    if zip_keys:
+        dims.append(POINT_DIM)
+        shape.append(n_zip)
+        for k in zip_keys:
+            coords[dim_name(k)] = list(sweep.zip[k])
+            coord_dims[dim_name(k)] = POINT_DIM
+            keys[dim_name(k)] = k
+        coords[POINT_DIM] = list(range(n_zip))
+        coord_dims[POINT_DIM] = POINT_DIM
+
+    points: list[SweepPoint] = []
+    failures: list[str] = []
+    n_failed = 0
+    for index, position in enumerate(itertools.product(*(range(n) for n in shape))):
+        overrides: dict[str, Any] = {}
+        labels: dict[str, Any] = {}
+        for d, k in enumerate(grid_keys):
+            overrides[k] = copy.deepcopy(sweep.grid[k][position[d]])
+            labels[dims[d]] = copy.deepcopy(sweep.grid[k][position[d]])
+        if zip_keys:
+            j = position[-1]
+            for k in zip_keys:
+                overrides[k] = copy.deepcopy(sweep.zip[k][j])
+                labels[dim_name(k)] = copy.deepcopy(sweep.zip[k][j])
+            labels[POINT_DIM] = j
+        try:
+            hw = apply_overrides(hardware, overrides)
+        except ValidationError as err:
+            hw = None
+            n_failed += 1
+            if n_failed <= _MAX_POINT_ERRORS:
+                for line in format_validation_error(err, Hardware, prefix="hardware"):
+                    failures.append(f"sweep point {_describe(overrides)}: {line}")
+        except ValueError as err:
+            hw = None
+            n_failed += 1
+            if n_failed <= _MAX_POINT_ERRORS:
+                failures.append(f"sweep point {_describe(overrides)}: {err}")
+        points.append(
+            SweepPoint(index=index, position=tuple(position), labels=labels, overrides=overrides, hardware=hw)
+        )
+    if n_failed > _MAX_POINT_ERRORS:
+        failures.append(f"... and {n_failed - _MAX_POINT_ERRORS} more sweep points fail")
+    plan = SweepPlan(
+        dims=dims, coords=coords, shape=tuple(shape), points=points, coord_dims=coord_dims, keys=keys
+    )
+    return plan, failures
+
+
+def normalized_sweep(hardware: Hardware, sweep: Sweep) -> Sweep:
+    """Validate every sweep point; return the sweep with each value in its validated JSON form.
+
+    Raises ``ValueError`` with one line per problem (``Scenario`` validation turns it into
+    field-path messages).
+    """
+    if sweep.is_empty:
+        return sweep
+    plan, problems = _build(hardware, sweep)
+    if problems:
+        raise ValueError("\n".join(problems))
+    dumps: dict[int, dict] = {}
+
+    def value_at(position: list[int], key: str) -> Any:
+        point = plan.point_at(tuple(position))
+        if point.index not in dumps:
+            dumps[point.index] = point.hardware.model_dump(mode="json")
+        return _get_path(dumps[point.index], key)
+
+    zeros = [0] * len(plan.shape)
+    grid: dict[str, list] = {}
+    for d, key in enumerate(sweep.grid):
+        values = []
+        for i in range(plan.shape[d]):
+            pos = list(zeros)
+            pos[d] = i
+            values.append(value_at(pos, key))
+        grid[key] = values
+    zipped: dict[str, list] = {}
+    for key in sweep.zip:
+        values = []
+        for j in range(plan.shape[-1]):
+            pos = list(zeros)
+            pos[-1] = j
+            values.append(value_at(pos, key))
+        zipped[key] = values
+
+    problems = []
+    for key, values in grid.items():
+        seen: dict[str, int] = {}
+        for i, v in enumerate(values):
+            c = canonical_json(v)
+            if c in seen:
+                problems.append(
+                    f"sweep.grid.{key}: value {json.dumps(v, default=str)} appears twice "
+                    f"(positions {seen[c]} and {i}); a grid dim needs distinct values"
+                )
+            else:
+                seen[c] = i
+    if problems:
+        raise ValueError("\n".join(problems))
+    return Sweep(grid=grid, zip=zipped)
+
+
+def expand(scenario: Scenario) -> SweepPlan:
+    """All sweep points of ``scenario``, in C order over the dims."""
+    plan, problems = _build(scenario.hardware, scenario.sweep)
+    if problems:  # only possible for a scenario built without validation (model_construct)
+        raise ScenarioError(f"scenario {scenario.name!r}", problems)
+    return plan
