@@ -51,6 +51,7 @@ class Programmed:
     weight: torch.Tensor  # conv weight, chips folded into the output channels
     var: Optional[torch.Tensor]  # read-noise variances, same layout (None: no read noise)
     alpha: Optional[torch.Tensor]  # (Tc,) drift compensation factors
+    bias: Optional[torch.Tensor] = None  # conv bias (ADC code shift, or the layer's bias when folded)
 
 
 def _subsample(t: torch.Tensor) -> np.ndarray:
@@ -152,8 +153,21 @@ class AnalogLayer(nn.Module):
         m = m.unflatten(-1, (-1, len(arrays)))
         return {k: back(m[..., i], a) for i, (k, a) in enumerate(arrays.items())}
 
-    def _program(self, split: bool) -> Programmed:
+    def _input_scale(self, serial: bool) -> float:
+        """Inputs are fed to the crossbar as integer levels n (or 0/+-1 bit planes); v = n / n_max."""
         hw = self.hw
+        if hw.input_bits is None or serial:
+            return 1.0
+        return float(dac.max_level(hw.input_bits, True if self.signed is None else self.signed))
+
+    def _program(self, split: bool, serial: bool) -> Programmed:
+        """Program the chips and fold every linear step after the matmul into its weights.
+
+        split, real ADC: the conv outputs ADC codes ``(y - lo) / step`` (weights / step, bias -lo / step).
+        split, calibrating: the conv outputs the raw column values y.
+        folded: the conv outputs the layer's final output (weights * unit * x_range, the layer's bias).
+        """
+        hw, geo = self.hw, self.geom
         error_free = self.ctx.mode == "calibrate_adc"
         g, alpha = self._program_devices(error_free)
         var = None
@@ -164,27 +178,43 @@ class AnalogLayer(nn.Module):
             if not split:
                 g = {k: self.part.merge(x) for k, x in g.items()}
         w = g["pos"] - g["neg"] if hw.mapping == "differential" else g["one"]
-        geo = self.geom
-        if split:  # (Tc, S, [g, P, N_g, Cp, kh, kw]) -> (Tc, g, P, S * N_g, Cp, kh, kw)
-            def arrange(t):
-                t = t.float()  # the ADC's step dwarfs float32 rounding
-                t = t if t.dim() == 8 else self.part.split(t)
-                return t.permute(0, 2, 3, 1, 4, 5, 6, 7).flatten(3, 4)
+        tc, dtype, scale_in = len(self.ctx.chips), self.digital_weight.dtype, self._input_scale(serial)
+        bias = None
+        if split:  # (Tc, S, [g, P, N_g, Cp, kh, kw]) -> (Tc, g, P, S, N_g, Cp, kh, kw)
+            def arrange(t, per_slice):
+                t = t.float() if t.dim() == 8 else self.part.split(t.float())  # ADC steps dwarf float32 rounding
+                t = t.permute(0, 2, 3, 1, 4, 5, 6, 7)
+                return t * per_slice.view(-1, 1, 1, 1, 1).to(t)
 
-            w, var = arrange(w), (arrange(var) if var is not None else None)
-        else:  # fold slices and the offset term: (Tc, C_out, K), in float64 when exact (section 10)
+            cs = torch.full((self.n_slices,), 1 / scale_in, dtype=torch.float64)
+            if not error_free and hw.adc.bits is not None:
+                code_scale, code_shift = adc.code_transform(*self._adc_limits(), hw.adc.bits)
+                cs = cs * code_scale
+                bias = code_shift.view(-1, 1).expand(-1, geo.ng).reshape(1, -1).expand(tc * geo.groups * self.part.parts, -1)
+            w = arrange(w, cs)
+            var = arrange(var, cs**2) if var is not None else None
+        else:  # fold slices, the offset term and the output scale: (Tc, C_out, K), float64 when exact (section 10)
             c = self.coef.to(w.dtype).view(1, -1, 1, 1)
-            w = (w * c).sum(1) - self.offset
-            var = (var * c**2).sum(1) if var is not None else None
+            out_scale = self.unit * (self.x_range or 1.0) / scale_in
+            w = ((w * c).sum(1) - self.offset) * out_scale
+            var = (var * c**2).sum(1) * out_scale**2 if var is not None else None
+            if alpha is not None:  # drift compensation scales each chip's output
+                w = w * alpha.view(-1, 1, 1).to(w.dtype)
+                var = var * alpha.view(-1, 1, 1).to(var.dtype) ** 2 if var is not None else None
+            bias = self.bias.expand(tc, -1)
         shape = (-1, self.part.cp if split else geo.cg, *geo.kernel)
-        dtype = self.digital_weight.dtype
-        return Programmed(w.reshape(shape).to(dtype), var.reshape(shape).to(dtype) if var is not None else None, alpha)
+        return Programmed(
+            w.reshape(shape).to(dtype),
+            var.reshape(shape).to(dtype) if var is not None else None,
+            alpha,
+            bias.reshape(-1).to(dtype) if bias is not None else None,
+        )
 
-    def _programmed(self, split: bool) -> Programmed:
-        key = (split, self.ctx.mode, tuple(self.ctx.chips.tolist()))
+    def _programmed(self, split: bool, serial: bool) -> Programmed:
+        key = (split, serial, self.ctx.mode, tuple(self.ctx.chips.tolist()))
         if key in self._cache:
             return self._cache[key]
-        p = self._program(split)
+        p = self._program(split, serial)
         if self.ctx.cache and self.ctx.mode == "run":
             self._cache[key] = p
         return p
@@ -227,75 +257,79 @@ class AnalogLayer(nn.Module):
             raise RuntimeError("this converted model quantizes inputs: call .calibrate() (or load a calibration) first")
         tc = len(ctx.chips)
         r = x.shape[0] // tc
-        x5 = x.view(tc, r, *x.shape[1:])
         signed = True if self.signed is None else self.signed
-        x_range = self.x_range or 1.0
-        n = dac.levels(x5, x_range, hw.input_bits, signed)
-        n_max = dac.max_level(hw.input_bits, signed) if hw.input_bits is not None else 1
+        n = dac.levels(x.view(tc, r, *x.shape[1:]), self.x_range or 1.0, hw.input_bits, signed)
         split = hw.adc.bits is not None or calibrating
         bitserial = hw.input_mode == "bitserial"
         serial = split and bitserial and hw.input_accumulation == "digital"
-        prog = self._programmed(split)
-        if serial:
+        prog = self._programmed(split, serial)
+        n_max = dac.max_level(hw.input_bits, signed) if hw.input_bits is not None else 1
+        if serial:  # one MVM per input bit, recombined digitally as sum_k 2**k y_k / n_max
             u = dac.bit_planes(n, hw.input_bits, signed)
-            bit_w = torch.tensor([2.0**k / n_max for k in range(u.shape[0])], dtype=x.dtype, device=x.device)
+            bit_weights = [2.0**k / n_max for k in range(u.shape[0])]
         else:
-            u = (n / n_max).unsqueeze(0)
+            u, bit_weights = n.unsqueeze(0), [1.0]
         u2 = None
         if prog.var is not None:
-            if bitserial and not serial:  # analog accumulation: per-bit noise adds as 4**k / n_max**2
+            if bitserial and not serial:  # analog accumulation: the bits' noises add with weights 4**k
                 planes = dac.bit_planes(n, hw.input_bits, signed)
                 w4 = torch.tensor([4.0**k for k in range(planes.shape[0])], dtype=x.dtype, device=x.device)
-                u2 = ((planes**2) * w4.view(-1, 1, 1, 1, 1, 1)).sum(0, keepdim=True) / n_max**2
+                u2 = ((planes**2) * w4.view(-1, *[1] * (planes.dim() - 1))).sum(0, keepdim=True)
             else:
                 u2 = u**2
         nb = u.shape[0]
-        h_out = None
 
-        if split:
-            groups = tc * geo.groups * part.parts
+        if not split:  # folded: the conv gives the layer's output
+            def layout(t):
+                return t[0].transpose(0, 1).flatten(1, 2)
 
-            def run(inp, weight):
-                inp = part.gather_inputs(inp).permute(0, 2, 1, 3, 4, 5, 6, 7).flatten(0, 1).flatten(1, 4)
-                return F.conv2d(inp, weight, None, groups=groups, **self.conv_args)
-
-            y = run(u, prog.weight)
-            h_out = y.shape[-2:]
-            y = y.view(nb, r, tc, geo.groups, part.parts, self.n_slices, geo.ng, *h_out)
-            sv = None
-            if hw.mapping == "offset":  # sum(v) over each array's rows, for the digital offset subtraction
-                ones = part.mask.to(x.dtype).unsqueeze(0).expand(tc * geo.groups, -1, -1, -1, -1).flatten(0, 1)
-                sv = run(u, ones).view(nb, r, tc, geo.groups, part.parts, *h_out)
+            out = F.conv2d(layout(u), prog.weight, prog.bias, groups=tc * geo.groups, **self.conv_args)
+            h_out = out.shape[-2:]
+            out = out.view(r, tc, geo.groups, geo.ng, *h_out)
             if u2 is not None:
-                var = run(u2, prog.var).view(nb, r, tc, geo.groups, part.parts, self.n_slices, geo.ng, *h_out)
-                y = y + var.sqrt() * self._read_noise(nb, r, var[0, 0, 0].numel()).view_as(var)
-            if calibrating:
-                for s in range(self.n_slices):
-                    self._record(f"adc_{s}", _subsample(y[:, :, :, :, :, s]))
-            elif hw.adc.bits is not None:
-                lo, hi = self._adc_limits(x.device, x.dtype)
-                y = adc.quantize(y, lo, hi, hw.adc.bits)
-            if serial:  # digital recombination of the input bits, sum_k 2**k y_k / n_max
-                y = (y * bit_w.view(-1, *[1] * (y.dim() - 1))).sum(0)
-                sv = (sv * bit_w.view(-1, *[1] * (sv.dim() - 1))).sum(0) if sv is not None else None
-            else:
-                y, sv = y[0], (sv[0] if sv is not None else None)
-            z = (y * self.coef.to(y.dtype).view(-1, 1, 1, 1)).sum((3, 4))  # over partitions and slices
-            if sv is not None:
-                z = z - self.offset * sv.sum(3).unsqueeze(3)
+                var = F.conv2d(layout(u2), prog.var, None, groups=tc * geo.groups, **self.conv_args).view_as(out)
+                out = out + var.sqrt() * self._read_noise(1, r, var[0, 0].numel()).view_as(var)
+            return out.transpose(0, 1).reshape(tc * r, geo.c_out, *h_out)
+
+        groups = tc * geo.groups * part.parts
+
+        def run(inp, weight, bias=None):
+            inp = part.gather_inputs(inp).permute(0, 2, 1, 3, 4, 5, 6, 7).flatten(0, 1).flatten(1, 4)
+            return F.conv2d(inp, weight, bias, groups=groups, **self.conv_args)
+
+        k = run(u, prog.weight, prog.bias)  # ADC codes before rounding (raw y when calibrating)
+        h_out = k.shape[-2:]
+        k = k.view(nb, r, tc, geo.groups, part.parts, self.n_slices, geo.ng, *h_out)
+        if u2 is not None:
+            var = run(u2, prog.var).view_as(k)
+            k = k + var.sqrt() * self._read_noise(nb, r, var[0, 0, 0].numel()).view_as(var)
+        coef = self.coef.tolist()
+        if calibrating:
+            for s in range(self.n_slices):
+                self._record(f"adc_{s}", _subsample(k[:, :, :, :, :, s]))
+            step, lo = [1.0] * self.n_slices, [0.0] * self.n_slices
         else:
-            inp = u[0].transpose(0, 1).flatten(1, 2)
-            z = F.conv2d(inp, prog.weight, None, groups=tc * geo.groups, **self.conv_args)
-            h_out = z.shape[-2:]
-            z = z.view(r, tc, geo.groups, geo.ng, *h_out)
-            if u2 is not None:
-                var = F.conv2d(u2[0].transpose(0, 1).flatten(1, 2), prog.var, None, groups=tc * geo.groups, **self.conv_args)
-                var = var.view_as(z)
-                z = z + var.sqrt() * self._read_noise(1, r, var[0, 0].numel()).view_as(var)
+            adc.codes_(k, hw.adc.bits)
+            lo_t, hi_t = self._adc_limits()
+            lo = lo_t.tolist()
+            step = ((hi_t - lo_t) / (2**hw.adc.bits - 1)).tolist()
+        # z = sum over bits, partitions and slices of w_bit * c_s * (lo_s + step_s * code), in recombined digits
+        z = None
+        for b in range(nb):
+            for p in range(part.parts):
+                for s in range(self.n_slices):
+                    f = bit_weights[b] * coef[s] * step[s]
+                    z = k[b, :, :, :, p, s] * f if z is None else z.add_(k[b, :, :, :, p, s], alpha=f)
+        z.add_(sum(bit_weights) * part.parts * sum(c * l for c, l in zip(coef, lo)))
+        if hw.mapping == "offset":  # digital subtraction of G_zero * sum(v), per bit like the outputs
+            ones = (part.mask.to(x.dtype) / self._input_scale(serial)).unsqueeze(0).expand(tc * geo.groups, -1, -1, -1, -1)
+            sv = run(u, ones.flatten(0, 1)).view(nb, r, tc, geo.groups, part.parts, *h_out).sum(4)
+            sv = (sv * torch.tensor(bit_weights, dtype=x.dtype, device=x.device).view(-1, 1, 1, 1, 1, 1)).sum(0)
+            z.sub_(self.offset * sv.unsqueeze(3))
         if prog.alpha is not None:
-            z = z * prog.alpha.to(z.dtype).view(1, -1, 1, 1, 1, 1)
-        out = z * (self.unit * x_range) + self.bias.view(geo.groups, geo.ng, 1, 1)
-        return out.transpose(0, 1).reshape(tc * r, geo.c_out, *h_out)
+            z.mul_(prog.alpha.to(z.dtype).view(1, -1, 1, 1, 1, 1))
+        z.mul_(self.unit * (self.x_range or 1.0)).add_(self.bias.view(geo.groups, geo.ng, 1, 1))
+        return z.transpose(0, 1).reshape(tc * r, geo.c_out, *h_out)
 
     def _read_noise(self, nb: int, r: int, n: int) -> torch.Tensor:
         """Read-noise normals (nb, r, Tc, n), streams keyed by chip, image and input bit."""
@@ -312,7 +346,8 @@ class AnalogLayer(nn.Module):
         )
         return rng.normal(keys, n, self.digital_weight.dtype)
 
-    def _adc_limits(self, device, dtype):
+    def _adc_limits(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-slice ADC range ``(lo, hi)`` (float64, shape (S,)) in units of one Gmax device at full input."""
         hw = self.hw
         if hw.adc.range == "max":
             lo, hi = adc.full_range(self.part.rows_per_array, bool(self.signed), hw.mapping, hw.gmin)
@@ -323,8 +358,7 @@ class AnalogLayer(nn.Module):
             raise RuntimeError("the ADC range is calibrated: call .calibrate() (or load a calibration) first")
         else:
             lo, hi = self.adc_range
-        shape = (-1, 1, 1, 1)
-        return (torch.tensor(lo, device=device, dtype=dtype).view(shape), torch.tensor(hi, device=device, dtype=dtype).view(shape))
+        return torch.tensor(lo, dtype=torch.float64), torch.tensor(hi, dtype=torch.float64)
 
     # ------------------------------------------------------------------ calibration state
     def finish_input_calibration(self):

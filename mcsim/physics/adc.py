@@ -14,6 +14,18 @@ def quantize(y: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int) -> 
     return lo + step * torch.round((torch.minimum(torch.maximum(y, lo), hi) - lo) / step)
 
 
+def code_transform(lo: torch.Tensor, hi: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` with ``(y - lo) / step = y * scale + shift``: linear, so the engine folds it
+    into the convolution producing ``y`` and only :func:`codes_` remains per element."""
+    step = (hi - lo) / (2**bits - 1)
+    return 1 / step, -lo / step
+
+
+def codes_(k: torch.Tensor, bits: int) -> torch.Tensor:
+    """In place: ``round(clip(k, 0, 2**bits - 1))``, the ADC's output code; ``y_q = lo + step * code``."""
+    return k.clamp_(0, 2**bits - 1).round_()
+
+
 def percentile_range(samples: np.ndarray, percentile: float) -> tuple[float, float]:
     """Central interval holding ``percentile`` % of the calibration outputs (section 7)."""
     tail = (100 - percentile) / 2

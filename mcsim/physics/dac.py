@@ -24,12 +24,12 @@ def levels(x: torch.Tensor, x_range: float, bits: int | None, signed: bool) -> t
     if bits is None:
         return x / x_range
     n_max = max_level(bits, signed)
-    lo = -n_max if signed else 0
-    return torch.round(x / x_range * n_max).clamp(lo, n_max)
+    return (x * (n_max / x_range)).round_().clamp_(-n_max if signed else 0, n_max)
 
 
 def bit_planes(n: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
     """Bit-serial inputs ``v_k`` (k = 0 least significant) stacked on a new leading dim."""
-    mag = n.abs().to(torch.int64)
-    planes = torch.stack([(mag >> k) & 1 for k in range(n_serial_bits(bits, signed))]).to(n.dtype)
-    return planes * torch.sign(n) if signed else planes
+    mag = n.abs().to(torch.int32).unsqueeze(0)
+    shifts = torch.arange(n_serial_bits(bits, signed), dtype=torch.int32, device=n.device).view(-1, *[1] * n.dim())
+    planes = ((mag >> shifts) & 1).to(n.dtype)
+    return planes.mul_(torch.sign(n)) if signed else planes
