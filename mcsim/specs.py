@@ -8,7 +8,7 @@ torchvision when (and only when) such a name is validated.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Literal, Optional
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 

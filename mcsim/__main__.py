@@ -1,0 +1,4 @@
+"""``python -m mcsim``: the command line (see :mod:`mcsim.cli`)."""
+from mcsim.cli import app
+
+app()

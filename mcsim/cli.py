@@ -1,0 +1,228 @@
+"""The ``mcsim`` command line: run, validate, report, plot.
+
+Exit codes: 0 success; 1 the run failed (a task failed after its retries); 2 bad input (an
+invalid scenario, missing data or model, a result store that may not be used); 130 interrupted.
+Bad input is reported in one paragraph, without a traceback, and nothing is written.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    name="mcsim",
+    help="Monte Carlo accuracy of neural networks on analog in-memory-computing chips.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def _console(stderr: bool = False, width: Optional[int] = None):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that mean bad input. Modules not imported cannot have raised theirs,
+    so this imports nothing heavy."""
+    from mcsim.runner.driver import SetupError
+    from mcsim.runner.store import StoreError
+    from mcsim.scenario import ScenarioError
+
+    errors: list[type[BaseException]] = [ScenarioError, StoreError, SetupError]
+    for module, name in (("mcsim.data", "DataError"), ("mcsim.models", "ModelError")):
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
+    return tuple(errors)
+
+
+def _fail(message: str, code: int) -> None:
+    _console(stderr=True).print(f"error: {message}", markup=False)
+    raise typer.Exit(code)
+
+
+class _Guard:
+    """Turns known errors into a clear message and an exit code; ``source`` (the scenario file)
+    prefixes the messages of data and model errors, as scenario errors have it already."""
+
+    def __init__(self, source: Optional[Path] = None):
+        self.source = source
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None or issubclass(exc_type, (typer.Exit, SystemExit)):
+            return False
+        if issubclass(exc_type, KeyboardInterrupt):
+            _fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED)
+        if issubclass(exc_type, _input_errors()):
+            from mcsim.runner.store import StoreError
+            from mcsim.scenario import ScenarioError
+
+            prefix = "" if self.source is None or isinstance(exc, (ScenarioError, StoreError)) else f"{self.source}: "
+            _fail(prefix + str(exc), EXIT_BAD_INPUT)
+        from mcsim.runner.local import RunError
+
+        if issubclass(exc_type, RunError):
+            _fail(f"{exc}\nThe results so far are kept; run again to resume.", EXIT_FAILED)
+        return False
+
+
+ScenarioArg = typer.Argument(..., help="the scenario YAML file", show_default=False)
+StoreArg = typer.Argument(..., help="a result store (path or fsspec URL) written by `mcsim run`",
+                          show_default=False)
+
+
+@app.command()
+def run(
+    scenario: Path = ScenarioArg,
+    overwrite: bool = typer.Option(False, "--overwrite", help="delete an existing result store first "
+                                   "(also one of another scenario) and start again"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="show the tasks (and what a resume would do); "
+                                 "compute and write nothing"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="result store (path or fsspec URL); "
+                                         "default: the scenario's `output`"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="worker processes (default: "
+                                          "execution.workers, else one per two cores)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Run a scenario: every sweep point, every trial, into a Zarr result store.
+
+    An interrupted run resumes where it stopped when run again: only the missing tasks run.
+    """
+    with _Guard(scenario):
+        from mcsim.api import run_scenario
+        from mcsim.scenario import load_scenario
+
+        sc = load_scenario(scenario)
+        ds = run_scenario(sc, overwrite=overwrite, dry_run=dry_run, progress=not quiet or dry_run,
+                          output=output, workers=workers)
+        if ds is not None and not quiet:
+            from mcsim.report import summarize
+
+            table = summarize(ds, metrics=("top1",))
+            best, worst = table["mean"].max(), table["mean"].min()
+            _console(stderr=True).print(
+                f"done: {output or sc.output}; top-1 accuracy (mean over {ds.sizes['trial']} trials) "
+                f"from {worst:.4f} to {best:.4f} over {len(table)} sweep point(s); digital "
+                f"{float(ds['digital_top1']):.4f}. See `mcsim report`.", markup=False)
+
+
+@app.command()
+def validate(scenario: Path = ScenarioArg) -> None:
+    """Check a scenario file and show its sweep; loads no model or data."""
+    with _Guard():
+        from mcsim.scenario import load_scenario
+        from mcsim.sweep import expand
+
+        sc = load_scenario(scenario)
+        plan = expand(sc)
+        dims = " x ".join(f"{d} {n}" for d, n in zip(plan.dims, plan.shape)) or "no sweep"
+        con = _console()
+        con.print(f"{scenario}: valid scenario {sc.name!r} (fingerprint {sc.fingerprint[:12]})", markup=False)
+        con.print(f"  model {sc.model.name or sc.model.factory}; data {sc.data.name}/{sc.data.split}"
+                  f"{'' if sc.data.limit is None else f' (limit {sc.data.limit})'}", markup=False)
+        con.print(f"  {plan.size} sweep point(s) ({dims}), {sc.trials} trials each; output {sc.output}",
+                  markup=False)
+        for name, values in plan.coords.items():
+            if name != "point":
+                con.print(f"  {name}: {values}", markup=False)
+
+
+@app.command()
+def report(
+    store: str = StoreArg,
+    csv: Optional[Path] = typer.Option(None, "--csv", help="also write the statistics to this CSV file"),
+    partial: bool = typer.Option(False, "--partial", help="report an unfinished run (images done so far)"),
+) -> None:
+    """Accuracy statistics over trials per sweep point: mean, std, min, 5th/95th percentile,
+    and the binomial standard error sqrt(p(1-p)/n) of the images."""
+    with _Guard():
+        from rich.table import Table
+
+        from mcsim.api import open_result
+        from mcsim.report import point_labels, summarize
+
+        ds = open_result(store, partial=partial)
+        df = summarize(ds)
+        if csv is not None:
+            df.to_csv(csv, index=False)
+        labels = point_labels(ds)
+        table = Table(title=f"{ds.attrs.get('name', store)}: accuracy in % over {ds.sizes['trial']} trials "
+                      f"(chips), {int(ds['n_images'].max())} images; SE: binomial standard error of the mean")
+        for name in labels:
+            table.add_column(name, no_wrap=True, min_width=max(len(_fmt(v)) for v in df[name]))
+        table.add_column("metric")
+        for head in ("mean", "std", "min", "p5", "p95", "SE"):
+            table.add_column(head, justify="right")
+        for i, row in df.iterrows():
+            first = row["metric"] == df["metric"].iloc[0]
+            table.add_row(*[_fmt(row[name]) if first else "" for name in labels], row["metric"],
+                          *[f"{100 * row[c]:.2f}" for c in ("mean", "std", "min", "p5", "p95", "se_binom")],
+                          end_section=not first)
+        con = _console()
+        from rich.measure import Measurement
+
+        need = Measurement.get(con, con.options.update_width(1000), table).maximum
+        if need > con.width:  # never squeeze the numbers: a wider table beats truncated cells
+            con = _console(width=need)
+        con.print(table)
+        con.print(f"digital model: top1 {100 * float(ds['digital_top1']):.2f}%, "
+                  f"top5 {100 * float(ds['digital_top5']):.2f}%", markup=False)
+        if csv is not None:
+            con.print(f"wrote {csv}", markup=False)
+
+
+@app.command()
+def plot(
+    store: str = StoreArg,
+    output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                          help="PNG file (default: next to a local store, <store>.<metric>.png)"),
+    metric: str = typer.Option("top1", "--metric", help="top1 or top5"),
+    band: str = typer.Option("std", "--band", help="std (+-1 std) or percentile (5-95)"),
+    partial: bool = typer.Option(False, "--partial", help="plot an unfinished run"),
+) -> None:
+    """Plot accuracy against the first numeric swept setting, one line per value of the other
+    dims, with a band over trials and the digital accuracy dashed."""
+    with _Guard():
+        if metric not in ("top1", "top5"):
+            _fail(f"--metric: {metric!r} is not top1 or top5", EXIT_BAD_INPUT)
+        if band not in ("std", "percentile"):
+            _fail(f"--band: {band!r} is not std or percentile", EXIT_BAD_INPUT)
+        from mcsim.api import open_result
+        from mcsim.report import plot as draw
+
+        ds = open_result(store, partial=partial)
+        if output is None:
+            if "://" in store:
+                _fail("--output: give a PNG path for a remote store", EXIT_BAD_INPUT)
+            output = Path(store.rstrip("/").removesuffix(".zarr") + f".{metric}.png")
+        draw(ds, str(output), metric=metric, band=band)
+        _console().print(f"wrote {output}", markup=False)
+
+
+# `mcsim submit SCENARIO --address ray://...` (issue 5) goes here: the same driver
+# (mcsim.runner.driver.run) with a Ray executor in place of the local one.
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "null" if v != v else f"{v:g}"  # NaN: a null setting (e.g. an ideal ADC) beside numbers
+    return str(v)
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,163 @@
+"""Summaries of a result dataset: statistics over trials per sweep point, and the accuracy plot.
+
+``summarize(ds)`` gives a pandas DataFrame with one row per sweep point and metric: mean, std,
+min, 5th and 95th percentile over the trials (chips), the binomial standard error
+``sqrt(p (1 - p) / n)`` of the mean accuracy ``p`` over ``n`` images (the finite-image sampling
+error, beside the chip-to-chip spread), and the digital model's accuracy.
+``plot(ds, path)`` draws accuracy against the first numeric swept setting.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Optional
+
+import numpy as np
+import xarray as xr
+
+__all__ = ["METRICS", "STAT_COLUMNS", "plot", "point_labels", "summarize", "x_axis"]
+
+METRICS = ("top1", "top5")
+STAT_COLUMNS = ("mean", "std", "min", "p5", "p95", "se_binom")
+
+
+def sweep_dims(ds: xr.Dataset) -> list[str]:
+    return [d for d in ds["top1"].dims if d != "trial"]
+
+
+def point_labels(ds: xr.Dataset) -> list[str]:
+    """Names of the labels of a point: the swept settings in the scenario's order (a zipped
+    sweep's ``point`` dim is labelled by its zipped coordinates)."""
+    dims = sweep_dims(ds)
+    order = list((ds.attrs.get("layout") or {}).get("coord_dims") or [])
+    names = []
+    for d in dims:
+        along = [c for c in ds.coords if ds[c].dims == (d,) and c != d]
+        along.sort(key=lambda c: order.index(c) if c in order else len(order))
+        names += along if d == "point" and along else [d]
+    return names
+
+
+def _value(v):
+    return v.item() if hasattr(v, "item") else v
+
+
+def summarize(ds: xr.Dataset, metrics=METRICS):
+    """One row per sweep point and metric: the point's labels, then the statistics over trials."""
+    import pandas as pd
+
+    dims = sweep_dims(ds)
+    labels = point_labels(ds)
+    rows = []
+    shape = [ds.sizes[d] for d in dims]
+    for pos in itertools.product(*(range(n) for n in shape)):
+        at = dict(zip(dims, pos))
+        point = ds.isel(at)
+        base = {name: _value(point[name].values) for name in labels}
+        for metric in metrics:
+            acc = point[metric].values.astype(float)
+            n = int(point["n_images"].values.max())
+            mean = float(np.mean(acc))
+            rows.append({
+                **base,
+                "metric": metric,
+                "mean": mean,
+                "std": float(np.std(acc, ddof=1)) if acc.size > 1 else 0.0,
+                "min": float(np.min(acc)),
+                "p5": float(np.percentile(acc, 5)),
+                "p95": float(np.percentile(acc, 95)),
+                "se_binom": math.sqrt(mean * (1 - mean) / n) if n else math.nan,
+                "trials": int(acc.size),
+                "n_images": n,
+                "digital": float(ds[f"digital_{metric}"].values),
+            })
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------
+# plot
+
+
+def _numeric(values: np.ndarray) -> bool:
+    return values.dtype.kind in "iuf" and values.dtype.kind != "b"
+
+
+def x_axis(ds: xr.Dataset) -> tuple[str, str]:
+    """(dim, coordinate) of the x axis: the first swept setting, in the scenario's order, whose
+    values are all numbers (a zipped coordinate counts: its dim is ``point``); then one with
+    numbers and nulls; with no numeric setting, the first dim."""
+    labels = point_labels(ds)
+    for finite in (True, False):
+        for c in labels:
+            values = ds[c].values
+            if _numeric(values) and (not finite or np.isfinite(values.astype(float)).all()):
+                return ds[c].dims[0], c
+    dims = sweep_dims(ds)
+    if not dims:
+        return "", ""
+    return dims[0], dims[0]
+
+
+def plot(ds: xr.Dataset, path: str, metric: str = "top1", band: str = "std", title: Optional[str] = None) -> str:
+    """Accuracy (mean over trials, band: +-1 std or 5-95 percentile) vs the first numeric swept
+    setting, one line per value of the other dims; the digital accuracy dashed. Writes ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if metric not in METRICS:
+        raise ValueError(f"metric: {metric!r} is not one of {', '.join(METRICS)}")
+    acc = ds[metric]
+    xdim, xcoord = x_axis(ds)
+    others = [d for d in sweep_dims(ds) if d != xdim]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if xdim:
+        xv = ds[xcoord].values
+        numeric = _numeric(xv)
+        xs = xv.astype(float) if numeric else np.arange(len(xv))
+        order = np.argsort(xs, kind="stable")
+        for pos in itertools.product(*(range(ds.sizes[d]) for d in others)):
+            sel = dict(zip(others, pos))
+            line = acc.isel(sel)
+            mean = line.mean("trial").values[order]
+            if band == "percentile":
+                lo, hi = line.quantile(0.05, "trial").values[order], line.quantile(0.95, "trial").values[order]
+            else:
+                std = line.std("trial", ddof=1).values[order] if ds.sizes["trial"] > 1 else 0 * mean
+                lo, hi = mean - std, mean + std
+            label = ", ".join(_label(ds, d, i) for d, i in sel.items()) or metric
+            (handle,) = ax.plot(xs[order], mean, marker="o", label=label)
+            ax.fill_between(xs[order], lo, hi, color=handle.get_color(), alpha=0.2, linewidth=0)
+        if not numeric:
+            ax.set_xticks(xs, [_fmt(v) for v in xv])
+        ax.set_xlabel(xcoord)
+    else:  # a single point: one bar with its error
+        mean, std = float(acc.mean()), float(acc.std(ddof=1)) if ds.sizes["trial"] > 1 else 0.0
+        ax.errorbar([0], [mean], yerr=[std], fmt="o", capsize=4, label=metric)
+        ax.set_xticks([])
+    digital = float(ds[f"digital_{metric}"].values)
+    ax.axhline(digital, color="black", linestyle="--", linewidth=1, label=f"digital ({digital:.3f})")
+    ax.set_ylabel(f"{metric} accuracy")
+    spread = "5-95 percentile" if band == "percentile" else "+-1 std"
+    ax.set_title(title or f"{ds.attrs.get('name', '')}: mean over {ds.sizes['trial']} chips, band {spread}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _label(ds: xr.Dataset, dim: str, i: int) -> str:
+    """``name=value`` of position ``i`` along ``dim`` (a zipped dim: each zipped coordinate)."""
+    names = point_labels(ds) if dim == "point" else [dim]
+    names = [n for n in names if ds[n].dims == (dim,)] or [dim]
+    return ", ".join(f"{n}={_fmt(ds[n].values[i])}" for n in names)
+
+
+def _fmt(v) -> str:
+    v = v.item() if hasattr(v, "item") else v
+    if isinstance(v, float):
+        return "null" if v != v else f"{v:g}"
+    return str(v)

@@ -1,0 +1,12 @@
+"""The runner: from a scenario to a result store.
+
+* :mod:`mcsim.runner.plan`: the tasks of a scenario (sweep point, trial block, image shard).
+* :mod:`mcsim.runner.worker`: the :class:`~mcsim.runner.worker.Worker` that runs tasks (model and
+  data loaded once); executors wrap it.
+* :mod:`mcsim.runner.local`: the local executor (worker processes on this machine).
+* :mod:`mcsim.runner.store`: the Zarr result store, its ledger of finished tasks, and
+  :func:`~mcsim.runner.store.open_result`.
+* :mod:`mcsim.runner.driver`: ties them together: preflight, resume, phases, progress.
+
+The runner knows no physics: it asks the engine for converted models and counts correct answers.
+"""

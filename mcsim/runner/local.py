@@ -1,0 +1,317 @@
+"""The local executor: worker processes on this machine, each holding one :class:`Worker`.
+
+Each process loads the model and the data once, then runs the tasks the driver hands it, one
+at a time, over its own pipe, and sends back the (small) result; the driver writes the store.
+Tasks that share a converted model (same point and trial block) go to the same process while
+it has any left, so each process converts a model once per group; an idle process then takes
+the next untouched group, or helps with the group that has the most tasks left.
+
+A failed task is retried (``max_retries``) on the next free process; a process that dies is
+replaced. Worker processes exit by themselves when the driver goes away (even killed), as their
+pipe closes.
+
+No torch at import time: the worker processes import it, with their thread counts set first.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import traceback
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional
+
+from mcsim.runner.plan import Task
+
+__all__ = ["LocalExecutor", "RunError", "TaskError", "available_cores", "default_workers"]
+
+
+class RunError(RuntimeError):
+    """The run cannot go on (a task failed too often, the workers cannot start)."""
+
+
+class TaskError(RunError):
+    """A task failed ``max_retries + 1`` times."""
+
+
+def available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_workers(cores: Optional[int] = None) -> int:
+    """One worker process per two cores (torch uses the other thread), at least one."""
+    return max(1, (cores or available_cores()) // 2)
+
+
+# --------------------------------------------------------------------------------------
+# the worker process
+
+
+def _describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
+
+
+def _worker_main(conn: Connection, threads: int) -> None:
+    """Body of a worker process: build the Worker, then run tasks until told to stop.
+
+    Ctrl-C reaches the whole process group: the driver handles it (and stops the workers), so a
+    worker ignores it rather than dying with a traceback of its own.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent_pid = os.getppid()
+    try:
+        scenario_text = conn.recv()
+        from mcsim.runner.worker import Worker
+        from mcsim.scenario import parse_scenario
+
+        worker = Worker(parse_scenario(scenario_text, source="<scenario>"), threads=threads)
+        conn.send(("ready", {"device": str(worker.device), "n_images": worker.n_images, "pid": os.getpid()}))
+    except (EOFError, OSError):
+        return
+    except BaseException as err:  # noqa: BLE001 - reported to the driver
+        try:
+            conn.send(("init_error", _describe(err), traceback.format_exc()))
+        except (EOFError, OSError):
+            pass
+        return
+    while True:
+        try:
+            if not conn.poll(1.0):
+                if os.getppid() != parent_pid:  # the driver is gone
+                    return
+                continue
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        task_id, task, calibration = msg
+        try:
+            result = worker.run(task, calibration)
+        except Exception as err:  # noqa: BLE001 - reported to the driver, which retries
+            reply = ("error", task_id, _describe(err), traceback.format_exc())
+        else:
+            reply = ("done", task_id, result)
+        try:
+            conn.send(reply)
+        except (EOFError, OSError):
+            return
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """``python -m mcsim.runner.local FD THREADS``: a worker process on socket ``FD``."""
+    fd, threads = (int(a) for a in (argv if argv is not None else sys.argv[1:]))
+    _worker_main(Connection(fd), threads)
+
+
+# --------------------------------------------------------------------------------------
+# the driver's side
+
+
+@dataclass
+class _Proc:
+    process: Any
+    conn: Any
+    ready: bool = False
+    job: Optional[tuple] = None  # (task_id, task, calibration) being run
+    group: Optional[tuple] = None  # the group it works on
+
+
+@dataclass
+class _Queue:
+    """Pending jobs by group, in submission order."""
+
+    groups: "OrderedDict[tuple, deque]" = field(default_factory=OrderedDict)
+    started: set = field(default_factory=set)
+
+    def push(self, job: tuple, front: bool = False) -> None:
+        q = self.groups.setdefault(job[1].group, deque())
+        q.appendleft(job) if front else q.append(job)
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self.groups.values())
+
+    def take(self, group: Optional[tuple]) -> Optional[tuple]:
+        """The next job for a process that worked on ``group``: same group, else a new one, else
+        the group with the most jobs left."""
+        if group in self.groups and self.groups[group]:
+            return self._pop(group)
+        fresh = [g for g, q in self.groups.items() if q and g not in self.started]
+        if fresh:
+            return self._pop(fresh[0])
+        busy = [g for g, q in self.groups.items() if q]
+        if busy:
+            return self._pop(max(busy, key=lambda g: len(self.groups[g])))
+        return None
+
+    def _pop(self, group: tuple) -> tuple:
+        self.started.add(group)
+        job = self.groups[group].popleft()
+        if not self.groups[group]:
+            del self.groups[group]
+        return job
+
+
+class LocalExecutor:
+    """Runs tasks on ``workers`` local processes with ``threads`` torch threads each.
+
+    Defaults: ``execution.workers``, else one process per two cores; threads: ``$MCSIM_THREADS``,
+    else the cores divided among the processes (on a machine shared with other jobs, fewer
+    threads than cores avoid oversubscription).
+
+    Use as a context manager; :meth:`run` yields results as tasks finish.
+    """
+
+    def __init__(self, scenario, workers: Optional[int] = None, threads: Optional[int] = None,
+                 max_retries: Optional[int] = None):
+        cores = available_cores()
+        self.scenario_text = scenario.text
+        self.workers = workers or scenario.execution.workers or default_workers(cores)
+        env_threads = os.environ.get("MCSIM_THREADS", "").strip()
+        self.threads = threads or (int(env_threads) if env_threads.isdigit() and int(env_threads) > 0
+                                   else max(1, cores // self.workers))
+        self.max_retries = scenario.execution.max_retries if max_retries is None else max_retries
+        self.info: dict = {}  # what the first worker reported (device, n_images)
+        self._procs: list[_Proc] = []
+
+    # ---- lifetime
+
+    def __enter__(self) -> "LocalExecutor":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def start(self) -> None:
+        while len(self._procs) < self.workers:
+            self._procs.append(self._spawn())
+
+    def _spawn(self) -> _Proc:
+        """A fresh worker process (``python -m mcsim.runner.local``) on one end of a socket pair.
+
+        A plain subprocess, not multiprocessing: nothing of the caller's ``__main__`` is
+        re-imported (scripts without a main guard, stdin, notebooks all work).
+        """
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ)
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.threads)
+        root = str(Path(__file__).resolve().parents[2])  # the directory holding the mcsim package
+        env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mcsim.runner.local", str(theirs.fileno()), str(self.threads)],
+            pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        conn = Connection(ours.detach())
+        conn.send(self.scenario_text)
+        return _Proc(process, conn)
+
+    def close(self) -> None:
+        for p in self._procs:
+            try:
+                p.conn.send(None)
+            except (OSError, EOFError, ValueError):
+                pass
+        for p in self._procs:
+            try:
+                p.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.process.terminate()
+                try:
+                    p.process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    p.process.kill()
+                    p.process.wait()
+            p.conn.close()
+        self._procs = []
+
+    @property
+    def device(self) -> Optional[str]:
+        return self.info.get("device")
+
+    # ---- running
+
+    def run(self, jobs: Iterable[tuple[Task, Optional[dict]]]) -> Iterator[Any]:
+        """Run ``(task, calibration)`` jobs; yield each result as its task finishes."""
+        if not self._procs:
+            self.start()
+        queue = _Queue()
+        for task_id, (task, calibration) in enumerate(jobs):
+            queue.push((task_id, task, calibration))
+        failures: dict[int, int] = {}
+        deaths = 0  # deaths of processes without a task (while starting)
+        running = 0
+        while len(queue) or running:
+            for p in self._procs:  # hand out work
+                if p.ready and p.job is None:
+                    job = queue.take(p.group)
+                    if job is None:
+                        break
+                    p.job, p.group = job, job[1].group
+                    running += 1
+                    try:
+                        p.conn.send(job)
+                    except OSError:  # it just died: its closed pipe reports it below
+                        pass
+            by_conn = {p.conn: p for p in self._procs}
+            for conn in wait(list(by_conn)):
+                p = by_conn[conn]
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):  # the process died
+                    job = p.job
+                    self._replace(p)
+                    why = f"the worker process died (exit code {p.process.returncode})"
+                    if job is None:
+                        deaths += 1
+                        if deaths > self.max_retries:
+                            raise RunError(why)
+                    else:
+                        running -= 1
+                        self._retry(job, failures, queue, why)
+                    continue
+                kind = msg[0]
+                if kind == "ready":
+                    p.ready = True
+                    self.info = self.info or msg[1]
+                elif kind == "init_error":  # loading the model or data failed: no use retrying
+                    raise RunError(f"a worker process cannot start: {msg[1]}\n{msg[2]}")
+                elif kind == "done":
+                    p.job = None
+                    running -= 1
+                    yield msg[2]
+                elif kind == "error":
+                    job, p.job = p.job, None
+                    running -= 1
+                    self._retry(job, failures, queue, f"{msg[2]}\n{msg[3]}")
+
+    def _retry(self, job: tuple, failures: dict, queue: _Queue, why: str) -> None:
+        task_id, task = job[0], job[1]
+        failures[task_id] = failures.get(task_id, 0) + 1
+        if failures[task_id] > self.max_retries:
+            raise TaskError(f"task {task} failed {failures[task_id]} times; last error: {why}")
+        queue.push(job, front=True)
+
+    def _replace(self, p: _Proc) -> None:
+        """Replace a dead process by a fresh one."""
+        try:
+            p.conn.close()
+        except OSError:
+            pass
+        if p.process.poll() is None:
+            p.process.kill()
+        p.process.wait()
+        self._procs[self._procs.index(p)] = self._spawn()
+
+
+if __name__ == "__main__":
+    main()

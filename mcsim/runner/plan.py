@@ -1,0 +1,215 @@
+"""The tasks of a scenario: which chips of which sweep point see which images.
+
+Images are cut into fixed global batches of ``data.batch_size`` over the evaluation list
+(batch ``k`` holds images ``[k * batch_size, (k + 1) * batch_size)``); a shard is a run of whole
+batches, so its size is ``execution.shard_images`` rounded up to a multiple of the batch size.
+Trials (chips) are cut into blocks of ``execution.trials_per_task``. Every batch is therefore the
+same whatever the shard size, block size or worker count, and so is every number.
+
+Three kinds of task, each naming everything a worker needs besides the scenario:
+
+* :class:`CalibrationTask`: calibrate the converter ranges of one sweep point (once per point);
+* :class:`DigitalTask`: correct counts of the digital model on one shard (the baseline);
+* :class:`EvalTask`: correct counts of a block of chips of one point on one shard.
+
+Pure Python: no torch here.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from mcsim.scenario import Scenario
+from mcsim.sweep import SweepPlan, expand
+
+__all__ = [
+    "CalibrationTask",
+    "DigitalTask",
+    "EvalTask",
+    "RunPlan",
+    "Task",
+    "make_plan",
+    "point_seed",
+]
+
+_MASK64 = (1 << 64) - 1
+_GOLDEN, _M1, _M2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+
+def _splitmix(z: int) -> int:
+    z = (z + _GOLDEN) & _MASK64
+    z = ((z ^ (z >> 30)) * _M1) & _MASK64
+    z = ((z ^ (z >> 27)) * _M2) & _MASK64
+    return z ^ (z >> 31)
+
+
+def point_seed(seed: int, point: int) -> int:
+    """The engine seed of sweep point ``point``: a stable hash of ``(seed, point)``, in [0, 2**63).
+
+    The same fold as ``mcsim.engine.rng.derive(seed, point)`` (SplitMix64), in plain integers,
+    with the sign bit cleared.
+    """
+    k = (seed & _MASK64) ^ _splitmix(point & _MASK64)
+    return _splitmix(k) & ((1 << 63) - 1)
+
+
+@dataclass(frozen=True)
+class CalibrationTask:
+    point: int
+    seed: int  # engine seed of the point
+
+    kind = "calibrate"
+
+    @property
+    def group(self) -> tuple:
+        return ("calibrate", self.point)
+
+
+@dataclass(frozen=True)
+class DigitalTask:
+    shard: int
+    i0: int  # images [i0, i1) of the evaluation list
+    i1: int
+
+    kind = "digital"
+
+    @property
+    def group(self) -> tuple:
+        return ("digital",)
+
+    @property
+    def n_images(self) -> int:
+        return self.i1 - self.i0
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    point: int  # flat index of the sweep point
+    seed: int  # engine seed of the point
+    block: int  # trial block index
+    t0: int  # chips [t0, t1)
+    t1: int
+    shard: int  # shard index
+    i0: int  # images [i0, i1) of the evaluation list
+    i1: int
+
+    kind = "evaluate"
+
+    @property
+    def group(self) -> tuple:
+        """Tasks of one group share a converted model (a worker keeps it between them)."""
+        return ("evaluate", self.point, self.block)
+
+    @property
+    def n_images(self) -> int:
+        return self.i1 - self.i0
+
+    @property
+    def n_trials(self) -> int:
+        return self.t1 - self.t0
+
+
+Task = Union[CalibrationTask, DigitalTask, EvalTask]
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """How a scenario's work is cut: shards, trial blocks and the tasks."""
+
+    sweep: SweepPlan
+    seed: int
+    trials: int
+    n_images: int
+    batch_size: int
+    shard_size: int  # images per shard (a multiple of batch_size)
+    trials_per_task: int
+    shard_images_asked: int  # execution.shard_images as written
+
+    @property
+    def shards(self) -> list[tuple[int, int]]:
+        return [(i, min(i + self.shard_size, self.n_images)) for i in range(0, self.n_images, self.shard_size)]
+
+    @property
+    def trial_blocks(self) -> list[tuple[int, int]]:
+        return [(t, min(t + self.trials_per_task, self.trials)) for t in range(0, self.trials, self.trials_per_task)]
+
+    @property
+    def n_points(self) -> int:
+        return len(self.sweep.points)
+
+    def batches(self, i0: int, i1: int) -> list[tuple[int, int]]:
+        """The global batches ``[b0, b1)`` covering images ``[i0, i1)`` (a shard: whole batches)."""
+        return [(b, min(b + self.batch_size, i1)) for b in range(i0, i1, self.batch_size)]
+
+    def calibration_tasks(self) -> list[CalibrationTask]:
+        return [CalibrationTask(p.index, point_seed(self.seed, p.index)) for p in self.sweep.points]
+
+    def digital_tasks(self) -> list[DigitalTask]:
+        return [DigitalTask(s, i0, i1) for s, (i0, i1) in enumerate(self.shards)]
+
+    def eval_tasks(self) -> list[EvalTask]:
+        """All evaluation tasks, point-major, then trial block, then shard."""
+        tasks = []
+        for p in self.sweep.points:
+            seed = point_seed(self.seed, p.index)
+            for b, (t0, t1) in enumerate(self.trial_blocks):
+                for s, (i0, i1) in enumerate(self.shards):
+                    tasks.append(EvalTask(p.index, seed, b, t0, t1, s, i0, i1))
+        return tasks
+
+    def describe(self) -> list[str]:
+        """Human-readable lines: the cut of the work."""
+        shards, blocks = self.shards, self.trial_blocks
+        def dim(d, n):
+            zipped = [c for c, along in self.sweep.coord_dims.items() if along == d and c != d]
+            return f"{d} {n}" + (f" (zipped: {', '.join(zipped)})" if zipped else "")
+
+        dims = " x ".join(dim(d, n) for d, n in zip(self.sweep.dims, self.sweep.shape)) or "no sweep"
+        lines = [
+            f"sweep points: {self.n_points} ({dims})",
+            f"trials per point: {self.trials}, in {len(blocks)} block(s) of up to {self.trials_per_task}",
+            f"evaluation images: {self.n_images}, in batches of {self.batch_size}",
+        ]
+        size = f"{self.shard_size} images"
+        if self.shard_size != self.shard_images_asked:
+            size += (f" (execution.shard_images {self.shard_images_asked} rounded up to a multiple of the "
+                     f"batch size {self.batch_size})")
+        lines.append(f"image shards: {len(shards)} of {size}")
+        lines.append(
+            f"tasks: {self.n_points} calibration, {len(shards)} digital baseline, "
+            f"{self.n_points * len(blocks) * len(shards)} evaluation "
+            f"({self.n_points} points x {len(blocks)} trial blocks x {len(shards)} shards)"
+        )
+        return lines
+
+
+def make_plan(
+    scenario: Scenario,
+    n_images: int,
+    sweep: Optional[SweepPlan] = None,
+    *,
+    shard_images: Optional[int] = None,
+    trials_per_task: Optional[int] = None,
+) -> RunPlan:
+    """The plan of ``scenario`` over ``n_images`` evaluation images.
+
+    ``shard_images`` / ``trials_per_task`` default to the scenario's ``execution`` settings; an
+    existing store passes its own (the layout of a store never changes once written).
+    """
+    if n_images < 1:
+        raise ValueError("the evaluation data set is empty")
+    bs = scenario.data.batch_size
+    asked = shard_images if shard_images is not None else scenario.execution.shard_images
+    shard_size = max(1, math.ceil(asked / bs)) * bs
+    tpt = trials_per_task if trials_per_task is not None else scenario.execution.trials_per_task
+    return RunPlan(
+        sweep=sweep if sweep is not None else expand(scenario),
+        seed=scenario.seed,
+        trials=scenario.trials,
+        n_images=n_images,
+        batch_size=bs,
+        shard_size=shard_size,
+        trials_per_task=min(tpt, scenario.trials),
+        shard_images_asked=asked,
+    )

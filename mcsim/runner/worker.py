@@ -1,0 +1,180 @@
+"""The worker: runs tasks of one scenario with its model and data loaded once.
+
+A :class:`Worker` is what an executor runs in each of its processes (local) or actors (Ray):
+it loads the model and the evaluation data set when built, then runs any number of tasks and
+returns only small results (correct counts per chip). It knows nothing of processes, queues or
+stores.
+
+Evaluation of a task: the model is converted for the point's hardware and the task's chips
+(kept while the next task shares point and trial block), the point's calibration is loaded,
+and the task's shard is evaluated in its global batches, passing the images' global indices
+(read noise is keyed by them).
+"""
+from __future__ import annotations
+
+import copy
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from mcsim.data import calibration_images, evaluation_dataset
+from mcsim.engine.convert import convert, pick_device
+from mcsim.models import load_model
+from mcsim.runner.plan import CalibrationTask, DigitalTask, EvalTask, Task
+from mcsim.scenario import Scenario
+from mcsim.sweep import expand
+
+__all__ = ["CalibrationResult", "DigitalResult", "EvalResult", "Worker", "TOPK"]
+
+TOPK = 5  # the second accuracy metric: top-5 (top-k with k = min(5, classes))
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    task: CalibrationTask
+    layers: list[str]  # the point's analog layers, in model order
+    state: Optional[dict]  # AnalogModel.calibration(), or None when the point needs none
+    seconds: float
+
+
+@dataclass(frozen=True)
+class DigitalResult:
+    task: DigitalTask
+    correct_top1: int
+    correct_top5: int
+    n_images: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    task: EvalTask
+    correct_top1: np.ndarray  # (n_trials,) int64: images classified right by each chip
+    correct_top5: np.ndarray
+    n_images: int
+    seconds: float
+
+
+def _correct(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per leading index (chip), the number of top-1 and top-k correct images. ``logits (..., B, C)``."""
+    labels = labels.to(logits.device)
+    k = min(TOPK, logits.shape[-1])
+    top = logits.topk(k, dim=-1).indices  # (..., B, k), best first
+    hit = top == labels.unsqueeze(-1)
+    return hit[..., 0].sum(-1).cpu(), hit.any(-1).sum(-1).cpu()
+
+
+class Worker:
+    """Runs the tasks of one scenario; model and evaluation data are loaded once, here.
+
+    ``threads`` sets torch's intra-op threads (None: leave torch's default).
+    ``cache_bytes`` bounds the images kept in memory between tasks.
+    """
+
+    def __init__(self, scenario: Scenario, *, threads: Optional[int] = None, cache_bytes: int = 1 << 30):
+        if threads is not None:
+            torch.set_num_threads(max(1, int(threads)))
+        self.scenario = scenario
+        self.points = expand(scenario).points
+        self.device = pick_device(scenario.execution.device)
+        self.model = load_model(scenario.model)  # on CPU; convert moves its copy to the device
+        self.digital_model = self.model if self.device.type == "cpu" else copy.deepcopy(self.model).to(self.device)
+        self.dataset = evaluation_dataset(scenario.data)
+        self.n_images = len(self.dataset)
+        self._cache_bytes = cache_bytes
+        self._batches: OrderedDict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._calibration_images: Optional[torch.Tensor] = None
+        self._analog_key: Optional[tuple] = None
+        self._analog = None
+
+    # ------------------------------------------------------------------ data
+    def batch(self, b0: int, b1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``[b0, b1)`` of the evaluation list and their labels (kept while memory allows)."""
+        key = (b0, b1)
+        if key in self._batches:
+            self._batches.move_to_end(key)
+            return self._batches[key]
+        items = [self.dataset[i] for i in range(b0, b1)]
+        x = torch.stack([torch.as_tensor(item[0]) for item in items])
+        y = torch.tensor([int(item[1]) for item in items], dtype=torch.int64)
+        self._batches[key] = (x, y)
+        total = sum(v[0].numel() * v[0].element_size() for v in self._batches.values())
+        while total > self._cache_bytes and len(self._batches) > 1:
+            _, (old, _) = self._batches.popitem(last=False)
+            total -= old.numel() * old.element_size()
+        return x, y
+
+    def batches(self, i0: int, i1: int):
+        """``(b0, (images, labels))`` of the global batches covering ``[i0, i1)``; the images are a
+        copy (a model with an in-place first op cannot spoil the kept batch)."""
+        bs = self.scenario.data.batch_size
+        for b0 in range(i0, i1, bs):
+            x, y = self.batch(b0, min(b0 + bs, i1))
+            yield b0, (x.clone(), y)
+
+    # ------------------------------------------------------------------ tasks
+    def run(self, task: Task, calibration: Optional[dict] = None):
+        """Run any task (dispatch on its kind)."""
+        if isinstance(task, EvalTask):
+            return self.evaluate(task, calibration)
+        if isinstance(task, DigitalTask):
+            return self.digital(task)
+        if isinstance(task, CalibrationTask):
+            return self.calibrate(task)
+        raise TypeError(f"not a task: {task!r}")
+
+    def _convert(self, point: int, chips, seed: int):
+        return convert(self.model, self.points[point].hardware, trials=chips, seed=seed, device=self.device)
+
+    @torch.no_grad()
+    def calibrate(self, task: CalibrationTask) -> CalibrationResult:
+        """The converter ranges of one sweep point (None when its hardware needs no calibration)."""
+        start = time.perf_counter()
+        analog = self._convert(task.point, [0], task.seed)
+        state = None
+        if analog.needs_calibration():
+            if self._calibration_images is None:
+                self._calibration_images = calibration_images(self.scenario.data)
+            state = analog.calibrate(self._calibration_images.split(self.scenario.data.batch_size))
+        return CalibrationResult(task, list(analog.layer_names), state, time.perf_counter() - start)
+
+    @torch.no_grad()
+    def digital(self, task: DigitalTask) -> DigitalResult:
+        """Correct counts of the digital model on the task's shard."""
+        start = time.perf_counter()
+        top1 = top5 = 0
+        for _, (x, y) in self.batches(task.i0, task.i1):
+            c1, c5 = _correct(self.digital_model(x.to(self.device)), y)
+            top1, top5 = top1 + int(c1), top5 + int(c5)
+        return DigitalResult(task, top1, top5, task.n_images, time.perf_counter() - start)
+
+    @torch.no_grad()
+    def evaluate(self, task: EvalTask, calibration: Optional[dict] = None) -> EvalResult:
+        """Correct counts of each chip ``[t0, t1)`` of the task's point on its shard.
+
+        ``calibration``: the point's calibration (:meth:`calibrate`'s ``state``); required when
+        the point's hardware needs one.
+        """
+        start = time.perf_counter()
+        key = (task.point, task.seed, task.t0, task.t1)
+        if self._analog_key != key:
+            self._analog, self._analog_key = None, None  # free the previous chips first
+            analog = self._convert(task.point, list(range(task.t0, task.t1)), task.seed)
+            if analog.needs_calibration():
+                if calibration is None:
+                    raise ValueError(f"sweep point {task.point} needs a calibration and none was given")
+                analog.load_calibration(calibration)
+            self._analog, self._analog_key = analog, key
+        analog = self._analog
+        top1 = torch.zeros(task.n_trials, dtype=torch.int64)
+        top5 = torch.zeros(task.n_trials, dtype=torch.int64)
+        for b0, (x, y) in self.batches(task.i0, task.i1):
+            ids = torch.arange(b0, b0 + len(y), dtype=torch.int64)
+            c1, c5 = _correct(analog(x, image_ids=ids), y)
+            top1 += c1
+            top5 += c5
+        return EvalResult(task, top1.numpy(), top5.numpy(), task.n_images, time.perf_counter() - start)

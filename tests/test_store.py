@@ -1,0 +1,150 @@
+"""mcsim.runner.store: the Zarr layout, the ledger, calibration round trip, refusals, open_result."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import zarr
+
+from mcsim.api import open_result, run_scenario
+from mcsim.runner.plan import make_plan
+from mcsim.runner.store import ResultStore, StoreError, coord_array, inspect_store
+from mcsim.runner.worker import CalibrationResult
+from mcsim.scenario import load_scenario
+from runner_support import write_scenario
+
+
+def tree(path):
+    """Every file under ``path`` with its size and mtime (to prove a store untouched)."""
+    return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished small run, written to an fsspec in-memory store (no local file system)."""
+    d = tmp_path_factory.mktemp("finished")
+    url = f"memory://{d.name}/store.zarr"
+    path = write_scenario(d, output=url, data={"limit": 120, "batch_size": 40}, trials=4,
+                          execution={"shard_images": 80, "trials_per_task": 3})
+    ds = run_scenario(path, progress=False)
+    return load_scenario(path), url, ds
+
+
+def test_layout_chunks_ledger_and_attributes(finished):
+    sc, url, _ = finished
+    group = zarr.open_group(url, mode="r")
+    # sweep dims (sigma 2, point 2), 4 trials in blocks of 3, 120 images in shards of 80 (whole batches of 40)
+    assert group["correct_top1"].shape == (2, 2, 4, 2)
+    assert group["correct_top1"].chunks == (1, 1, 3, 1)
+    assert group["done"].shape == (2, 2, 2, 2) and group["done"].chunks == (1, 1, 1, 1)
+    assert np.asarray(group["done"][...]).all() and np.asarray(group["digital_done"][...]).all()
+    assert list(np.asarray(group["shard_images"][...])) == [80, 40]
+    assert group["correct_top1"].metadata.dimension_names == ("sigma", "point", "trial", "shard")
+    attrs = dict(group.attrs)
+    assert attrs["fingerprint"] == sc.fingerprint and attrs["scenario"] == sc.text
+    assert attrs["state"] == "complete" and attrs["device"] == "cpu"
+    assert attrs["mcsim_version"] and attrs["torch_version"]
+    assert attrs["created"] <= attrs["calibration_written"] <= attrs["finished"]
+    assert attrs["runs"][0]["status"] == "finished" and attrs["runs"][0]["started"] <= attrs["runs"][0]["ended"]
+    assert attrs["layout"]["shard_size"] == 80 and attrs["layout"]["trials_per_task"] == 3
+
+
+def test_open_result_variables_and_coordinates(finished):
+    sc, url, ds = finished
+    assert dict(ds["top1"].sizes) == {"sigma": 2, "point": 2, "trial": 4}
+    assert list(ds["sigma"].values) == [0.0, 0.3]
+    assert list(ds["mapping"].values) == ["differential", "offset"] and ds["mapping"].dims == ("point",)
+    assert list(ds["bits"].values) == [6, 8] and ds["bits"].dims == ("point",)
+    assert list(ds["trial"].values) == [0, 1, 2, 3]
+    assert list(ds["layer"].values) == ["0", "3", "7"]  # digits-cnn: conv, conv, linear
+    assert ds["adc_lo"].dims == ("sigma", "point", "layer", "slice")
+    assert (ds["n_images"] == 120).all()
+    np.testing.assert_array_equal(ds["top1"].values, ds["correct_top1"].values / 120)
+    assert ((0 <= ds["top1"]) & (ds["top1"] <= ds["top5"]) & (ds["top5"] <= 1)).all()
+    assert 0.9 < float(ds["digital_top1"]) <= 1
+    assert (ds["adc_lo"] < ds["adc_hi"]).all() and (ds["x_range"] > 0).all() and ds["analog"].all()
+    reopened = open_result(url)
+    assert reopened.attrs["fingerprint"] == sc.fingerprint
+
+
+def test_calibration_round_trip_is_exact(tmp_path):
+    """Calibrations of points with different layers, slices and none at all come back exactly."""
+    sc = load_scenario(write_scenario(tmp_path))
+    plan = make_plan(sc, 10)
+    store = ResultStore.create(str(tmp_path / "cal.zarr"), sc, plan)
+    tasks = plan.calibration_tasks()
+    states = [
+        {"a": {"x_range": 1.0 / 3, "signed": True, "adc_range": ([-1.5, -0.1], [2.25, 0.2])},
+         "b": {"x_range": 4.5, "signed": False, "adc_range": None}},
+        None,  # needs no calibration
+        {"b": {"x_range": 2.0, "signed": None, "adc_range": ([math.pi], [math.e])},
+         "c": {"x_range": None, "signed": None, "adc_range": None}},
+        {"a": {"x_range": 0.1, "signed": False, "adc_range": ([0.0], [1e-12])}},
+    ]
+    layers = [["a", "b"], ["a", "b", "c"], ["b", "c"], ["a"]]
+    results = [CalibrationResult(t, names, st, 0.0) for t, names, st in zip(tasks, layers, states)]
+    store.write_calibration(list(reversed(results)))
+    back = store.read_calibration()
+    for t, st in zip(tasks, states):
+        assert back[t.point] == (None if st is None else st)
+    ds = open_result(str(tmp_path / "cal.zarr"), partial=True)
+    assert list(ds["layer"].values) == ["a", "b", "c"] and ds.sizes["slice"] == 2
+    assert store.attrs()["fingerprint"] == sc.fingerprint  # adding arrays keeps the attributes
+
+
+def test_unfinished_store_is_refused_unless_partial(tmp_path):
+    sc = load_scenario(write_scenario(tmp_path))
+    store = ResultStore.create(str(tmp_path / "s.zarr"), sc, make_plan(sc, 200))
+    with pytest.raises(StoreError, match="not finished"):
+        open_result(store.path)
+    ds = open_result(store.path, partial=True)
+    assert (ds["n_images"] == 0).all() and np.isnan(ds["top1"].values).all()
+
+
+def test_store_of_another_scenario_is_refused_and_untouched(tmp_path):
+    sc = load_scenario(write_scenario(tmp_path))
+    ResultStore.create(str(tmp_path / "out.zarr"), sc, make_plan(sc, 200))
+    before = tree(tmp_path / "out.zarr")
+    other = write_scenario(tmp_path, name="other.yaml", seed=4)
+    with pytest.raises(StoreError, match=r"another scenario.*--overwrite"):
+        run_scenario(other, progress=False)
+    with pytest.raises(StoreError, match="another scenario"):
+        run_scenario(other, dry_run=True, progress=False)
+    assert tree(tmp_path / "out.zarr") == before
+
+
+def test_a_directory_that_is_not_a_store_is_never_deleted(tmp_path):
+    (tmp_path / "out.zarr").mkdir()
+    (tmp_path / "out.zarr" / "precious.txt").write_text("keep me")
+    path = write_scenario(tmp_path)
+    for overwrite in (False, True):
+        with pytest.raises(StoreError, match="not a Zarr store"):
+            run_scenario(path, overwrite=overwrite, progress=False)
+    assert (tmp_path / "out.zarr" / "precious.txt").read_text() == "keep me"
+
+
+def test_file_urls_are_local_paths(tmp_path):
+    sc = load_scenario(write_scenario(tmp_path))
+    store = ResultStore.create(f"file://{tmp_path / 'deep' / 'out.zarr'}", sc, make_plan(sc, 200))
+    assert store.path == str(tmp_path / "deep" / "out.zarr")
+    assert (tmp_path / "deep" / "out.zarr" / "done" / "zarr.json").is_file()
+    assert inspect_store(f"file://{tmp_path / 'deep' / 'out.zarr'}").kind == "mcsim"
+
+
+def test_inspect_store_kinds(tmp_path, finished):
+    assert inspect_store(str(tmp_path / "nothing")).kind == "absent"
+    (tmp_path / "empty").mkdir()
+    assert inspect_store(str(tmp_path / "empty")).kind == "empty"
+    zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
+    assert inspect_store(str(tmp_path / "plain.zarr")).kind == "zarr"
+    assert inspect_store(finished[1]).kind == "mcsim"
+
+
+def test_coord_array():
+    assert coord_array([0, 0.05]).dtype == np.float64
+    assert coord_array([4, 8]).dtype == np.int64
+    assert np.isnan(coord_array([4, None])[1])
+    assert coord_array([True, False]).dtype == bool
+    assert list(coord_array(["differential", "offset"])) == ["differential", "offset"]
+    assert list(coord_array([{"bits": 4}, None])) == ['{"bits": 4}', "null"]
