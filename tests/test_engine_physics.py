@@ -142,3 +142,24 @@ def test_invalid_hardware_fails_naming_the_field(settings, field):
     with pytest.raises(ValidationError) as e:
         Hardware(**settings)
     assert field in str(e.value)
+
+
+def test_parasitic_conv_with_kernel_larger_than_array_matches_nodal_analysis():
+    """A 3x3 kernel on 5-row arrays: rows are cut into contiguous ranges of the im2col matrix, and
+    each array's circuit holds only its own rows (no wire segments for rows it does not own)."""
+    torch.manual_seed(4)
+    conv = nn.Conv2d(2, 3, 3, bias=False)
+    rp = 0.05
+    hw = Hardware(weight_bits=None, input_bits=None, adc={"bits": None}, rows_max=5, parasitics={"rp": rp})
+    x = torch.rand(1, 2, 3, 3)  # one output pixel: its patch is the whole input
+    out = convert(nn.Sequential(conv), hw, trials=1)(x)[0].reshape(3).double().numpy()
+    w = conv.weight.detach().reshape(3, 18).double().numpy()
+    gp, gn = _conductances(w)
+    v = x.reshape(18).double().numpy()
+    bounds = [0, 5, 10, 14, 18]  # 18 rows in near-equal contiguous arrays of at most 5
+    ref = np.zeros(3)
+    for o in range(3):
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            ref[o] += _column_current(gp[o, a:b], v[a:b], rp) - _column_current(gn[o, a:b], v[a:b], rp)
+    ref = ref / (1 - GMIN) * np.abs(w).max()
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * np.abs(ref).max())

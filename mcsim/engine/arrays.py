@@ -87,11 +87,27 @@ class Partitioning:
                 mask[p, pad + i] = m
         self.chans, self.mask = chans, mask
         self.rows_per_array = int(mask.flatten(1).sum(1).max().item())
+        # Physical row order of each array (P, Cp*kh*kw): rows a partition does not own go first, to
+        # the far end of the column, where without a device they carry no current (section 8).
+        self.row_order = torch.argsort(mask.flatten(1), dim=1, stable=True)
         self.trivial = parts == 1 and pad_free(chans, geom.cg)
 
     def to(self, device) -> "Partitioning":
-        self.chans, self.mask = self.chans.to(device), self.mask.to(device)
+        self.chans, self.mask, self.row_order = self.chans.to(device), self.mask.to(device), self.row_order.to(device)
         return self
+
+    def circuits(self, a: torch.Tensor) -> torch.Tensor:
+        """Arrays ``(..., P, N_g, Cp, kh, kw)`` as circuits ``(..., P, rows, N_g)`` in physical row order."""
+        m = a.flatten(-3).transpose(-1, -2)
+        return torch.gather(m, -2, self._row_index(m))
+
+    def from_circuits(self, m: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`circuits`."""
+        out = torch.empty_like(m).scatter_(-2, self._row_index(m), m)
+        return out.transpose(-1, -2).reshape(like.shape)
+
+    def _row_index(self, m: torch.Tensor) -> torch.Tensor:
+        return self.row_order.view(*[1] * (m.dim() - 3), *self.row_order.shape, 1).expand_as(m)
 
     def split(self, w: torch.Tensor) -> torch.Tensor:
         """Matrices ``(..., C_out, K)`` to arrays ``(..., g, P, N_g, Cp, kh, kw)`` (padding = 0)."""

@@ -90,6 +90,8 @@ class AnalogModel(nn.Module):
             setattr(self.net.get_submodule(parent), child, AnalogLayer(module, hardware, i, self.ctx))
             self.layer_names.append(name)
         self.net.to(self.device)
+        for layer in self.analog_layers():
+            layer.part.to(self.device)
         self.memory_budget = memory_budget or _memory_budget(self.device)
         self._act_bytes: dict[tuple, int] = {}
         weight_bytes = sum(4 * layer.digital_weight.numel() for layer in self.analog_layers())
@@ -164,19 +166,20 @@ class AnalogModel(nn.Module):
             raise ValueError("calibrate: no calibration images")
         layers = self.analog_layers()
         self.ctx.chips = self.chips[:1].to(self.device)
-        try:
-            self.ctx.mode = "calibrate_inputs"
+
+        def one_pass(mode: str):
+            self.ctx.mode = mode
             for x in data:
                 self.ctx.image_ids = torch.arange(x.shape[0], device=self.device)
                 self.net(x)
+
+        try:
+            one_pass("calibrate_inputs")
             for layer in layers:
                 layer.finish_input_calibration()
                 layer.clear_cache()
             if self.hardware.adc.bits is not None and self.hardware.adc.range == "calibrated":
-                self.ctx.mode = "calibrate_adc"
-                for x in data:
-                    self.ctx.image_ids = torch.arange(x.shape[0], device=self.device)
-                    self.net(x)
+                one_pass("calibrate_adc")
                 for layer in layers:
                     layer.finish_adc_calibration()
         finally:

@@ -133,12 +133,7 @@ class AnalogLayer(nn.Module):
     def _effective(self, arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Section 8: the IR-drop-aware effective conductances of every array (columns independent, or a grid)."""
         rp, topo = self.hw.parasitics.rp, self.hw.parasitics.topology
-
-        def as_matrix(a):  # (..., N_g, Cp, kh, kw) -> (..., rows, N_g)
-            return a.flatten(-3).transpose(-1, -2)
-
-        def back(m, like):
-            return m.transpose(-1, -2).reshape(like.shape)
+        as_matrix, back = self.part.circuits, self.part.from_circuits
 
         if topo == "columns":
             return {k: back(parasitics.effective_conductance(as_matrix(a), rp, topo), a) for k, a in arrays.items()}
