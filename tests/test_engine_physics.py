@@ -163,3 +163,17 @@ def test_parasitic_conv_with_kernel_larger_than_array_matches_nodal_analysis():
             ref[o] += _column_current(gp[o, a:b], v[a:b], rp) - _column_current(gn[o, a:b], v[a:b], rp)
     ref = ref / (1 - GMIN) * np.abs(w).max()
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("compensate", [False, True])
+def test_drift_scales_outputs_by_the_closed_form_factor(compensate):
+    """nu_std = 0: every device drifts by (t / t0)**-nu, so W'x = (t / t0)**-nu W x; global
+    compensation (total conductance read back) restores W x exactly."""
+    lin = _layer()
+    drift = {"time_s": 3600.0, "t0_s": 20.0, "nu_mean": 0.06, "nu_std": 0.0, "compensate": compensate}
+    hw = Hardware(weight_bits=None, input_bits=None, adc={"bits": None}, drift=drift)
+    x = torch.rand(3, 64)
+    out = convert(nn.Sequential(lin), hw, trials=2)(x) - lin.bias.detach()
+    factor = 1.0 if compensate else (3600.0 / 20.0) ** -0.06
+    ref = factor * (x @ lin.weight.detach().T)
+    assert torch.allclose(out, ref.expand(2, -1, -1), atol=1e-5 * ref.abs().max().item())
