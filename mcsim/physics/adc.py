@@ -1,17 +1,12 @@
 """The ADC: MODEL.md section 7.
 
+``y_q = lo + step * round((clip(y, lo, hi) - lo) / step)``, ``step = (hi - lo) / (2**bits - 1)``.
 Column outputs are in units of the current of one Gmax device under the full input voltage.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
-
-
-def quantize(y: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int) -> torch.Tensor:
-    """``y_q = lo + step * round((clip(y, lo, hi) - lo) / step)``, ``step = (hi - lo) / (2**bits - 1)``."""
-    step = (hi - lo) / (2**bits - 1)
-    return lo + step * torch.round((torch.minimum(torch.maximum(y, lo), hi) - lo) / step)
 
 
 def code_transform(lo: torch.Tensor, hi: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
