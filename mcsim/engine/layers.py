@@ -82,9 +82,10 @@ class AnalogLayer(nn.Module):
         # Section 2-3: quantize, map to per-slice device targets, shape (S, C_out, K), float64.
         self.w_max = mapping.weight_scale(w, hw.weight_percentile)
         q = mapping.quantize(w.double().reshape(w.shape[0], -1), self.w_max, hw.weight_bits)
-        for kind, d in mapping.target_digits(q, hw).items():
+        targets = mapping.target_digits(q, hw)
+        for kind, d in targets.items():
             self.register_buffer(f"target_{kind}", mapping.digits_to_conductance(d, hw))  # float64: exact targets
-        self.kinds = list(mapping.target_digits(q[:1], hw))
+        self.kinds = list(targets)
         layout = mapping.SliceLayout.of(hw)
         gain = mapping.digit_gain(hw)
         # Recombination: z = sum_s c_s y_s - offset * sum(v), in recombined digits (section 3).
