@@ -38,7 +38,8 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from mcsim.scenario import ScenarioError
 
     errors: list[type[BaseException]] = [ScenarioError, StoreError, SetupError]
-    for module, name in (("mcsim.data", "DataError"), ("mcsim.models", "ModelError")):
+    for module, name in (("mcsim.data", "DataError"), ("mcsim.models", "ModelError"),
+                         ("mcsim.runner.ray", "ConnectError")):
         if module in sys.modules:
             errors.append(getattr(sys.modules[module], name))
     return tuple(errors)
@@ -68,7 +69,9 @@ class _Guard:
             from mcsim.runner.store import StoreError
             from mcsim.scenario import ScenarioError
 
-            prefix = "" if self.source is None or isinstance(exc, (ScenarioError, StoreError)) else f"{self.source}: "
+            plain = (ScenarioError, StoreError) + ((sys.modules["mcsim.runner.ray"].ConnectError,)
+                                                   if "mcsim.runner.ray" in sys.modules else ())
+            prefix = "" if self.source is None or isinstance(exc, plain) else f"{self.source}: "
             _fail(prefix + str(exc), EXIT_BAD_INPUT)
         from mcsim.runner.local import RunError
 
@@ -94,6 +97,10 @@ def run(
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="worker processes (default: "
                                           "execution.workers, else one per two cores)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    address: Optional[str] = typer.Option(None, "--address", help="run the tasks on Ray: `local` starts a "
+                                          "Ray instance on this machine; `auto`, `host:6379` or "
+                                          "`ray://host:10001` use a running cluster. Default: local worker "
+                                          "processes, no Ray"),
 ) -> None:
     """Run a scenario: every sweep point, every trial, into a Zarr result store.
 
@@ -105,7 +112,7 @@ def run(
 
         sc = load_scenario(scenario)
         ds = run_scenario(sc, overwrite=overwrite, dry_run=dry_run, progress=not quiet or dry_run,
-                          output=output, workers=workers)
+                          output=output, workers=workers, address=address)
         if ds is not None and not quiet:
             from mcsim.report import summarize
 
@@ -210,8 +217,127 @@ def plot(
         _console().print(f"wrote {output}", markup=False)
 
 
-# `mcsim submit SCENARIO --address ray://...` (issue 5) goes here: the same driver
-# (mcsim.runner.driver.run) with a Ray executor in place of the local one.
+# ---------------------------------------------------------------- Ray jobs
+
+JobArg = typer.Argument(..., help="a job id printed by `mcsim submit`", show_default=False)
+DashboardOpt = typer.Option(..., "--address", help="the cluster's dashboard, e.g. http://HEAD:8265",
+                            show_default=False)
+
+
+def _job_client(address: str):
+    """A JobSubmissionClient of ``address``; an unreachable address is bad input (exit 2)."""
+    from mcsim.runner.ray import ray_env
+
+    ray_env()
+    from ray.job_submission import JobSubmissionClient
+
+    if "://" not in address:
+        address = "http://" + address
+    try:
+        return JobSubmissionClient(address)
+    except Exception as err:  # noqa: BLE001 - ConnectionError and friends: all mean unreachable
+        _fail(f"--address: cannot reach a Ray dashboard at {address} ({type(err).__name__}: "
+              f"{_first_line(err)}); give the head's dashboard address, e.g. http://HEAD:8265",
+              EXIT_BAD_INPUT)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _job_call(call, job: str, address: str):
+    try:
+        return call()
+    except Exception as err:  # noqa: BLE001
+        text = str(err)
+        if "404" in text or "does not exist" in text or "not found" in text.lower():
+            _fail(f"no job {job!r} on the cluster at {address}", EXIT_BAD_INPUT)
+        _fail(f"the cluster at {address} did not answer about job {job!r}: {_first_line(err)}", EXIT_BAD_INPUT)
+
+
+@app.command()
+def submit(
+    scenario: Path = ScenarioArg,
+    address: str = DashboardOpt,
+    overwrite: bool = typer.Option(False, "--overwrite", help="delete an existing result store first"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="result store as the cluster sees it: "
+                                         "an fsspec URL (s3://...) for a remote cluster; default: the "
+                                         "scenario's `output`"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray workers (default: "
+                                          "execution.workers, else what the cluster offers)"),
+) -> None:
+    """Submit a run to a Ray cluster as a Ray Job; prints the job id and returns at once.
+
+    The job runs `mcsim run SCENARIO --address auto` on the cluster (which must have mcsim
+    installed) with the scenario file shipped in its working_dir. Follow it with `mcsim status`
+    and `mcsim logs`; read the results where the job writes them (`--output`).
+    """
+    with _Guard(scenario):
+        import shlex
+        import shutil
+        import tempfile
+
+        from mcsim.scenario import load_scenario
+
+        sc = load_scenario(scenario)  # bad scenarios fail here, before anything is submitted
+        client = _job_client(address)
+        target = output or sc.output
+        if "://" not in target and not Path(target).is_absolute():
+            # a relative path would land in the job's temporary working_dir: make it absolute
+            target = str(Path(target).resolve())
+        args = ["mcsim", "run", scenario.name, "--address", "auto", "--output", target]
+        if overwrite:
+            args.append("--overwrite")
+        if workers:
+            args += ["--workers", str(workers)]
+        with tempfile.TemporaryDirectory(prefix="mcsim-submit-") as tmp:
+            shutil.copyfile(scenario, Path(tmp) / scenario.name)
+            try:
+                job = client.submit_job(entrypoint=shlex.join(args), runtime_env={"working_dir": tmp},
+                                        metadata={"mcsim_scenario": sc.name, "mcsim_output": target})
+            except Exception as err:  # noqa: BLE001
+                _fail(f"the cluster at {address} refused the job: {_first_line(err)}", EXIT_BAD_INPUT)
+        con = _console()
+        con.print(job, markup=False)
+        err = _console(stderr=True)
+        err.print(f"submitted {sc.name!r} as job {job}; results go to {target}", markup=False)
+        err.print(f"follow it with: mcsim status {job} --address {address}  /  "
+                  f"mcsim logs {job} --address {address} --follow", markup=False)
+
+
+@app.command()
+def status(job: str = JobArg, address: str = DashboardOpt) -> None:
+    """The state of a submitted job (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
+    client = _job_client(address)
+    info = _job_call(lambda: client.get_job_info(job), job, address)
+    con = _console()
+    con.print(str(info.status.value if hasattr(info.status, "value") else info.status), markup=False)
+    if info.message:
+        _console(stderr=True).print(info.message, markup=False)
+
+
+@app.command()
+def logs(
+    job: str = JobArg,
+    address: str = DashboardOpt,
+    follow: bool = typer.Option(False, "--follow", "-f", help="keep printing until the job ends"),
+) -> None:
+    """The output of a submitted job (its progress, and any error)."""
+    client = _job_client(address)
+    _job_call(lambda: client.get_job_info(job), job, address)  # an unknown job: exit 2
+    if not follow:
+        sys.stdout.write(_job_call(lambda: client.get_job_logs(job), job, address))
+        sys.stdout.flush()
+        return
+    import asyncio
+
+    async def tail():
+        async for chunk in client.tail_job_logs(job):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+
+    asyncio.run(tail())
 
 
 def _fmt(v) -> str:

@@ -170,7 +170,11 @@ class _Phase:
         self.bar = None
 
     def __enter__(self):
-        if self.parent.enabled:
+        self.plain = self.parent.enabled and not self.parent._console().is_terminal
+        self.last = 0.0
+        if self.plain:  # a log (e.g. a Ray job's): a line every few seconds instead of a bar
+            self.parent.message(f"{self.name}: 0/{self.n_tasks} tasks")
+        elif self.parent.enabled:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
             self.bar = Progress(
@@ -186,6 +190,14 @@ class _Phase:
     def advance(self, work: int, images: int) -> None:
         self.done += 1
         self.images += images
+        if self.plain:
+            t = time.perf_counter()
+            if t - self.last >= 5 or self.done == self.n_tasks:
+                self.last = t
+                rate = self.images / max(t - self.start, 1e-9)
+                self.parent.message(f"{self.name}: {self.done}/{self.n_tasks} tasks"
+                                    + (f", {rate:,.0f} images/s" if self.images else "")
+                                    + f", {t - self.start:.0f} s")
         if self.bar is not None:
             rate = self.images / max(time.perf_counter() - self.start, 1e-9)
             self.bar.update(self.id, advance=work, tasks=f"{self.done}/{self.n_tasks}",
@@ -210,11 +222,15 @@ def run(
     workers: Optional[int] = None,
     console=None,
     executor_factory: Optional[Callable] = None,
+    check_device: bool = True,
 ):
     """Run ``scenario`` (resuming its store) and return the result dataset; None for a dry run.
 
-    ``executor_factory(scenario, workers)`` makes the executor (default: :class:`LocalExecutor`);
+    ``executor_factory(scenario, workers)`` makes the executor (default: :class:`LocalExecutor`;
+    :class:`mcsim.runner.ray.RayExecutor` runs on Ray);
     it must be a context manager with ``run(jobs)`` yielding results and a ``device`` attribute.
+    ``check_device=False`` skips the check that ``execution.device`` exists on this machine (a
+    Ray executor's workers run elsewhere: the driver of a GPU study may run on a CPU head).
     """
     out = _Progress(progress, console)
     path, info, plan = prepare(scenario, output, overwrite)
@@ -232,10 +248,11 @@ def run(
     from mcsim.engine.convert import pick_device
     from mcsim.models import load_model
 
-    try:
-        pick_device(scenario.execution.device)
-    except RuntimeError as err:
-        raise SetupError(f"execution.device: {err}") from None
+    if check_device:
+        try:
+            pick_device(scenario.execution.device)
+        except RuntimeError as err:
+            raise SetupError(f"execution.device: {err}") from None
     load_model(scenario.model)  # model errors now, before any write; trains a built-in once
     versions = _versions()
     fresh = overwrite or info.kind in ("absent", "empty") or info.attrs.get("state") == "creating"
@@ -270,12 +287,12 @@ def run(
              "host": platform.node()}
     store.record_run(entry)
     executor = executor_factory(scenario, workers)
-    for key in ("workers", "threads"):
-        if getattr(executor, key, None) is not None:
-            entry[key] = getattr(executor, key)
     status = "failed"
     try:
         with executor:
+            for key in ("workers", "threads"):  # known once started (a Ray pool sizes itself then)
+                if getattr(executor, key, None) is not None:
+                    entry[key] = getattr(executor, key)
             if left.calibrate:
                 results = []
                 tasks = plan.calibration_tasks()

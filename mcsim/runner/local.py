@@ -195,6 +195,23 @@ class LocalExecutor:
         while len(self._procs) < self.workers:
             self._procs.append(self._spawn())
 
+    def wait_ready(self) -> None:
+        """Block until every worker process has loaded the model and data (for benchmarks:
+        :meth:`run` does not need it)."""
+        if not self._procs:
+            self.start()
+        for p in self._procs:
+            if p.ready:
+                continue
+            try:
+                msg = p.conn.recv()
+            except (EOFError, OSError):
+                raise RunError("a worker process died while starting") from None
+            if msg[0] == "init_error":
+                raise RunError(f"a worker process cannot start: {msg[1]}\n{msg[2]}")
+            p.ready = True
+            self.info = self.info or msg[1]
+
     def _spawn(self) -> _Proc:
         """A fresh worker process (``python -m mcsim.runner.local``) on one end of a socket pair.
 

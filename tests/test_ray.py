@@ -1,0 +1,180 @@
+"""Ray: `mcsim submit` to a real two-node local cluster (cluster/local.sh, 127.0.0.1 only), a
+worker killed mid-run, and the same numbers on 1 and 2 Ray workers as on the local executor.
+
+The cluster is started once for the module and stopped (`local.sh down`) even on failure.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+import xarray as xr
+from typer.testing import CliRunner
+
+from mcsim.api import open_result, run_scenario
+from mcsim.cli import app
+from mcsim.runner.store import inspect_store
+from mcsim.scenario import load_scenario
+from runner_support import REPO, results_only, run_cli, write_scenario
+
+RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+PORT, DASHBOARD_PORT = 6490, 8375
+GCS = f"127.0.0.1:{PORT}"
+DASHBOARD = f"http://127.0.0.1:{DASHBOARD_PORT}"
+LOCAL_SH = str(REPO / "cluster" / "local.sh")
+
+
+@pytest.fixture(scope="module")
+def cluster(mcsim_cache_dir):
+    """The two-node local cluster (the nodes inherit MCSIM_CACHE_DIR and MCSIM_THREADS=1)."""
+    mp = pytest.MonkeyPatch()
+    for key, value in RAY_ENV.items():
+        mp.setenv(key, value)
+    state = tempfile.mkdtemp(prefix="mcr", dir="/tmp")  # short: Ray's socket paths live under it
+    env = dict(os.environ, MCSIM_RAY_DIR=state, MCSIM_RAY_PORT=str(PORT),
+               MCSIM_RAY_DASHBOARD_PORT=str(DASHBOARD_PORT))
+    try:
+        up = subprocess.run([LOCAL_SH, "up"], env=env, capture_output=True, text=True, timeout=180)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert DASHBOARD in up.stdout and GCS in up.stdout
+        yield {"gcs": GCS, "dashboard": DASHBOARD}
+    finally:
+        subprocess.run([LOCAL_SH, "down"], env=env, capture_output=True, text=True, timeout=120)
+        shutil.rmtree(state, ignore_errors=True)
+        mp.undo()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, mcsim_cache_dir):
+    """The tiny study on the local executor (no Ray)."""
+    d = tmp_path_factory.mktemp("ray-reference")
+    path = write_scenario(d)
+    return results_only(run_scenario(path, progress=False))
+
+
+def test_submit_status_logs_to_a_finished_identical_dataset(cluster, reference, tmp_path):
+    scenario = write_scenario(tmp_path, execution={"workers": None})  # as many workers as the cluster has
+    out = tmp_path / "submitted.zarr"
+    sub = run_cli("submit", str(scenario), "--address", cluster["dashboard"], "--output", str(out), timeout=120)
+    assert sub.returncode == 0, sub.stderr
+    job = sub.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"raysubmit_\w+", job), sub.stdout
+    assert "mcsim status" in sub.stderr
+    deadline, state = time.time() + 180, ""
+    while time.time() < deadline:
+        st = run_cli("status", job, "--address", cluster["dashboard"], timeout=60)
+        assert st.returncode == 0, st.stderr
+        state = st.stdout.strip()
+        if state in ("SUCCEEDED", "FAILED", "STOPPED"):
+            break
+        time.sleep(1)
+    logs = run_cli("logs", job, "--address", cluster["dashboard"], timeout=60)
+    assert logs.returncode == 0, logs.stderr
+    assert state == "SUCCEEDED", logs.stdout
+    assert "evaluating: 18/18 tasks" in logs.stdout and "done:" in logs.stdout, logs.stdout
+    followed = run_cli("logs", job, "--address", cluster["dashboard"], "--follow", timeout=60)
+    assert followed.returncode == 0 and "evaluating: 18/18 tasks" in followed.stdout
+    xr.testing.assert_identical(results_only(open_result(out)), reference)
+    assert inspect_store(str(out)).attrs["runs"][-1]["workers"] == 2  # one per node (1 CPU each)
+
+
+def test_job_commands_fail_cleanly(cluster):
+    runner = CliRunner()
+    unknown = runner.invoke(app, ["status", "raysubmit_nope", "--address", cluster["dashboard"]])
+    assert unknown.exit_code == 2 and "no job 'raysubmit_nope'" in unknown.output
+    unreachable = runner.invoke(app, ["logs", "raysubmit_nope", "--address", "http://127.0.0.1:1"])
+    assert unreachable.exit_code == 2 and "cannot reach a Ray dashboard" in unreachable.output
+    assert "Traceback" not in unknown.output + unreachable.output
+
+
+def test_run_on_an_unreachable_cluster_fails_cleanly_and_writes_nothing(tmp_path):
+    scenario = write_scenario(tmp_path, data={"limit": 50})
+    result = CliRunner().invoke(app, ["run", str(scenario), "--address", "127.0.0.1:1"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: cannot connect to the Ray cluster at '127.0.0.1:1'")
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_a_worker_killed_mid_run_is_replaced_and_the_dataset_is_unchanged(cluster, reference, tmp_path):
+    """SIGKILL every pool actor's process (found through Ray's state API) as soon as the first
+    evaluation result is in, while the others are running: Ray restarts the actors and retries
+    their tasks; each task is recorded once and the numbers are those of an undisturbed run."""
+    from ray.util.state import list_actors
+
+    from mcsim.runner.ray import RayExecutor
+
+    def alive_actors():
+        return list_actors(address=cluster["dashboard"], filters=[("class_name", "=", "McsimWorker"),
+                                                                  ("state", "=", "ALIVE")],
+                           raise_on_missing_output=False)
+
+    killed, after = [], []
+
+    class Killing(RayExecutor):
+        def run(self, jobs):
+            for result in super().run(jobs):
+                if result.task.kind == "evaluate" and not killed:
+                    for actor in alive_actors():
+                        os.kill(actor.pid, signal.SIGKILL)
+                        killed.append(actor.pid)
+                yield result
+            import ray
+
+            after[:] = [info["pid"] for info in ray.get([a.info.remote() for a in self.actors])]
+
+    # many small tasks: 4 points x 3 trial blocks x 4 shards
+    path = write_scenario(tmp_path, execution={"shard_images": 50, "trials_per_task": 2, "workers": 2})
+    from mcsim.runner import driver
+
+    ds = driver.run(load_scenario(path), progress=False,
+                    executor_factory=lambda sc, n: Killing(sc, n, address=cluster["gcs"]))
+    assert len(killed) == 2, killed
+    assert len(after) == 2 and not set(after) & set(killed), (killed, after)  # replaced by new processes
+    runs = inspect_store(str(tmp_path / "out.zarr")).attrs["runs"]
+    assert runs[-1]["status"] == "finished" and runs[-1]["computed"]["evaluate"] == 48  # nothing twice
+    xr.testing.assert_identical(results_only(ds), reference)
+
+
+def test_one_and_two_ray_workers_give_the_local_numbers(cluster, reference, tmp_path):
+    # RayExecutor on the two-node cluster, one worker
+    one = run_scenario(write_scenario(tmp_path, name="one.yaml", output=tmp_path / "one.zarr"), progress=False,
+                       address=cluster["gcs"], workers=1)
+    assert inspect_store(str(tmp_path / "one.zarr")).attrs["runs"][-1]["workers"] == 1
+    xr.testing.assert_identical(results_only(one), reference)
+    # `mcsim run --address local`: a Ray instance of its own on this machine, two workers
+    two = tmp_path / "two.zarr"
+    res = run_cli("run", str(write_scenario(tmp_path, name="two.yaml", output=two)), "--address", "local",
+                  "--workers", "2", "--quiet", timeout=240)
+    assert res.returncode == 0, res.stderr
+    assert inspect_store(str(two)).attrs["runs"][-1]["workers"] == 2
+    xr.testing.assert_identical(results_only(open_result(two)), reference)
+
+
+def test_a_failing_task_is_retried_then_reported(cluster, tmp_path):
+    """A task that raises (a calibration missing) is retried max_retries times, then reported."""
+    from mcsim.runner.local import TaskError
+    from mcsim.runner.plan import make_plan
+    from mcsim.runner.ray import RayExecutor
+
+    sc = load_scenario(write_scenario(tmp_path, execution={"max_retries": 1}, data={"limit": 50}))
+    task = make_plan(sc, 50).eval_tasks()[0]
+    with RayExecutor(sc, 1, address=cluster["gcs"]) as ex:
+        assert ex.device == "cpu" and ex.workers == 1
+        with pytest.raises(TaskError, match=r"failed 2 times.*needs a calibration"):
+            list(ex.run([(task, None)]))
+
+
+def test_a_cuda_study_on_a_cluster_without_gpu_is_refused(cluster, tmp_path):
+    """The driver itself needs no GPU (it may run on a CPU head), the cluster does."""
+    from mcsim.runner.driver import SetupError
+
+    path = write_scenario(tmp_path, execution={"device": "cuda", "gpus_per_task": 0.5, "workers": None},
+                          data={"limit": 50})
+    with pytest.raises(SetupError, match="cuda, but the Ray cluster has no GPU"):
+        run_scenario(path, progress=False, address=cluster["gcs"])
