@@ -1,0 +1,120 @@
+"""The study's findings hold in mcsim, outside the Monte Carlo error.
+
+Each test runs a small CPU-scale scenario (written into tmp_path; smaller than scenarios/cpu/)
+with the built-in MNIST CNN, and asserts an ordering of two sweep points by a margin of more
+than 3 standard errors. A point's standard error combines the chip-to-chip spread of its mean
+and the binomial error of its finite image set:
+
+    SE_point = sqrt(std_chips**2 / chips + p (1 - p) / images),  SE_margin = sqrt(SE_a**2 + SE_b**2)
+
+(conservative: both points see the same images). See docs/findings.md for the full-size runs.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import yaml
+
+from mcsim.api import open_result, run_scenario
+
+MODEL = {"name": "builtin:mnist-cnn"}
+DATA = {"name": "mnist5k", "split": "test", "limit": 400, "batch_size": 200,
+        "calibration": {"split": "train", "count": 200}}
+
+
+def run(tmp_path, name: str, hardware: dict, grid: dict, trials: int, zip_: dict | None = None):
+    doc = {
+        "name": name,
+        "seed": 11,
+        "model": MODEL,
+        "data": DATA,
+        "hardware": hardware,
+        "sweep": {"grid": grid, **({"zip": zip_} if zip_ else {})},
+        "trials": trials,
+        "execution": {"shard_images": 400, "trials_per_task": trials, "workers": 1},
+        "output": str(tmp_path / f"{name}.zarr"),
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    run_scenario(path, progress=False)
+    return open_result(tmp_path / f"{name}.zarr")
+
+
+def point(ds, **sel) -> tuple[float, float]:
+    """(mean, SE) of top-1 at one sweep point."""
+    p = ds.sel(sel)
+    acc = np.asarray(p["top1"].values, dtype=float).ravel()
+    n = int(np.asarray(p["n_images"].values).max())
+    mean = float(acc.mean())
+    std = float(acc.std(ddof=1)) if acc.size > 1 else 0.0
+    return mean, math.sqrt(std**2 / acc.size + mean * (1 - mean) / n)
+
+
+def assert_better(ds, a: dict, b: dict, what: str):
+    (ma, sa), (mb, sb) = point(ds, **a), point(ds, **b)
+    margin, se = ma - mb, math.hypot(sa, sb)
+    assert margin > 3 * se, (f"{what}: {a} top-1 {ma:.3f} vs {b} {mb:.3f}: margin {margin:+.3f} "
+                             f"is not above 3 SE = {3 * se:.3f}")
+    return margin, se
+
+
+def test_finding1_differential_tolerates_more_programming_error(tmp_path):
+    """(1) The differential (proportional) mapping tolerates more programming error than the offset
+    mapping: far more for state-proportional error, still clearly for state-independent error."""
+    ds = run(tmp_path, "f1", {"adc": {"bits": None}, "error": {"model": "proportional", "sigma": 0.3}},
+             {"hardware.error.model": ["independent", "proportional"],
+              "hardware.error.sigma": [0.3],
+              "hardware.mapping": ["differential", "offset"]}, trials=12)
+    ds = ds.sel(sigma=0.3)
+    assert_better(ds, {"model": "proportional", "mapping": "differential"},
+                  {"model": "proportional", "mapping": "offset"}, "state-proportional error")
+    assert_better(ds, {"model": "independent", "mapping": "differential"},
+                  {"model": "independent", "mapping": "offset"}, "state-independent error")
+    # the differential chip under 30% proportional error stays close to the digital model ...
+    mean, _ = point(ds, model="proportional", mapping="differential")
+    assert mean > float(ds["digital_top1"]) - 0.03
+    # ... because a proportional error leaves its many small weights (devices near Gmin) nearly exact
+    assert_better(ds, {"model": "proportional", "mapping": "differential"},
+                  {"model": "independent", "mapping": "differential"}, "error kind, differential mapping")
+
+
+def test_finding2_slicing_buys_little_and_cannot_rescue(tmp_path):
+    """(2) Weight bit slicing (7 one-bit slices of the differential magnitude) gains nothing
+    significant under state-proportional error, and under a large state-independent error the
+    sliced chip is still far from the digital model."""
+    ds = run(tmp_path, "f2", {"adc": {"bits": None}, "error": {"model": "proportional", "sigma": 0.5}},
+             {"hardware.error.model": ["independent", "proportional"], "hardware.error.sigma": [0.5]},
+             trials=6, zip_={"hardware.mapping": ["differential", "differential"], "hardware.slices": [1, 7]})
+    ds = ds.sel(sigma=0.5)
+    one, seven = ({"point": i} for i in range(2))
+    assert [int(ds["slices"].values[i]) for i in range(2)] == [1, 7]
+    (m1, s1), (m7, s7) = point(ds, model="proportional", **one), point(ds, model="proportional", **seven)
+    se = math.hypot(s1, s7)
+    assert m7 - m1 < 3 * se, (m1, m7, se)  # no significant gain ...
+    assert min(m1, m7) > float(ds["digital_top1"]) - 0.03  # ... because there is nothing left to gain
+    mean, se = point(ds, model="independent", **seven)
+    gap = float(ds["digital_top1"]) - mean
+    assert gap > 0.1 and gap > 3 * se, (mean, se, float(ds["digital_top1"]))
+
+
+def test_finding3_offset_needs_more_adc_bits_and_smaller_arrays(tmp_path):
+    """(3) With a 5-bit ADC the differential mapping is near digital; the offset mapping needs
+    smaller arrays (the offset term G_zero * sum(x) grows with rows and is digitized too)."""
+    ds = run(tmp_path, "f3", {"adc": {"bits": 5}},
+             {"hardware.mapping": ["differential", "offset"], "hardware.rows_max": [72, 1152]}, trials=1)
+    assert_better(ds, {"mapping": "differential", "rows_max": 1152}, {"mapping": "offset", "rows_max": 1152},
+                  "5-bit ADC, 1152-row arrays")
+    assert_better(ds, {"mapping": "offset", "rows_max": 72}, {"mapping": "offset", "rows_max": 1152},
+                  "offset mapping, 5-bit ADC")
+
+
+def test_finding4_parasitics_hurt_offset_more(tmp_path):
+    """(4) The same wire resistance costs the offset mapping far more accuracy."""
+    ds = run(tmp_path, "f4", {"adc": {"bits": None}},
+             {"hardware.parasitics.rp": [0.0, 1e-4], "hardware.mapping": ["differential", "offset"]}, trials=1)
+    assert_better(ds, {"rp": 1e-4, "mapping": "differential"}, {"rp": 1e-4, "mapping": "offset"}, "rp = 1e-4")
+    # without parasitics the two mappings are equal (same quantized weights, ideal ADC)
+    (md, _), (mo, _) = point(ds, rp=0.0, mapping="differential"), point(ds, rp=0.0, mapping="offset")
+    assert abs(md - mo) < 0.01
