@@ -94,8 +94,11 @@ class AnalogModel(nn.Module):
             layer.part.to(self.device)
         self.memory_budget = memory_budget or _memory_budget(self.device)
         self._act_bytes: dict[tuple, int] = {}
-        weight_bytes = sum(4 * layer.digital_weight.numel() for layer in self.analog_layers())
-        self.ctx.cache = weight_bytes * len(chips) * hardware.slices * 2 <= self.memory_budget // 4
+        # Keep programmed chips between forward calls when they fit in half the budget: a task evaluates
+        # many batches on the same chips. Per chip: weights per slice (and read-noise variances).
+        copies = hardware.slices * (2 if hardware.read_noise.model != "none" else 1)
+        chip_bytes = sum(4 * copies * layer.digital_weight.numel() for layer in self.analog_layers())
+        self.ctx.cache = chip_bytes * len(chips) <= self.memory_budget // 2
 
     def analog_layers(self) -> list[AnalogLayer]:
         return [self.net.get_submodule(n) for n in self.layer_names]

@@ -254,7 +254,11 @@ class AnalogLayer(nn.Module):
         tc = len(ctx.chips)
         r = x.shape[0] // tc
         signed = True if self.signed is None else self.signed
-        n = dac.levels(x.view(tc, r, *x.shape[1:]), self.x_range or 1.0, hw.input_bits, signed)
+        # Our own copy of the inputs (always a copy: x may feed a residual branch), already in the grouped
+        # conv's (image, chip) memory order, so that quantizing in place and laying out cost one pass.
+        x5 = x.new_empty(r, tc, *x.shape[1:]).transpose(0, 1)
+        x5.copy_(x.view(tc, r, *x.shape[1:]))
+        n = dac.levels_(x5, self.x_range or 1.0, hw.input_bits, signed)
         split = hw.adc.bits is not None or calibrating
         bitserial = hw.input_mode == "bitserial"
         serial = split and bitserial and hw.input_accumulation == "digital"
@@ -315,7 +319,10 @@ class AnalogLayer(nn.Module):
             for p in range(part.parts):
                 for s in range(self.n_slices):
                     f = bit_weights[b] * coef[s] * step[s]
-                    z = k[b, :, :, :, p, s] * f if z is None else z.add_(k[b, :, :, :, p, s], alpha=f)
+                    if z is None:  # k is this layer's own buffer: scale the first term in place
+                        z = k[b, :, :, :, p, s].mul_(f) if nb * part.parts * self.n_slices == 1 else k[b, :, :, :, p, s] * f
+                    else:
+                        z.add_(k[b, :, :, :, p, s], alpha=f)
         z.add_(sum(bit_weights) * part.parts * sum(c * l for c, l in zip(coef, lo)))
         if hw.mapping == "offset":  # digital subtraction of G_zero * sum(v), per bit like the outputs
             ones = (part.mask.to(x.dtype) / self._input_scale(serial)).unsqueeze(0).expand(tc * geo.groups, -1, -1, -1, -1)

@@ -19,12 +19,12 @@ def n_serial_bits(bits: int, signed: bool) -> int:
     return bits - 1 if signed else bits
 
 
-def levels(x: torch.Tensor, x_range: float, bits: int | None, signed: bool) -> torch.Tensor:
-    """Integer levels ``n`` (continuous inputs: ``x / x_range`` unclipped, an ideal DAC)."""
+def levels_(x: torch.Tensor, x_range: float, bits: int | None, signed: bool) -> torch.Tensor:
+    """In place: integer levels ``n`` (continuous inputs: ``x / x_range`` unclipped, an ideal DAC)."""
     if bits is None:
-        return x / x_range
+        return x.div_(x_range)
     n_max = max_level(bits, signed)
-    return (x * (n_max / x_range)).round_().clamp_(-n_max if signed else 0, n_max)
+    return x.mul_(n_max / x_range).round_().clamp_(-n_max if signed else 0, n_max)
 
 
 def bit_planes(n: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
