@@ -127,10 +127,20 @@ class _Proc:
 
 @dataclass
 class _Queue:
-    """Pending jobs by group, in submission order."""
+    """Pending jobs by group, in submission order; a failed job goes back to the front until it has
+    failed more than ``max_retries`` times."""
 
+    max_retries: int = 0
     groups: "OrderedDict[tuple, deque]" = field(default_factory=OrderedDict)
     started: set = field(default_factory=set)
+    failures: dict = field(default_factory=dict)
+
+    def retry(self, job: tuple, why: str) -> None:
+        task_id, task = job[0], job[1]
+        self.failures[task_id] = self.failures.get(task_id, 0) + 1
+        if self.failures[task_id] > self.max_retries:
+            raise TaskError(f"task {task} failed {self.failures[task_id]} times; last error: {why}")
+        self.push(job, front=True)
 
     def push(self, job: tuple, front: bool = False) -> None:
         q = self.groups.setdefault(job[1].group, deque())
@@ -261,10 +271,9 @@ class LocalExecutor:
         """Run ``(task, calibration)`` jobs; yield each result as its task finishes."""
         if not self._procs:
             self.start()
-        queue = _Queue()
+        queue = _Queue(self.max_retries)
         for task_id, (task, calibration) in enumerate(jobs):
             queue.push((task_id, task, calibration))
-        failures: dict[int, int] = {}
         deaths = 0  # deaths of processes without a task (while starting)
         running = 0
         while len(queue) or running:
@@ -294,7 +303,7 @@ class LocalExecutor:
                             raise RunError(why)
                     else:
                         running -= 1
-                        self._retry(job, failures, queue, why)
+                        queue.retry(job, why)
                     continue
                 kind = msg[0]
                 if kind == "ready":
@@ -309,14 +318,7 @@ class LocalExecutor:
                 elif kind == "error":
                     job, p.job = p.job, None
                     running -= 1
-                    self._retry(job, failures, queue, f"{msg[2]}\n{msg[3]}")
-
-    def _retry(self, job: tuple, failures: dict, queue: _Queue, why: str) -> None:
-        task_id, task = job[0], job[1]
-        failures[task_id] = failures.get(task_id, 0) + 1
-        if failures[task_id] > self.max_retries:
-            raise TaskError(f"task {task} failed {failures[task_id]} times; last error: {why}")
-        queue.push(job, front=True)
+                    queue.retry(job, f"{msg[2]}\n{msg[3]}")
 
     def _replace(self, p: _Proc) -> None:
         """Replace a dead process by a fresh one."""

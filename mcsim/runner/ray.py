@@ -273,7 +273,7 @@ class RayExecutor:
 
         if not self.actors:
             self.start()
-        queue = _Queue()
+        queue = _Queue(self.max_retries)
         refs: dict[int, Any] = {}  # id(calibration dict) -> (dict, its object ref): one put per point
         for task_id, (task, calibration) in enumerate(jobs):
             if calibration is not None:
@@ -282,7 +282,6 @@ class RayExecutor:
                     refs[key] = (calibration, ray.put(calibration))
                 calibration = refs[key][1]
             queue.push((task_id, task, calibration))
-        failures: dict[int, int] = {}
         idle = list(self._ready)
         groups: dict[int, Optional[tuple]] = {i: None for i in range(len(self.actors))}
         running: dict[Any, tuple[int, tuple]] = {}  # ref -> (actor index, job)
@@ -308,19 +307,12 @@ class RayExecutor:
                 try:
                     result = ray.get(ref)
                 except ray.exceptions.RayTaskError as err:  # the task raised: retry it here
-                    self._retry(job, failures, queue, str(err.cause if err.cause is not None else err))
+                    queue.retry(job, str(err.cause if err.cause is not None else err))
                     continue
                 except ray.exceptions.RayActorError as err:  # died more often than Ray retries
                     raise TaskError(f"task {job[1]}: its Ray worker died {self.max_retries + 1} times; "
                                     f"last: {err}") from None
                 yield result
-
-    def _retry(self, job: tuple, failures: dict, queue: _Queue, why: str) -> None:
-        task_id, task = job[0], job[1]
-        failures[task_id] = failures.get(task_id, 0) + 1
-        if failures[task_id] > self.max_retries:
-            raise TaskError(f"task {task} failed {failures[task_id]} times; last error: {why}")
-        queue.push(job, front=True)
 
 
 def actor_pids(timeout: float = 10.0) -> list[int]:
