@@ -170,3 +170,59 @@ def test_same_chip_alone_or_among_others(resnet18):
     swapped = alone(x.flip(0), image_ids=ids.flip(0))[0].flip(0)
     assert torch.allclose(swapped, out_many[3], atol=1e-5)
     assert not torch.allclose(out_many[0], out_many[1])
+
+
+def test_range_max_without_calibration_keeps_negative_outputs():
+    """Without calibration the DAC treats inputs as signed; the ADC's theoretical range must agree, or
+    the offset mapping's negative column outputs are clipped."""
+    torch.manual_seed(4)
+    lin = nn.Linear(32, 5)
+    x = torch.randn(8, 32)
+    hw = Hardware(mapping="offset", input_bits=None, weight_bits=None, adc={"bits": 14, "range": "max"})
+    out = convert(nn.Sequential(lin), hw, trials=1)(x)[0]
+    ref = lin(x).detach()
+    step = 2 * 32 * 2 * lin.weight.abs().max().item() / (2**14 - 1)  # column span in weight units / levels
+    assert (out - ref).abs().max() < step
+
+
+def test_default_image_ids_give_each_batch_fresh_read_noise():
+    torch.manual_seed(5)
+    lin = nn.Linear(16, 4)
+    hw = Hardware(weight_bits=None, input_bits=None, adc={"bits": None}, read_noise={"model": "independent", "sigma": 0.05})
+    x = torch.rand(3, 16)
+    analog = convert(nn.Sequential(lin), hw, trials=2)
+    first, second = analog(x), analog(x)
+    assert not torch.allclose(first, second)  # images 0-2, then images 3-5
+    assert torch.equal(analog(x, image_ids=torch.arange(3)), first)
+    assert torch.equal(analog(x, image_ids=torch.arange(3, 6)), second)
+
+
+class _HeadFirst(nn.Module):
+    """Registers its classifier before the convolutions that run first."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(8 * 4 * 4, 3)
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 8, 3, padding=1)
+
+    def forward(self, x):
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.head(nn.functional.adaptive_avg_pool2d(x, 4).flatten(1))
+
+
+def test_first_and_last_layers_follow_execution_order_and_streams_follow_names():
+    torch.manual_seed(6)
+    model = _HeadFirst().eval()
+    err = {"model": "proportional", "sigma": 0.1}
+    kept = convert(model, Hardware(error=err, analog_first_layer=False, analog_last_layer=False), trials=2, seed=3)
+    assert kept.layer_names == ["conv2"]
+    everything = convert(model, Hardware(error=err), trials=2, seed=3)
+    images, x = torch.rand(4, 1, 8, 8), torch.rand(4, 4, 8, 8)
+    outs = []
+    for analog in (kept, everything):
+        analog.calibrate([images])
+        analog.load_calibration({**analog.calibration(), "conv2": kept.calibration()["conv2"]})
+        analog.ctx.chips, analog.ctx.image_ids = torch.tensor([0, 1]), torch.arange(4)
+        outs.append(analog.net.get_submodule("conv2")(x.repeat(2, 1, 1, 1)))
+    assert torch.equal(outs[0], outs[1])  # conv2's chips do not depend on which other layers are analog

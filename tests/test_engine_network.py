@@ -28,8 +28,8 @@ def _accuracy(workload, hw, trials):
 
 def test_offset_degrades_more_than_differential_under_proportional_error(workload):
     err = {"model": "proportional", "sigma": 0.1}
-    diff = _accuracy(workload, Hardware(mapping="differential", error=err), trials=10)
-    off = _accuracy(workload, Hardware(mapping="offset", error=err), trials=10)
+    diff = _accuracy(workload, Hardware(mapping="differential", error=err), trials=30)
+    off = _accuracy(workload, Hardware(mapping="offset", error=err), trials=30)
     gap = diff.mean() - off.mean()
     se = np.sqrt(diff.var(ddof=1) / len(diff) + off.var(ddof=1) / len(off))
     assert gap > 4 * se, (diff.mean(), off.mean(), se)

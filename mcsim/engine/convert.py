@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import torch
+import torch.fx
 from torch import nn
 
 from mcsim.engine.layers import AnalogLayer, Context
@@ -43,6 +44,20 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     except Exception as e:  # fx cannot trace data-dependent control flow
         warnings.warn(f"BatchNorm not folded (torch.fx could not trace the model: {e}); BN stays digital")
         return model
+
+
+def execution_order(net: nn.Module, layers: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
+    """``layers`` in the order the forward pass runs them (torch.fx), which need not be the order in
+    which they were registered; registration order (warned) when fx cannot trace the model."""
+    try:
+        graph = torch.fx.symbolic_trace(net).graph
+    except Exception as e:  # data-dependent control flow
+        warnings.warn(f"analog_first_layer/analog_last_layer: torch.fx could not trace the model ({e}); "
+                      "taking the first and last layers in registration order")
+        return layers
+    called = [n.target for n in graph.nodes if n.op == "call_module"]
+    rank = {name: i for i, name in enumerate(called)}
+    return sorted(layers, key=lambda item: rank.get(item[0], len(rank)))  # never called as modules: last
 
 
 def _memory_budget(device: torch.device) -> int:
@@ -80,19 +95,19 @@ class AnalogModel(nn.Module):
         skipped = [n for n, m in self.net.named_modules() if isinstance(m, nn.modules.conv._ConvNd) and not isinstance(m, nn.Conv2d)]
         if skipped:
             warnings.warn(f"only Conv2d and Linear run on crossbars; these stay digital: {skipped}")
-        if not hardware.analog_first_layer:
-            targets = targets[1:]
-        if not hardware.analog_last_layer:
-            targets = targets[:-1]
+        if not (hardware.analog_first_layer and hardware.analog_last_layer):
+            targets = execution_order(self.net, targets)
+            targets = targets[0 if hardware.analog_first_layer else 1 : None if hardware.analog_last_layer else -1]
         self.layer_names: list[str] = []
-        for i, (name, module) in enumerate(targets):
+        for name, module in targets:
             parent, _, child = name.rpartition(".")
-            setattr(self.net.get_submodule(parent), child, AnalogLayer(module, hardware, i, self.ctx))
+            setattr(self.net.get_submodule(parent), child, AnalogLayer(module, hardware, name, self.ctx))
             self.layer_names.append(name)
         self.net.to(self.device)
         for layer in self.analog_layers():
             layer.part.to(self.device)
         self.memory_budget = memory_budget or _memory_budget(self.device)
+        self.images_seen = 0  # default image ids number the images in the order the model sees them
         self._act_bytes: dict[tuple, int] = {}
         # Keep programmed chips between forward calls when they fit in half the budget: a task evaluates
         # many batches on the same chips. Per chip: weights per slice (and read-noise variances).
@@ -115,11 +130,10 @@ class AnalogModel(nn.Module):
                     peak[0] = max(peak[0], out[0].numel() + (inp[0][0].numel() if inp and torch.is_tensor(inp[0]) else 0))
 
             handles = [m.register_forward_hook(hook) for m in self.net.modules() if not list(m.children())]
-            self.ctx.mode, self.ctx.chips = "probe", self.chips[:1].to(self.device)
             try:
-                self.net(x[:1].to(self.device))
+                with self.ctx.switched("probe", self.chips[:1].to(self.device)):
+                    self.net(x[:1].to(self.device))
             finally:
-                self.ctx.mode = "run"
                 for h in handles:
                     h.remove()
             elements = max(peak[0], max(layer.probe_elements for layer in self.analog_layers()))
@@ -136,11 +150,15 @@ class AnalogModel(nn.Module):
         """Logits ``(T, B, ...)`` of every chip on the batch ``x`` ``(B, ...)``.
 
         ``image_ids`` are the images' global indices: read noise of image ``i`` on chip ``t`` is the
-        same whatever batch it comes in (default ``0..B-1``).
+        same whatever batch it comes in. Without them, images are numbered in the order this model
+        sees them (``images_seen``, ``images_seen + 1``, ...), so every batch gets fresh read noise.
         """
         x = x.to(self.device)
         b = x.shape[0]
-        self.ctx.image_ids = (torch.arange(b) if image_ids is None else torch.as_tensor(image_ids)).to(self.device)
+        if image_ids is None:
+            image_ids = torch.arange(self.images_seen, self.images_seen + b)
+        self.images_seen += b
+        self.ctx.image_ids = torch.as_tensor(image_ids).to(self.device)
         block = self.chip_block(x)
         outs = []
         for i in range(0, len(self.chips), block):
@@ -168,25 +186,21 @@ class AnalogModel(nn.Module):
         if not data:
             raise ValueError("calibrate: no calibration images")
         layers = self.analog_layers()
-        self.ctx.chips = self.chips[:1].to(self.device)
 
-        def one_pass(mode: str):
-            self.ctx.mode = mode
-            for x in data:
-                self.ctx.image_ids = torch.arange(x.shape[0], device=self.device)
-                self.net(x)
+        def one_pass(mode):
+            with self.ctx.switched(mode, self.chips[:1].to(self.device)):
+                for x in data:
+                    self.ctx.image_ids = torch.arange(x.shape[0], device=self.device)
+                    self.net(x)
 
-        try:
-            one_pass("calibrate_inputs")
+        one_pass("calibrate_inputs")
+        for layer in layers:
+            layer.finish_input_calibration()
+            layer.clear_cache()
+        if self.hardware.adc.bits is not None and self.hardware.adc.range == "calibrated":
+            one_pass("calibrate_adc")
             for layer in layers:
-                layer.finish_input_calibration()
-                layer.clear_cache()
-            if self.hardware.adc.bits is not None and self.hardware.adc.range == "calibrated":
-                one_pass("calibrate_adc")
-                for layer in layers:
-                    layer.finish_adc_calibration()
-        finally:
-            self.ctx.mode = "run"
+                layer.finish_adc_calibration()
         return self.calibration()
 
     def calibration(self) -> dict:

@@ -1,7 +1,7 @@
 """The analog layer: one Conv2d or Linear evaluated for a block of chips at once.
 
 Activations carry the chips in the batch dim, ``(Tc * B, ...)`` chip-major. A layer programs each
-chip's devices (MODEL.md sections 2-4, 8), then runs every chip, array partition and weight slice
+chip's devices (MODEL.md sections 2-4, 8), then runs each chip's array partitions and weight slices
 as one grouped convolution (a Linear is a 1x1 conv):
 
 * **split** structure (a real ADC, or ADC calibration): output channels per (chip, group,
@@ -13,11 +13,17 @@ as one grouped convolution (a Linear is a 1x1 conv):
 
 Read noise is drawn in output space: a column's noise variance is ``sum_j v_j**2 var(dG_j)``
 (section 4), one extra convolution of ``v**2`` with the per-device variances.
+
+Determinism (section 9): a chip's outputs must not depend on the other chips of its block, although
+quantizers turn the last float bit into a level flip. The float kernels (oneDNN, cuDNN) pick their
+reduction order from the whole call's shape, so the matmuls run one call per chip: a chip's
+arithmetic then depends only on its own shapes (its batch of images), never on the block.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Literal, Optional
 
 import numpy as np
 import torch
@@ -31,6 +37,13 @@ from mcsim.physics import adc, dac, devices, mapping, parasitics
 
 _SAMPLES_PER_BATCH = 2**18  # calibration values kept per layer and batch (strided subsample)
 _STREAM_PROGRAM, _STREAM_DRIFT, _STREAM_READ = 1, 11, 101
+# Smallest batch a chip's matmul runs at (zero rows pad it): oneDNN takes another kernel, and so another
+# summation order, for a single image, and for matrix-vector-like (1x1 spatial) calls below ~16 rows
+# when single-threaded. Padding keeps every chip on one kernel whatever the batch and thread count.
+_MIN_ROWS, _MIN_ROWS_GEMM = 2, 16
+
+
+Mode = Literal["run", "probe", "calibrate_inputs", "calibrate_adc"]
 
 
 @dataclass
@@ -40,8 +53,29 @@ class Context:
     seed: int = 0
     chips: Optional[torch.Tensor] = None  # (Tc,) global chip indices
     image_ids: Optional[torch.Tensor] = None  # (B,) global image indices (read-noise streams)
-    mode: str = "run"  # run | probe | calibrate_inputs | calibrate_adc
+    mode: Mode = "run"  # probe: digital pass measuring sizes; calibrate_*: the two calibration passes
     cache: bool = True  # keep programmed chips between forward calls
+
+    @contextmanager
+    def switched(self, mode: Mode, chips: Optional[torch.Tensor] = None) -> Iterator["Context"]:
+        """Run a pass in ``mode`` (and on ``chips``), restoring the previous state on exit."""
+        saved = self.mode, self.chips
+        self.mode, self.chips = mode, (chips if chips is not None else self.chips)
+        try:
+            yield self
+        finally:
+            self.mode, self.chips = saved
+
+
+@dataclass(frozen=True)
+class Pass:
+    """How one forward call evaluates a layer, decided once from the hardware and the mode."""
+
+    split: bool  # per-column outputs digitized (real ADC) or recorded (ADC calibration): section 7
+    serial: bool  # one MVM and one digitization per input bit (bit-serial, digital accumulation): section 5
+    bitserial: bool  # bit-serial inputs (analog or digital accumulation)
+    calibrating: bool  # the error-free ADC calibration pass
+    signed: bool  # the DAC's signed levels
 
 
 @dataclass
@@ -60,9 +94,20 @@ def _subsample(t: torch.Tensor) -> np.ndarray:
 
 
 class AnalogLayer(nn.Module):
-    def __init__(self, module: nn.Conv2d | nn.Linear, hw: Hardware, layer_id: int, ctx: Context):
+    """One Conv2d or Linear on crossbars, for the block of chips named in ``ctx.chips``.
+
+    Args:
+        module: the digital layer (BatchNorm already folded in).
+        hw: the layer's hardware.
+        name: the module's path in the model; it keys the layer's random streams, so that
+            keeping another layer digital changes nothing here.
+        ctx: the converted model's shared pass context.
+    """
+
+    def __init__(self, module: nn.Conv2d | nn.Linear, hw: Hardware, name: str, ctx: Context):
         super().__init__()
-        self.hw, self.layer_id, self.ctx = hw, layer_id, ctx
+        self.hw, self.name, self.ctx = hw, name, ctx
+        self.key = rng.name_key(name)
         w = module.weight.detach()
         self.linear = isinstance(module, nn.Linear)
         if self.linear:
@@ -71,7 +116,7 @@ class AnalogLayer(nn.Module):
             groups = 1
         else:
             if module.padding_mode != "zeros":
-                raise ValueError(f"layer {layer_id}: padding_mode {module.padding_mode!r} is not supported")
+                raise ValueError(f"layer {name!r}: padding_mode {module.padding_mode!r} is not supported")
             self.conv_args = dict(stride=module.stride, padding=module.padding, dilation=module.dilation)
             groups = module.groups
         self.geom = Geometry(w.shape[1] * groups, w.shape[0], groups, tuple(w.shape[2:]))
@@ -106,7 +151,7 @@ class AnalogLayer(nn.Module):
 
     # ------------------------------------------------------------------ programming a block of chips
     def _keys(self, stream: int) -> torch.Tensor:
-        return rng.derive(self.ctx.seed, self.ctx.chips, self.layer_id, stream)
+        return rng.derive(self.ctx.seed, self.ctx.chips, self.key, stream)
 
     def _program_devices(self, error_free: bool):
         """Per device kind, programmed (and drifted) conductances ``(Tc, S, C_out, K)``."""
@@ -149,56 +194,42 @@ class AnalogLayer(nn.Module):
         m = m.unflatten(-1, (-1, len(arrays)))
         return {k: back(m[..., i], a) for i, (k, a) in enumerate(arrays.items())}
 
+    @property
+    def signed_inputs(self) -> bool:
+        """Whether the DAC uses signed levels: calibrated, else signed (the one default, section 5)."""
+        return True if self.signed is None else self.signed
+
     def _input_scale(self, serial: bool) -> float:
         """Inputs are fed to the crossbar as integer levels n (or 0/+-1 bit planes); v = n / n_max."""
         hw = self.hw
         if hw.input_bits is None or serial:
             return 1.0
-        return float(dac.max_level(hw.input_bits, True if self.signed is None else self.signed))
+        return float(dac.max_level(hw.input_bits, self.signed_inputs))
 
-    def _program(self, split: bool, serial: bool) -> Programmed:
-        """Program the chips and fold every linear step after the matmul into its weights.
+    def _program(self, p: Pass) -> Programmed:
+        """Program the chips and fold every linear step after the matmul into their weights.
 
         split, real ADC: the conv outputs ADC codes ``(y - lo) / step`` (weights / step, bias -lo / step).
         split, calibrating: the conv outputs the raw column values y.
         folded: the conv outputs the layer's final output (weights * unit * x_range, the layer's bias).
+        Weights are chip-major: chip c owns a contiguous block of output channels.
         """
-        hw, geo = self.hw, self.geom
-        error_free = self.ctx.mode == "calibrate_adc"
-        g, alpha = self._program_devices(error_free)
+        hw = self.hw
+        g, alpha = self._program_devices(p.calibrating)
         var = None
-        if not error_free and hw.read_noise.model != "none":
+        if not p.calibrating and hw.read_noise.model != "none":
             var = sum(devices.read_variance(x, hw.read_noise) for x in g.values())
         if hw.parasitics.rp > 0:
             g = self._effective({k: self.part.split(x) for k, x in g.items()})
-            if not split:
+            if not p.split:
                 g = {k: self.part.merge(x) for k, x in g.items()}
         w = g["pos"] - g["neg"] if hw.mapping == "differential" else g["one"]
-        tc, dtype, scale_in = len(self.ctx.chips), self.digital_weight.dtype, self._input_scale(serial)
-        bias = None
-        if split:  # (Tc, S, [g, P, N_g, Cp, kh, kw]) -> (Tc, g, P, S, N_g, Cp, kh, kw)
-            def arrange(t, per_slice):
-                t = t.float() if t.dim() == 8 else self.part.split(t.float())  # ADC steps dwarf float32 rounding
-                t = t.permute(0, 2, 3, 1, 4, 5, 6, 7)
-                return t * per_slice.view(-1, 1, 1, 1, 1).to(t)
-
-            cs = torch.full((self.n_slices,), 1 / scale_in, dtype=torch.float64)
-            if not error_free and hw.adc.bits is not None:
-                code_scale, code_shift = adc.code_transform(*self._adc_limits(), hw.adc.bits)
-                cs = cs * code_scale
-                bias = code_shift.view(-1, 1).expand(-1, geo.ng).reshape(1, -1).expand(tc * geo.groups * self.part.parts, -1)
-            w = arrange(w, cs)
-            var = arrange(var, cs**2) if var is not None else None
-        else:  # fold slices, the offset term and the output scale: (Tc, C_out, K), float64 when exact (section 10)
-            c = self.coef.to(w.dtype).view(1, -1, 1, 1)
-            out_scale = self.unit * (self.x_range or 1.0) / scale_in
-            w = ((w * c).sum(1) - self.offset) * out_scale
-            var = (var * c**2).sum(1) * out_scale**2 if var is not None else None
-            if alpha is not None:  # drift compensation scales each chip's output
-                w = w * alpha.view(-1, 1, 1).to(w.dtype)
-                var = var * alpha.view(-1, 1, 1).to(var.dtype) ** 2 if var is not None else None
-            bias = self.bias.expand(tc, -1)
-        shape = (-1, self.part.cp if split else geo.cg, *geo.kernel)
+        if p.split:
+            w, var, bias = self._split_weights(w, var, p)
+        else:
+            w, var, bias = self._folded_weights(w, var, alpha, p)
+        dtype = self.digital_weight.dtype
+        shape = (-1, self.part.cp if p.split else self.geom.cg, *self.geom.kernel)
         return Programmed(
             w.reshape(shape).to(dtype),
             var.reshape(shape).to(dtype) if var is not None else None,
@@ -206,14 +237,44 @@ class AnalogLayer(nn.Module):
             bias.reshape(-1).to(dtype) if bias is not None else None,
         )
 
-    def _programmed(self, split: bool, serial: bool) -> Programmed:
-        key = (split, serial, self.ctx.mode, tuple(self.ctx.chips.tolist()))
+    def _split_weights(self, w, var, p: Pass):
+        """Arrays ``(Tc, g, P, S, N_g, Cp, kh, kw)`` scaled to emit ADC codes (or raw y when calibrating)."""
+        geo, tc = self.geom, len(self.ctx.chips)
+
+        def arrange(t, per_slice):  # (Tc, S, [g, P, N_g, Cp, kh, kw]) -> (Tc, g, P, S, N_g, Cp, kh, kw)
+            t = t.float() if t.dim() == 8 else self.part.split(t.float())  # ADC steps dwarf float32 rounding
+            return t.permute(0, 2, 3, 1, 4, 5, 6, 7) * per_slice.view(-1, 1, 1, 1, 1).to(t)
+
+        cs = torch.full((self.n_slices,), 1 / self._input_scale(p.serial), dtype=torch.float64)
+        bias = None
+        if not p.calibrating and self.hw.adc.bits is not None:
+            code_scale, code_shift = adc.code_transform(*self._adc_limits(), self.hw.adc.bits)
+            cs = cs * code_scale
+            bias = code_shift.view(-1, 1).expand(-1, geo.ng).reshape(1, -1).expand(tc * geo.groups * self.part.parts, -1)
+        return arrange(w, cs), (arrange(var, cs**2) if var is not None else None), bias
+
+    def _folded_weights(self, w, var, alpha, p: Pass):
+        """One effective weight ``(Tc, C_out, K)`` per chip: slices recombined, drift compensated, the
+        offset term subtracted, the output scale applied; float64 when exact (section 10)."""
+        c = self.coef.to(w.dtype).view(1, -1, 1, 1)
+        out_scale = self.unit * (self.x_range or 1.0) / self._input_scale(p.serial)
+        w = (w * c).sum(1)
+        var = (var * c**2).sum(1) if var is not None else None
+        if alpha is not None:  # compensation rescales the analog column outputs, not the digital offset term
+            w = w * alpha.view(-1, 1, 1).to(w.dtype)
+            var = var * alpha.view(-1, 1, 1).to(var.dtype) ** 2 if var is not None else None
+        w = (w - self.offset) * out_scale
+        var = var * out_scale**2 if var is not None else None
+        return w, var, self.bias.expand(len(self.ctx.chips), -1)
+
+    def _programmed(self, p: Pass) -> Programmed:
+        key = (p, self.ctx.mode, tuple(self.ctx.chips.tolist()))
         if key in self._cache:
             return self._cache[key]
-        p = self._program(split, serial)
+        prog = self._program(p)
         if self.ctx.cache and self.ctx.mode == "run":
-            self._cache[key] = p
-        return p
+            self._cache[key] = prog
+        return prog
 
     def clear_cache(self):
         self._cache.clear()
@@ -233,119 +294,167 @@ class AnalogLayer(nn.Module):
             if mode == "calibrate_inputs":
                 self._record("x_min", np.array([x.min().item()]))
                 self._record("x_abs", _subsample(x.abs()))
-            y = self._digital(x)
-            split = self.hw.adc.bits is not None
-            nb = dac.n_serial_bits(self.hw.input_bits, True) + 1 if self.hw.input_mode == "bitserial" else 1
-            expand = (self.part.parts * self.part.cp / self.geom.cg if split else 1) * nb
-            out_expand = (self.part.parts * (self.n_slices + 1) if split else 1) * nb
-            self.probe_elements = max(self.probe_elements, int(x[0].numel() * expand + y[0].numel() * out_expand))
-            return y
+            return self._probe(x)
         lead = x.shape[:-1]
-        if self.linear:
+        if self.linear:  # tokens of a (batch, tokens, features) input are rows of their own
             x = x.reshape(-1, self.geom.c_in, 1, 1)
         y = self._analog(x)
         return y.reshape(*lead, self.geom.c_out) if self.linear else y
 
-    def _analog(self, x: torch.Tensor) -> torch.Tensor:
-        hw, geo, part, ctx = self.hw, self.geom, self.part, self.ctx
-        calibrating = ctx.mode == "calibrate_adc"
-        if hw.input_bits is not None and self.x_range is None:
-            raise RuntimeError("this converted model quantizes inputs: call .calibrate() (or load a calibration) first")
-        tc = len(ctx.chips)
-        r = x.shape[0] // tc
-        signed = True if self.signed is None else self.signed
-        # Our own copy of the inputs (always a copy: x may feed a residual branch), already in the grouped
-        # conv's (image, chip) memory order, so that quantizing in place and laying out cost one pass.
-        x5 = x.new_empty(r, tc, *x.shape[1:]).transpose(0, 1)
-        x5.copy_(x.view(tc, r, *x.shape[1:]))
-        n = dac.levels_(x5, self.x_range or 1.0, hw.input_bits, signed)
+    def _probe(self, x: torch.Tensor) -> torch.Tensor:
+        """The digital output, noting the peak elements per (image, chip) an analog pass would hold."""
+        y = self._digital(x)
+        split = self.hw.adc.bits is not None
+        nb = dac.n_serial_bits(self.hw.input_bits, True) + 1 if self.hw.input_mode == "bitserial" else 1
+        expand = (self.part.parts * self.part.cp / self.geom.cg if split else 1) * nb
+        out_expand = (self.part.parts * (self.n_slices + 1) if split else 1) * nb
+        self.probe_elements = max(self.probe_elements, int(x[0].numel() * expand + y[0].numel() * out_expand))
+        return y
+
+    def _pass(self) -> Pass:
+        hw = self.hw
+        calibrating = self.ctx.mode == "calibrate_adc"
         split = hw.adc.bits is not None or calibrating
         bitserial = hw.input_mode == "bitserial"
         serial = split and bitserial and hw.input_accumulation == "digital"
-        prog = self._programmed(split, serial)
-        n_max = dac.max_level(hw.input_bits, signed) if hw.input_bits is not None else 1
-        if serial:  # one MVM per input bit, recombined digitally as sum_k 2**k y_k / n_max
-            u = dac.bit_planes(n, hw.input_bits, signed)
-            bit_weights = [2.0**k / n_max for k in range(u.shape[0])]
-        else:
-            u, bit_weights = n.unsqueeze(0), [1.0]
-        u2 = None
-        if prog.var is not None:
-            if bitserial and not serial:  # analog accumulation: the bits' noises add with weights 4**k
-                planes = dac.bit_planes(n, hw.input_bits, signed)
-                w4 = torch.tensor([4.0**k for k in range(planes.shape[0])], dtype=x.dtype, device=x.device)
-                u2 = ((planes**2) * w4.view(-1, *[1] * (planes.dim() - 1))).sum(0, keepdim=True)
-            else:
-                u2 = u**2
-        nb = u.shape[0]
+        return Pass(split, serial, bitserial, calibrating, self.signed_inputs)
 
-        if not split:  # folded: the conv gives the layer's output
-            def layout(t):
-                return t[0].transpose(0, 1).flatten(1, 2)
+    def _analog(self, x: torch.Tensor) -> torch.Tensor:
+        """``(Tc * r, C, H, W)`` activations to the layer's outputs on every chip of the block."""
+        if self.hw.input_bits is not None and self.x_range is None:
+            raise RuntimeError("this converted model quantizes inputs: call .calibrate() (or load a calibration) first")
+        p = self._pass()
+        prog = self._programmed(p)
+        n = self._levels(x, p)
+        u, bit_weights = self._input_planes(n, p)
+        u2 = self._noise_planes(n, u, p) if prog.var is not None else None
+        if not p.split:
+            return self._folded(u, u2, prog).flatten(0, 1)
+        k = self._columns(u, u2, prog)
+        z = self._recombine(self._digitize(k, p), bit_weights)
+        if prog.alpha is not None:  # drift compensation rescales the analog outputs (section 4)
+            z.mul_(prog.alpha.to(z.dtype).view(-1, 1, 1, 1, 1, 1))
+        if self.hw.mapping == "offset":
+            z.sub_(self._offset_term(u, bit_weights, p))
+        z.mul_(self.unit * (self.x_range or 1.0)).add_(self.bias.view(self.geom.groups, self.geom.ng, 1, 1))
+        return z.flatten(0, 1).flatten(1, 2)
 
-            out = F.conv2d(layout(u), prog.weight, prog.bias, groups=tc * geo.groups, **self.conv_args)
-            h_out = out.shape[-2:]
-            out = out.view(r, tc, geo.groups, geo.ng, *h_out)
-            if u2 is not None:
-                var = F.conv2d(layout(u2), prog.var, None, groups=tc * geo.groups, **self.conv_args).view_as(out)
-                out = out + var.sqrt() * self._read_noise(1, r, var[0, 0].numel()).view_as(var)
-            return out.transpose(0, 1).reshape(tc * r, geo.c_out, *h_out)
+    # ------------------------------------------------------------------ the steps of a pass
+    def _levels(self, x: torch.Tensor, p: Pass) -> torch.Tensor:
+        """Section 5: integer DAC levels ``(Tc, r, C, H, W)``, in our own buffer (x may feed a residual)."""
+        tc = len(self.ctx.chips)
+        n = x.reshape(tc, x.shape[0] // tc, *x.shape[1:]).clone()
+        return dac.levels_(n, self.x_range or 1.0, self.hw.input_bits, p.signed)
 
-        groups = tc * geo.groups * part.parts
+    def _input_planes(self, n: torch.Tensor, p: Pass) -> tuple[torch.Tensor, list[float]]:
+        """What drives the rows ``(Tc, nb, r, C, H, W)`` and each plane's weight in the recombination:
+        one bit plane per MVM when bits are digitized apart (``sum_k 2**k y_k / n_max``), else the levels."""
+        if not p.serial:
+            return n.unsqueeze(1), [1.0]
+        u = dac.bit_planes(n, self.hw.input_bits, p.signed, dim=1)
+        n_max = dac.max_level(self.hw.input_bits, p.signed)
+        return u, [2.0**k / n_max for k in range(u.shape[1])]
 
-        def run(inp, weight, bias=None):
-            inp = part.gather_inputs(inp).permute(0, 2, 1, 3, 4, 5, 6, 7).flatten(0, 1).flatten(1, 4)
-            return F.conv2d(inp, weight, bias, groups=groups, **self.conv_args)
+    def _noise_planes(self, n: torch.Tensor, u: torch.Tensor, p: Pass) -> torch.Tensor:
+        """``v**2`` per plane for the read-noise variance; with analog accumulation of bit-serial inputs
+        each bit is its own read, so the bits' variances add with weights ``4**k``."""
+        if not (p.bitserial and not p.serial):
+            return u**2
+        planes = dac.bit_planes(n, self.hw.input_bits, p.signed, dim=1)
+        w4 = torch.tensor([4.0**k for k in range(planes.shape[1])], dtype=n.dtype, device=n.device)
+        return ((planes**2) * w4.view(1, -1, *[1] * (planes.dim() - 2))).sum(1, keepdim=True)
 
-        k = run(u, prog.weight, prog.bias)  # ADC codes before rounding (raw y when calibrating)
-        h_out = k.shape[-2:]
-        k = k.view(nb, r, tc, geo.groups, part.parts, self.n_slices, geo.ng, *h_out)
+    def _per_chip_conv(self, inp: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                       groups: int, shared: bool = False) -> torch.Tensor:
+        """``inp (Tc, N, C, H, W)`` through each chip's own weights (chip-major blocks of ``weight``;
+        ``shared``: one weight for all chips) -> ``(Tc, N, C_out, H', W')``. One call per chip, so a
+        chip's float arithmetic never depends on the block it is evaluated in (module docstring)."""
+        tc, rows = inp.shape[:2]
+        w = weight.unsqueeze(0).expand(tc, *weight.shape) if shared else weight.view(tc, -1, *weight.shape[1:])
+        b = bias.view(tc, -1) if bias is not None else [None] * tc
+        floor = _MIN_ROWS_GEMM if inp.shape[-2:] == (1, 1) else _MIN_ROWS
+        if rows < floor:  # below these, oneDNN switches kernel by batch size and thread count
+            inp = F.pad(inp, (0, 0) * (inp.dim() - 2) + (0, floor - rows))
+        out = [F.conv2d(inp[c], w[c], b[c], groups=groups, **self.conv_args) for c in range(tc)]
+        return torch.stack(out)[:, :rows]
+
+    def _folded(self, u: torch.Tensor, u2: Optional[torch.Tensor], prog: Programmed) -> torch.Tensor:
+        """The folded pass: one matmul per chip gives the layer's output ``(Tc, r, C_out, H', W')``."""
+        out = self._per_chip_conv(u[:, 0], prog.weight, prog.bias, self.geom.groups)
+        if u2 is not None:
+            var = self._per_chip_conv(u2[:, 0], prog.var, None, self.geom.groups)
+            out += var.sqrt_().mul_(self._read_noise(1, out.shape[1], out[0, 0].numel()).view_as(var))
+        return out
+
+    def _columns(self, u: torch.Tensor, u2: Optional[torch.Tensor], prog: Programmed) -> torch.Tensor:
+        """Every column of every array, per input plane: ``(Tc, nb, r, g, P, S, N_g, H', W')`` ADC codes
+        before rounding (raw outputs when calibrating), with read noise (section 4)."""
+        geo, part = self.geom, self.part
+        tc, nb, r = u.shape[:3]
+        groups = geo.groups * part.parts
+
+        def run(planes, weight, bias=None):
+            inp = part.gather_inputs(planes.flatten(1, 2)).flatten(2, 4)  # (Tc, nb * r, g * P * Cp, H, W)
+            return self._per_chip_conv(inp, weight, bias, groups)
+
+        k = run(u, prog.weight, prog.bias)
+        k = k.view(tc, nb, r, geo.groups, part.parts, self.n_slices, geo.ng, *k.shape[-2:])
         if u2 is not None:
             var = run(u2, prog.var).view_as(k)
-            k = k + var.sqrt() * self._read_noise(nb, r, var[0, 0, 0].numel()).view_as(var)
-        coef = self.coef.tolist()
-        if calibrating:
+            k += var.sqrt_().mul_(self._read_noise(nb, r, var[0, 0, 0].numel()).view_as(var))
+        return k
+
+    def _digitize(self, k: torch.Tensor, p: Pass) -> tuple[torch.Tensor, list[float], list[float]]:
+        """Section 7, in place: ADC codes, with each slice's ``(step, lo)`` to read them back. When
+        calibrating, records the raw outputs instead and reads them back as they are."""
+        if p.calibrating:
             for s in range(self.n_slices):
                 self._record(f"adc_{s}", _subsample(k[:, :, :, :, :, s]))
-            step, lo = [1.0] * self.n_slices, [0.0] * self.n_slices
-        else:
-            adc.codes_(k, hw.adc.bits)
-            lo_t, hi_t = self._adc_limits()
-            lo = lo_t.tolist()
-            step = ((hi_t - lo_t) / (2**hw.adc.bits - 1)).tolist()
-        # z = sum over bits, partitions and slices of w_bit * c_s * (lo_s + step_s * code), in recombined digits
+            return k, [1.0] * self.n_slices, [0.0] * self.n_slices
+        adc.codes_(k, self.hw.adc.bits)
+        lo, hi = self._adc_limits()
+        return k, ((hi - lo) / (2**self.hw.adc.bits - 1)).tolist(), lo.tolist()
+
+    def _recombine(self, digitized, bit_weights: list[float]) -> torch.Tensor:
+        """``z = sum over planes b, partitions p, slices s of w_b c_s (lo_s + step_s code)``, in recombined
+        digits (sections 3, 5, 6), summed in a fixed order: ``(Tc, r, g, N_g, H', W')``."""
+        k, step, lo = digitized
+        coef = self.coef.tolist()
+        terms = [(b, q, s) for b in range(len(bit_weights)) for q in range(self.part.parts) for s in range(self.n_slices)]
         z = None
-        for b in range(nb):
-            for p in range(part.parts):
-                for s in range(self.n_slices):
-                    f = bit_weights[b] * coef[s] * step[s]
-                    if z is None:  # k is this layer's own buffer: scale the first term in place
-                        z = k[b, :, :, :, p, s].mul_(f) if nb * part.parts * self.n_slices == 1 else k[b, :, :, :, p, s] * f
-                    else:
-                        z.add_(k[b, :, :, :, p, s], alpha=f)
-        z.add_(sum(bit_weights) * part.parts * sum(c * l for c, l in zip(coef, lo)))
-        if hw.mapping == "offset":  # digital subtraction of G_zero * sum(v), per bit like the outputs
-            ones = (part.mask.to(x.dtype) / self._input_scale(serial)).unsqueeze(0).expand(tc * geo.groups, -1, -1, -1, -1)
-            sv = run(u, ones.flatten(0, 1)).view(nb, r, tc, geo.groups, part.parts, *h_out).sum(4)
-            sv = (sv * torch.tensor(bit_weights, dtype=x.dtype, device=x.device).view(-1, 1, 1, 1, 1, 1)).sum(0)
-            z.sub_(self.offset * sv.unsqueeze(3))
-        if prog.alpha is not None:
-            z.mul_(prog.alpha.to(z.dtype).view(1, -1, 1, 1, 1, 1))
-        z.mul_(self.unit * (self.x_range or 1.0)).add_(self.bias.view(geo.groups, geo.ng, 1, 1))
-        return z.transpose(0, 1).reshape(tc * r, geo.c_out, *h_out)
+        for b, q, s in terms:
+            f = bit_weights[b] * coef[s] * step[s]
+            if z is None:  # k is this layer's own buffer: scale the only term in place
+                z = k[:, b, :, :, q, s].mul_(f) if len(terms) == 1 else k[:, b, :, :, q, s] * f
+            else:
+                z.add_(k[:, b, :, :, q, s], alpha=f)
+        return z.add_(sum(bit_weights) * self.part.parts * sum(c * l for c, l in zip(coef, lo)))
+
+    def _offset_term(self, u: torch.Tensor, bit_weights: list[float], p: Pass) -> torch.Tensor:
+        """Offset mapping's digital ``G_zero * sum(v)`` per partition row set, in recombined digits
+        (section 3), ``(Tc, r, g, 1, H', W')``: the inputs summed over each array's rows, per plane."""
+        geo, part = self.geom, self.part
+        tc, nb, r = u.shape[:3]
+        ones = part.mask.to(u.dtype).unsqueeze(0).expand(geo.groups, -1, -1, -1, -1).flatten(0, 1)
+        inp = part.gather_inputs(u.flatten(1, 2)).flatten(2, 4)
+        sv = self._per_chip_conv(inp, ones, None, geo.groups * part.parts, shared=True)
+        sv = sv.view(tc, nb, r, geo.groups, part.parts, *sv.shape[-2:]).sum(4)
+        w = torch.tensor(bit_weights, dtype=u.dtype, device=u.device).view(1, -1, 1, 1, 1, 1)
+        return ((sv * w).sum(1) * (self.offset / self._input_scale(p.serial))).unsqueeze(3)
 
     def _read_noise(self, nb: int, r: int, n: int) -> torch.Tensor:
-        """Read-noise normals (nb, r, Tc, n), streams keyed by chip, image and input bit."""
+        """Read-noise normals ``(Tc, nb, r, n)``, streams keyed by chip, image, token and input bit."""
         ids = self.ctx.image_ids
-        img = ids.repeat_interleave(r // len(ids)) if ids is not None else torch.arange(r)
+        tokens = r // len(ids)  # a Linear fed (batch, tokens, features): each token is its own read
         dev = self.ctx.chips.device
         keys = rng.derive(
             self.ctx.seed,
-            self.ctx.chips.view(1, 1, -1),
-            self.layer_id,
+            self.ctx.chips.view(-1, 1, 1),
+            self.key,
             _STREAM_READ,
-            img.to(dev).view(1, -1, 1),
-            torch.arange(nb, device=dev).view(-1, 1, 1),
+            ids.to(dev).repeat_interleave(tokens).view(1, 1, -1),
+            torch.arange(tokens, device=dev).repeat(len(ids)).view(1, 1, -1),
+            torch.arange(nb, device=dev).view(1, -1, 1),
         )
         return rng.normal(keys, n, self.digital_weight.dtype)
 
@@ -353,7 +462,7 @@ class AnalogLayer(nn.Module):
         """Per-slice ADC range ``(lo, hi)`` (float64, shape (S,)) in units of one Gmax device at full input."""
         hw = self.hw
         if hw.adc.range == "max":
-            lo, hi = adc.full_range(self.part.rows_per_array, bool(self.signed), hw.mapping, hw.gmin)
+            lo, hi = adc.full_range(self.part.rows_per_array, self.signed_inputs, hw.mapping, hw.gmin)
             lo, hi = [lo] * self.n_slices, [hi] * self.n_slices
         elif hw.adc.range == "explicit":
             lo, hi = [hw.adc.limits[0]] * self.n_slices, [hw.adc.limits[1]] * self.n_slices

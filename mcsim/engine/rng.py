@@ -1,13 +1,14 @@
 """Random numbers keyed by what they describe: the only source of randomness (MODEL.md section 9).
 
-Keys are derived from ``seed, chip, layer, stream`` (and, for read noise, the image index and
-input bit) with SplitMix64 in integer tensor ops. Per-chip quantities (programming errors, drift)
+Keys are derived from ``seed, chip, layer, stream`` (a layer by its module name, :func:`name_key`;
+for read noise also the image index, the token and the input bit) with SplitMix64 in integer tensor ops. Per-chip quantities (programming errors, drift)
 are drawn with a CPU generator seeded by the chip's key (:func:`chip_normal`); read noise, which
 needs a stream per (chip, image, bit), is counter-based (:func:`normal`). Chip ``t`` is therefore the
 same chip whatever the batch size, the other chips evaluated with it, the task split or the device.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -42,6 +43,11 @@ def derive(base: torch.Tensor | int, *parts: torch.Tensor | int, device=None) ->
         p = torch.as_tensor(p, dtype=torch.int64, device=k.device)
         k = splitmix(k ^ splitmix(p))
     return k
+
+
+def name_key(name: str) -> int:
+    """A stable int64 key for a name (e.g. a layer's module path), the same in every process."""
+    return _i64(int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little"))
 
 
 def chip_normal(keys: torch.Tensor, n: int, device) -> torch.Tensor:

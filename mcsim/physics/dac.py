@@ -27,9 +27,10 @@ def levels_(x: torch.Tensor, x_range: float, bits: int | None, signed: bool) -> 
     return x.mul_(n_max / x_range).round_().clamp_(-n_max if signed else 0, n_max)
 
 
-def bit_planes(n: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
-    """Bit-serial inputs ``v_k`` (k = 0 least significant) stacked on a new leading dim."""
-    mag = n.abs().to(torch.int32).unsqueeze(0)
-    shifts = torch.arange(n_serial_bits(bits, signed), dtype=torch.int32, device=n.device).view(-1, *[1] * n.dim())
+def bit_planes(n: torch.Tensor, bits: int, signed: bool, dim: int = 0) -> torch.Tensor:
+    """Bit-serial inputs ``v_k`` (k = 0 least significant) stacked on a new dim ``dim``."""
+    mag = n.abs().to(torch.int32).unsqueeze(dim)
+    shifts = torch.arange(n_serial_bits(bits, signed), dtype=torch.int32, device=n.device)
+    shifts = shifts.view(-1, *[1] * (n.dim() - dim))
     planes = ((mag >> shifts) & 1).to(n.dtype)
-    return planes.mul_(torch.sign(n)) if signed else planes
+    return planes.mul_(torch.sign(n).unsqueeze(dim)) if signed else planes
