@@ -169,30 +169,37 @@ _GATED_MAX_BLOCK = {False: 8, True: 4}  # block rows: 2**8 unsigned, 3**4 signed
 
 
 def _mat_product(H: list[Tensor], L: list[Tensor], out: Optional[list[Tensor]] = None) -> list[Tensor]:
-    """``H @ L`` for products stored as (a, b, c, d, e, f); H holds the later rows (nearer the ADC)."""
-    aH, bH, cH, dH, eH, fH = H
-    aL, bL, cL, dL, eL, fL = L
+    """``H @ L`` for products stored as (a, b, c, d, e, f[, z]); H holds the later rows (nearer the
+    ADC). The optional seventh number is the corner entry, 1 unless the products were rescaled."""
+    aH, bH, cH, dH, eH, fH = H[:6]
+    aL, bL, cL, dL, eL, fL = L[:6]
     if out is None:
-        return [torch.mul(aH, aL).addcmul_(bH, cL), torch.mul(aH, bL).addcmul_(bH, dL),
-                torch.mul(cH, aL).addcmul_(dH, cL), torch.mul(cH, bL).addcmul_(dH, dL),
-                torch.addcmul(eL, eH, aL).addcmul_(fH, cL), torch.addcmul(fL, eH, bL).addcmul_(fH, dL)]
-    a, b, c, d, e, f = out
+        out = [torch.empty(torch.broadcast_shapes(aH.shape, aL.shape), dtype=aH.dtype, device=aH.device)
+               for _ in range(len(H))]
+    a, b, c, d, e, f = out[:6]
     torch.mul(aH, aL, out=a).addcmul_(bH, cL)
     torch.mul(aH, bL, out=b).addcmul_(bH, dL)
     torch.mul(cH, aL, out=c).addcmul_(dH, cL)
     torch.mul(cH, bL, out=d).addcmul_(dH, dL)
-    torch.addcmul(eL, eH, aL, out=e).addcmul_(fH, cL)
-    torch.addcmul(fL, eH, bL, out=f).addcmul_(fH, dL)
+    if len(H) == 6:
+        torch.addcmul(eL, eH, aL, out=e).addcmul_(fH, cL)
+        torch.addcmul(fL, eH, bL, out=f).addcmul_(fH, dL)
+    else:  # z_H e_L is exact (a power of two times e_L): the same roundings as without the corner
+        zH, zL = H[6], L[6]
+        torch.mul(zH, eL, out=e).addcmul_(eH, aL).addcmul_(fH, cL)
+        torch.mul(zH, fL, out=f).addcmul_(eH, bL).addcmul_(fH, dL)
+        torch.mul(zH, zL, out=out[6])
     return out
 
 
-def _rescale_(m: list[Tensor]) -> None:
-    """Divide each product by the power of two nearest its trace: exact, so bit-neutral (I is a
-    ratio), and it keeps long chains at large rp inside the float range."""
+def _rescale(m: list[Tensor]) -> list[Tensor]:
+    """Divide each product (all nine entries: the corner becomes a stored seventh number) by the
+    power of two nearest its trace. Exact, hence bit-neutral (the current is a ratio of entries),
+    and it keeps long chains at large rp inside the float range."""
     _, exponent = torch.frexp(m[0] + m[3])
     scale = torch.ldexp(torch.ones_like(m[0]), exponent.neg_())
-    for t in m:
-        t.mul_(scale)
+    m = [t.mul(scale) for t in m]
+    return m if len(m) == 7 else m + [scale]
 
 
 def _log_growth(rows: int, rp: float, gmax: float) -> float:
@@ -211,12 +218,10 @@ def _tree_(m: list[Tensor], rows: int, rp: float, gmax: float) -> list[Tensor]:
     """Reduce products along dim 0 (row order: element 0 farthest from the ADC) to one, by the
     aligned binary tree; ``rows`` is the number of circuit rows each input element spans."""
     limit = 0.9 * math.log(torch.finfo(m[0].dtype).max)
-    scaled = False
     while m[0].shape[0] > 1:
         n, h = m[0].shape[0], m[0].shape[0] // 2
-        if scaled or _log_growth(2 * rows, rp, gmax) > limit:
-            _rescale_(m)
-            scaled = True
+        if _log_growth(2 * rows, rp, gmax) > limit:  # then at every level up: rescaled ones stay O(1)
+            m = _rescale(m)
         out = [t.new_empty((h + n % 2,) + t.shape[1:]) for t in m]
         _mat_product([t[1:2 * h:2] for t in m], [t[0:2 * h:2] for t in m], [t[:h] for t in out])
         if n % 2:  # the last element (nearest the ADC) has no partner at this level
@@ -243,7 +248,7 @@ def _block_tables(g: Tensor, rp: float, block: int, signed: bool) -> list[Tensor
     limit = 0.9 * math.log(torch.finfo(g.dtype).max)
     while rows < block:  # pair rows (2i, 2i+1) and every pattern of the one with every pattern of the other
         if _log_growth(2 * rows, rp, gmax) > limit:
-            _rescale_(m)
+            m = _rescale(m)
         nb, P = m[0].shape[:2]
         hi = [t[1::2].unsqueeze(2) for t in m]  # (nb/2, P, 1, C): digits of the upper half
         lo = [t[0::2].unsqueeze(1) for t in m]  # (nb/2, 1, P, C)
@@ -291,16 +296,16 @@ def _gated_array(G: Tensor, u: Tensor, rp: float, max_bytes: int, dtype: torch.d
     col_chunk = max(1, min(C, (max_bytes // 2) // (6 * P * nblk * itemsize)))
     for c0 in range(0, C, col_chunk):
         cs = slice(c0, min(C, c0 + col_chunk))
-        table = torch.stack(_block_tables(g[:, cs], rp, block, signed), 2).flatten(2)  # (nblk, P, 6 C')
-        table = table.view(nblk * P, -1)
-        width = table.shape[1] // 6
-        vec_chunk = max(1, _GATED_CACHE_BYTES // (6 * nblk * width * itemsize))
+        comps = _block_tables(g[:, cs], rp, block, signed)
+        k, width = len(comps), comps[0].shape[-1]  # k = 7 when the tables were rescaled
+        table = torch.stack(comps, 2).view(nblk * P, k * width)
+        vec_chunk = max(1, _GATED_CACHE_BYTES // (k * nblk * width * itemsize))
         for v0 in range(0, V, vec_chunk):
             vs = slice(v0, min(V, v0 + vec_chunk))
             idx = _pattern_index(u[vs], block, signed, nblk * block)
-            X = table.index_select(0, idx.reshape(-1)).view(nblk, -1, 6, width)
-            m = _tree_([X[:, :, j] for j in range(6)], block, rp, gmax)
-            _, b, _, d, _, f = (t[0] for t in m)
+            X = table.index_select(0, idx.reshape(-1)).view(nblk, -1, k, width)
+            m = _tree_([X[:, :, j] for j in range(k)], block, rp, gmax)
+            _, b, _, d, _, f = (t[0] for t in m[:6])
             out[vs, cs] = f / torch.add(d, b, alpha=rp)
     return out
 
