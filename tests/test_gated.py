@@ -155,3 +155,15 @@ def test_bad_inputs():
         gated_column_currents(G, torch.ones(9), 1e-3)
     with pytest.raises(ValueError, match="rp"):
         gated_column_currents(G, torch.ones(10), -1.0)
+    with pytest.raises(ValueError, match="signed=False"):
+        gated_column_currents(G, -torch.ones(10), 1e-3, signed=False)
+
+
+@pytest.mark.parametrize("rp", [1e-6, 1e-2])
+def test_unsigned_bits_through_the_signed_path(rp):
+    """Unsigned bits use the 2x2 block alone (the source row equals the conductance row then);
+    forcing the signed path on them agrees to rounding."""
+    G = torch.rand(300, 4, dtype=torch.float64)
+    U = torch.randint(0, 2, (20, 300)).double()
+    fast = gated_column_currents(G, U, rp)
+    torch.testing.assert_close(gated_column_currents(G, U, rp, signed=True), fast, rtol=1e-14, atol=0)

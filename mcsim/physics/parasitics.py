@@ -154,7 +154,9 @@ def column_transfer(G: Tensor, rp: float) -> Tensor:
 # (0, 1, 0), i.e. I = P[2,1] / (P[1,1] + rp P[0,1]). Exact (it is Gaussian elimination of the
 # tridiagonal KCL system from the far end), one ratio at the end, no cancellation: all entries of the
 # 2x2 block are positive. The third column of every T_k is (0, 0, 1), so a product is stored as six
-# numbers (a, b, c, d, e, f) = the 2x2 block [[a, b], [c, d]] and the row (e, f).
+# numbers (a, b, c, d, e, f) = the 2x2 block [[a, b], [c, d]] and the row (e, f). With unsigned bits
+# (y = x) every T_k keeps s - p fixed, so s = p and I = P[0,1] / (P[1,1] + rp P[0,1]): the 2x2
+# block alone (four numbers) suffices (all active sources at 1 V: the Norton current equals Y).
 #
 # The product is taken as a binary tree over the rows (log2 N vectorized levels, no loop over rows).
 # Bits are few-valued, so the products over aligned blocks of ``b`` rows are tabulated once per
@@ -169,18 +171,22 @@ _GATED_MAX_BLOCK = {False: 8, True: 4}  # block rows: 2**8 unsigned, 3**4 signed
 
 
 def _mat_product(H: list[Tensor], L: list[Tensor], out: Optional[list[Tensor]] = None) -> list[Tensor]:
-    """``H @ L`` for products stored as (a, b, c, d, e, f[, z]); H holds the later rows (nearer the
-    ADC). The optional seventh number is the corner entry, 1 unless the products were rescaled."""
-    aH, bH, cH, dH, eH, fH = H[:6]
-    aL, bL, cL, dL, eL, fL = L[:6]
+    """``H @ L`` for products stored as (a, b, c, d[, e, f[, z]]); H holds the later rows (nearer
+    the ADC). Four numbers: the 2x2 block alone (unsigned bits); the seventh is the corner entry,
+    1 unless the products were rescaled."""
+    aH, bH, cH, dH = H[:4]
+    aL, bL, cL, dL = L[:4]
     if out is None:
         out = [torch.empty(torch.broadcast_shapes(aH.shape, aL.shape), dtype=aH.dtype, device=aH.device)
                for _ in range(len(H))]
-    a, b, c, d, e, f = out[:6]
+    a, b, c, d = out[:4]
     torch.mul(aH, aL, out=a).addcmul_(bH, cL)
     torch.mul(aH, bL, out=b).addcmul_(bH, dL)
     torch.mul(cH, aL, out=c).addcmul_(dH, cL)
     torch.mul(cH, bL, out=d).addcmul_(dH, dL)
+    if len(H) == 4:
+        return out
+    eH, fH, eL, fL, e, f = H[4], H[5], L[4], L[5], out[4], out[5]
     if len(H) == 6:
         torch.addcmul(eL, eH, aL, out=e).addcmul_(fH, cL)
         torch.addcmul(fL, eH, bL, out=f).addcmul_(fH, dL)
@@ -193,13 +199,13 @@ def _mat_product(H: list[Tensor], L: list[Tensor], out: Optional[list[Tensor]] =
 
 
 def _rescale(m: list[Tensor]) -> list[Tensor]:
-    """Divide each product (all nine entries: the corner becomes a stored seventh number) by the
-    power of two nearest its trace. Exact, hence bit-neutral (the current is a ratio of entries),
-    and it keeps long chains at large rp inside the float range."""
+    """Divide each product (all its entries: with the row (e, f) the corner becomes a stored
+    seventh number) by the power of two nearest its trace. Exact, hence bit-neutral (the current is
+    a ratio of entries), and it keeps long chains at large rp inside the float range."""
     _, exponent = torch.frexp(m[0] + m[3])
     scale = torch.ldexp(torch.ones_like(m[0]), exponent.neg_())
     m = [t.mul(scale) for t in m]
-    return m if len(m) == 7 else m + [scale]
+    return m if len(m) != 6 else m + [scale]
 
 
 def _log_growth(rows: int, rp: float, gmax: float) -> float:
@@ -235,7 +241,8 @@ def _block_tables(g: Tensor, rp: float, block: int, signed: bool) -> list[Tensor
     """Products over each aligned block of ``block`` rows for every bit pattern.
 
     ``g`` is (N_pad, C) with N_pad a multiple of ``block`` (padding rows are NaN: they become
-    identity matrices). Returns six tensors (N_pad / block, P, C), pattern index
+    identity matrices). Returns six tensors (signed; four unsigned, seven when rescaled)
+    (N_pad / block, P, C), pattern index
     ``sum_r digit_r * base**r`` over the block's rows r, digit = bit (+1 when signed)."""
     pad = torch.isnan(g)
     g = g.masked_fill(pad, 0.0)
@@ -243,7 +250,9 @@ def _block_tables(g: Tensor, rp: float, block: int, signed: bool) -> list[Tensor
     x = g.unsqueeze(1) * levels.abs().view(1, -1, 1)  # (N_pad, P1, C)
     y = g.unsqueeze(1) * levels.view(1, -1, 1)
     c = torch.full_like(g, rp).masked_fill_(pad, 0.0).unsqueeze(1).expand_as(x)
-    m = [torch.addcmul(torch.ones_like(x), c, x), x, c.clone(), torch.ones_like(x), c * y, y]
+    m = [torch.addcmul(torch.ones_like(x), c, x), x, c.clone(), torch.ones_like(x)]
+    if signed:
+        m += [c * y, y]
     gmax, rows = float(g.abs().max()) if g.numel() else 0.0, 1
     limit = 0.9 * math.log(torch.finfo(g.dtype).max)
     while rows < block:  # pair rows (2i, 2i+1) and every pattern of the one with every pattern of the other
@@ -275,17 +284,16 @@ def _choose_block(n_vec: int, n_rows: int, cols: int, signed: bool, itemsize: in
         P = base**block
         # per (row, column): building ~ P / block products, gathering and the tree ~ 1.5 / block per vector
         cost = (P + 1.5 * n_vec) / block
-        fits = 6 * P * -(-n_rows // block) * min(cols, 8) * itemsize <= max_bytes // 2
+        fits = 7 * P * -(-n_rows // block) * min(cols, 8) * itemsize <= max_bytes // 2
         if fits and cost < best_cost:
             best, best_cost = block, cost
         block *= 2
     return best
 
 
-def _gated_array(G: Tensor, u: Tensor, rp: float, max_bytes: int, dtype: torch.dtype) -> Tensor:
+def _gated_array(G: Tensor, u: Tensor, rp: float, signed: bool, max_bytes: int, dtype: torch.dtype) -> Tensor:
     """Column currents (V, C) of one array ``G`` (N, C) for bit vectors ``u`` (V, N)."""
     (N, C), V = G.shape, u.shape[0]
-    signed = bool((u < 0).any())
     itemsize = torch.finfo(dtype).bits // 8
     block = _choose_block(V, N, C, signed, itemsize, max_bytes)
     nblk = -(-N // block)
@@ -293,11 +301,12 @@ def _gated_array(G: Tensor, u: Tensor, rp: float, max_bytes: int, dtype: torch.d
     g = F.pad(G.to(dtype), (0, 0, 0, nblk * block - N), value=math.nan)
     gmax = float(G.abs().max()) if G.numel() else 0.0
     out = torch.empty(V, C, dtype=dtype, device=G.device)
-    col_chunk = max(1, min(C, (max_bytes // 2) // (6 * P * nblk * itemsize)))
+    k = 6 if signed else 4
+    col_chunk = max(1, min(C, (max_bytes // 2) // ((k + 1) * P * nblk * itemsize)))
     for c0 in range(0, C, col_chunk):
         cs = slice(c0, min(C, c0 + col_chunk))
         comps = _block_tables(g[:, cs], rp, block, signed)
-        k, width = len(comps), comps[0].shape[-1]  # k = 7 when the tables were rescaled
+        k, width = len(comps), comps[0].shape[-1]
         table = torch.stack(comps, 2).view(nblk * P, k * width)
         vec_chunk = max(1, _GATED_CACHE_BYTES // (k * nblk * width * itemsize))
         for v0 in range(0, V, vec_chunk):
@@ -305,13 +314,13 @@ def _gated_array(G: Tensor, u: Tensor, rp: float, max_bytes: int, dtype: torch.d
             idx = _pattern_index(u[vs], block, signed, nblk * block)
             X = table.index_select(0, idx.reshape(-1)).view(nblk, -1, k, width)
             m = _tree_([X[:, :, j] for j in range(k)], block, rp, gmax)
-            _, b, _, d, _, f = (t[0] for t in m[:6])
-            out[vs, cs] = f / torch.add(d, b, alpha=rp)
+            b, d = m[1][0], m[3][0]
+            out[vs, cs] = (m[5][0] if signed else b) / torch.add(d, b, alpha=rp)
     return out
 
 
-def gated_column_currents(G: Tensor, u: Tensor, rp: float, *, max_bytes: int = 2**28,
-                          compute_dtype: torch.dtype = torch.float64) -> Tensor:
+def gated_column_currents(G: Tensor, u: Tensor, rp: float, *, signed: Optional[bool] = None,
+                          max_bytes: int = 2**28, compute_dtype: torch.dtype = torch.float64) -> Tensor:
     """Exact column currents of the column-only topology with gated rows (MODEL.md section 8).
 
     Each input bit gates its row's select transistor: ``u_k = 0`` disconnects row k (its device
@@ -325,6 +334,10 @@ def gated_column_currents(G: Tensor, u: Tensor, rp: float, *, max_bytes: int = 2
         u: one bit plane per input vector, ``(..., N)``, values in {-1, 0, +1}. Leading dims
             broadcast against G's (chips, images, positions, bits).
         rp: segment resistance times Gmax (>= 0).
+        signed: whether u may hold -1 (``None``: whether it does). Unsigned bits take a cheaper
+            path with different last-bit rounding, so a caller that needs results independent of
+            the batch (the engine) passes the layer's signedness rather than letting the data
+            decide.
         max_bytes: memory budget of the per-array pattern tables (the vectors are processed in
             cache-sized chunks).
         compute_dtype: float64 (default, MODEL.md section 10). float32 halves the work's memory
@@ -336,7 +349,8 @@ def gated_column_currents(G: Tensor, u: Tensor, rp: float, *, max_bytes: int = 2
         G's dtype. ``rp = 0`` returns the plain matmul ``u @ G`` in G's dtype.
 
     Raises:
-        ValueError: negative rp, mismatched row counts, or bits outside {-1, 0, +1}.
+        ValueError: negative rp, mismatched row counts, bits outside {-1, 0, +1}, or -1 with
+            ``signed=False``.
 
     >>> G = torch.tensor([[1.0], [1.0]], dtype=torch.float64)
     >>> gated_column_currents(G, torch.tensor([1.0, 0.0]), 0.5)  # the far device, 2 segments
@@ -347,10 +361,16 @@ def gated_column_currents(G: Tensor, u: Tensor, rp: float, *, max_bytes: int = 2
         raise ValueError(f"u has {u.shape[-1]} rows per vector but G has {G.shape[-2]} rows")
     if bool(((u != 0) & (u.abs() != 1)).any()):
         raise ValueError("gated rows take bit planes: every entry of u must be -1, 0 or +1")
+    has_negative = bool((u < 0).any())
+    if signed is None:
+        signed = has_negative
+    elif has_negative and not signed:
+        raise ValueError("u holds -1 bits but signed=False; pass signed=True (or None)")
     if rp == 0:
         return torch.matmul(u.to(G.dtype).unsqueeze(-2), G).squeeze(-2)
     Gb, ub, restore = _pair_arrays(G, u)
-    out = torch.stack([_gated_array(Gb[i], ub[i], rp, max_bytes, compute_dtype) for i in range(Gb.shape[0])])
+    out = torch.stack([_gated_array(Gb[i], ub[i], rp, signed, max_bytes, compute_dtype)
+                       for i in range(Gb.shape[0])])
     return restore(out).to(G.dtype)
 
 
