@@ -167,3 +167,17 @@ def test_unsigned_bits_through_the_signed_path(rp):
     U = torch.randint(0, 2, (20, 300)).double()
     fast = gated_column_currents(G, U, rp)
     torch.testing.assert_close(gated_column_currents(G, U, rp, signed=True), fast, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("N", [1, 5, 20, 100])
+@pytest.mark.parametrize("threshold", [2, 16, 32])
+def test_rescaling_is_bit_neutral(monkeypatch, N, threshold):
+    """Products are rescaled by powers of two once the growth bound says so; forcing it from any
+    level on must not change a bit (signed bits carry the corner entry for it)."""
+    torch.manual_seed(N)
+    G = torch.rand(N, 3, dtype=torch.float64)
+    U = torch.randint(-1, 2, (4, N)).double()
+    ref = [gated_column_currents(G, u, 1e-2) for u in (U, U.abs())]
+    monkeypatch.setattr(parasitics, "_needs_rescale", lambda rows, *args: rows >= threshold)
+    assert torch.equal(gated_column_currents(G, U, 1e-2), ref[0])
+    assert torch.equal(gated_column_currents(G, U.abs(), 1e-2), ref[1])

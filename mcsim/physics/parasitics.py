@@ -169,43 +169,33 @@ def column_transfer(G: Tensor, rp: float) -> Tensor:
 _GATED_CACHE_BYTES = 2**22  # gathered block products per vector chunk: sized to stay in cache
 _GATED_MAX_BLOCK = {False: 8, True: 4}  # block rows: 2**8 unsigned, 3**4 signed patterns at most
 
+# A stack of products is one tensor (k, ...): entries (a, b, c, d) of the 2x2 block row-major, then
+# (e, f) when the bits are signed, then the corner z when the products may need rescaling. Each entry
+# of a product costs one multiply and one multiply-add per term, whatever the layout, so results do
+# not depend on it; the stacked layout only saves dispatches (two ops for the whole 2x2 block).
 
-def _mat_product(H: list[Tensor], L: list[Tensor], out: Optional[list[Tensor]] = None) -> list[Tensor]:
-    """``H @ L`` for products stored as (a, b, c, d[, e, f[, z]]); H holds the later rows (nearer
-    the ADC). Four numbers: the 2x2 block alone (unsigned bits); the seventh is the corner entry,
-    1 unless the products were rescaled."""
-    aH, bH, cH, dH = H[:4]
-    aL, bL, cL, dL = L[:4]
-    if out is None:
-        out = [torch.empty(torch.broadcast_shapes(aH.shape, aL.shape), dtype=aH.dtype, device=aH.device)
-               for _ in range(len(H))]
-    a, b, c, d = out[:4]
-    torch.mul(aH, aL, out=a).addcmul_(bH, cL)
-    torch.mul(aH, bL, out=b).addcmul_(bH, dL)
-    torch.mul(cH, aL, out=c).addcmul_(dH, cL)
-    torch.mul(cH, bL, out=d).addcmul_(dH, dL)
-    if len(H) == 4:
-        return out
-    eH, fH, eL, fL, e, f = H[4], H[5], L[4], L[5], out[4], out[5]
-    if len(H) == 6:
-        torch.addcmul(eL, eH, aL, out=e).addcmul_(fH, cL)
-        torch.addcmul(fL, eH, bL, out=f).addcmul_(fH, dL)
-    else:  # z_H e_L is exact (a power of two times e_L): the same roundings as without the corner
-        zH, zL = H[6], L[6]
-        torch.mul(zH, eL, out=e).addcmul_(eH, aL).addcmul_(fH, cL)
-        torch.mul(zH, fL, out=f).addcmul_(eH, bL).addcmul_(fH, dL)
-        torch.mul(zH, zL, out=out[6])
+
+def _mat_product_(H: Tensor, L: Tensor, out: Tensor) -> Tensor:
+    """``out = H @ L`` for stacks of products (see above); H holds the later rows (nearer the ADC).
+    Operands broadcast over the trailing dims; ``out`` must not overlap them."""
+    H2, L2, O2 = H[:4].unflatten(0, (2, 2)), L[:4].unflatten(0, (2, 2)), out[:4].unflatten(0, (2, 2))
+    torch.mul(H2[:, :1], L2[:1], out=O2).addcmul_(H2[:, 1:], L2[1:])  # block: rows of H times L
+    if H.shape[0] > 4:  # row (e, f): (e_H, f_H) @ L_block + z_H (e_L, f_L); z_H (e_L, f_L) is exact
+        if H.shape[0] == 7:
+            torch.mul(H[6:], L[4:6], out=out[4:6]).addcmul_(H[4:5], L2[0])
+            torch.mul(H[6], L[6], out=out[6])
+        else:
+            torch.addcmul(L[4:6], H[4:5], L2[0], out=out[4:6])
+        out[4:6].addcmul_(H[5:6], L2[1])
     return out
 
 
-def _rescale(m: list[Tensor]) -> list[Tensor]:
-    """Divide each product (all its entries: with the row (e, f) the corner becomes a stored
-    seventh number) by the power of two nearest its trace. Exact, hence bit-neutral (the current is
-    a ratio of entries), and it keeps long chains at large rp inside the float range."""
+def _rescale_(m: Tensor) -> None:
+    """In place: divide each product of the stack (every entry, the corner included) by the power
+    of two nearest its trace. Exact, hence bit-neutral (the current is a ratio of entries), and it
+    keeps long chains at large rp inside the float range. Stacks with a row (e, f) need the corner."""
     _, exponent = torch.frexp(m[0] + m[3])
-    scale = torch.ldexp(torch.ones_like(m[0]), exponent.neg_())
-    m = [t.mul(scale) for t in m]
-    return m if len(m) != 6 else m + [scale]
+    m.mul_(torch.ldexp(torch.ones_like(m[0]), exponent.neg_()))
 
 
 def _log_growth(rows: int, rp: float, gmax: float) -> float:
@@ -220,60 +210,62 @@ def _log_growth(rows: int, rp: float, gmax: float) -> float:
     return rows * math.log(lam) + math.log(kappa * (1 + rows * g * (1 + rp)))
 
 
-def _tree_(m: list[Tensor], rows: int, rp: float, gmax: float) -> list[Tensor]:
-    """Reduce products along dim 0 (row order: element 0 farthest from the ADC) to one, by the
-    aligned binary tree; ``rows`` is the number of circuit rows each input element spans."""
-    limit = 0.9 * math.log(torch.finfo(m[0].dtype).max)
-    while m[0].shape[0] > 1:
-        n, h = m[0].shape[0], m[0].shape[0] // 2
-        if _log_growth(2 * rows, rp, gmax) > limit:  # then at every level up: rescaled ones stay O(1)
-            m = _rescale(m)
-        out = [t.new_empty((h + n % 2,) + t.shape[1:]) for t in m]
-        _mat_product([t[1:2 * h:2] for t in m], [t[0:2 * h:2] for t in m], [t[:h] for t in out])
+def _needs_rescale(rows: int, rp: float, gmax: float, dtype: torch.dtype) -> bool:
+    return _log_growth(rows, rp, gmax) > 0.9 * math.log(torch.finfo(dtype).max)
+
+
+def _tree(m: Tensor, rows: int, rp: float, gmax: float, buffers: tuple[Tensor, Tensor]) -> Tensor:
+    """Reduce a stack of products along dim 1 (element 0 farthest from the ADC) to one, by the
+    aligned binary tree; ``rows`` is the number of circuit rows each element spans. Levels write
+    alternately into the two ``buffers`` (each at least half of dim 1 long)."""
+    level = 0
+    while m.shape[1] > 1:
+        n, h = m.shape[1], m.shape[1] // 2
+        if _needs_rescale(2 * rows, rp, gmax, m.dtype):  # then at every level up: rescaled ones stay O(1)
+            _rescale_(m)
+        out = buffers[level % 2][:, :h + n % 2, :m.shape[2]]
+        _mat_product_(m[:, 1:2 * h:2], m[:, 0:2 * h:2], out[:, :h])
         if n % 2:  # the last element (nearest the ADC) has no partner at this level
-            for o, t in zip(out, m):
-                o[h].copy_(t[-1])
-        m, rows = out, 2 * rows
-    return m
+            out[:, h].copy_(m[:, -1])
+        m, rows, level = out, 2 * rows, level + 1
+    return m[:, 0]
 
 
-def _block_tables(g: Tensor, rp: float, block: int, signed: bool) -> list[Tensor]:
+def _block_tables(g: Tensor, rp: float, block: int, signed: bool, corner: bool) -> Tensor:
     """Products over each aligned block of ``block`` rows for every bit pattern.
 
     ``g`` is (N_pad, C) with N_pad a multiple of ``block`` (padding rows are NaN: they become
-    identity matrices). Returns six tensors (signed; four unsigned, seven when rescaled)
-    (N_pad / block, P, C), pattern index
+    identity matrices). Returns a stack (k, N_pad / block, P, C), pattern index
     ``sum_r digit_r * base**r`` over the block's rows r, digit = bit (+1 when signed)."""
     pad = torch.isnan(g)
     g = g.masked_fill(pad, 0.0)
     levels = torch.tensor([-1.0, 0.0, 1.0] if signed else [0.0, 1.0], dtype=g.dtype, device=g.device)
     x = g.unsqueeze(1) * levels.abs().view(1, -1, 1)  # (N_pad, P1, C)
-    y = g.unsqueeze(1) * levels.view(1, -1, 1)
     c = torch.full_like(g, rp).masked_fill_(pad, 0.0).unsqueeze(1).expand_as(x)
-    m = [torch.addcmul(torch.ones_like(x), c, x), x, c.clone(), torch.ones_like(x)]
+    m = [torch.addcmul(torch.ones_like(x), c, x), x, c, torch.ones_like(x)]
     if signed:
-        m += [c * y, y]
+        y = g.unsqueeze(1) * levels.view(1, -1, 1)
+        m += [c * y, y] + ([torch.ones_like(x)] if corner else [])
+    m = torch.stack(m)
     gmax, rows = float(g.abs().max()) if g.numel() else 0.0, 1
-    limit = 0.9 * math.log(torch.finfo(g.dtype).max)
     while rows < block:  # pair rows (2i, 2i+1) and every pattern of the one with every pattern of the other
-        if _log_growth(2 * rows, rp, gmax) > limit:
-            m = _rescale(m)
-        nb, P = m[0].shape[:2]
-        hi = [t[1::2].unsqueeze(2) for t in m]  # (nb/2, P, 1, C): digits of the upper half
-        lo = [t[0::2].unsqueeze(1) for t in m]  # (nb/2, 1, P, C)
-        m = [t.reshape(nb // 2, P * P, -1) for t in _mat_product(hi, lo)]
-        rows *= 2
+        if _needs_rescale(2 * rows, rp, gmax, g.dtype):
+            _rescale_(m)
+        k, nb, P, C = m.shape
+        out = m.new_empty(k, nb // 2, P, P, C)
+        _mat_product_(m[:, 1::2].unsqueeze(3), m[:, 0::2].unsqueeze(2), out)  # (upper digits, lower digits)
+        m, rows = out.view(k, nb // 2, P * P, C), 2 * rows
     return m
 
 
 def _pattern_index(u: Tensor, block: int, signed: bool, n_pad: int) -> Tensor:
-    """(V, N) bits -> (N_pad / block, V) table rows: block j's pattern plus j * P."""
+    """(V, N) bits -> (N_pad / block * V,) table rows, block-major: block j's pattern plus j * P."""
     base = 3 if signed else 2
     digits = u.to(torch.int64) + (1 if signed else 0)
     digits = F.pad(digits, (0, n_pad - u.shape[-1]), value=1 if signed else 0)  # padding rows: "0"
     weights = base ** torch.arange(block, device=u.device)
     idx = (digits.view(u.shape[0], -1, block) * weights).sum(-1).T  # (nblk, V)
-    return idx + torch.arange(idx.shape[0], device=u.device).unsqueeze(1) * base**block
+    return (idx + torch.arange(idx.shape[0], device=u.device).unsqueeze(1) * base**block).reshape(-1)
 
 
 def _choose_block(n_vec: int, n_rows: int, cols: int, signed: bool, itemsize: int, max_bytes: int) -> int:
@@ -300,22 +292,24 @@ def _gated_array(G: Tensor, u: Tensor, rp: float, signed: bool, max_bytes: int, 
     P = (3 if signed else 2) ** block
     g = F.pad(G.to(dtype), (0, 0, 0, nblk * block - N), value=math.nan)
     gmax = float(G.abs().max()) if G.numel() else 0.0
+    top = block * 2 ** math.ceil(math.log2(nblk))  # rows spanned at the tree's last level
+    corner = signed and _needs_rescale(top, rp, gmax, dtype)
+    k = 4 if not signed else 7 if corner else 6
     out = torch.empty(V, C, dtype=dtype, device=G.device)
-    k = 6 if signed else 4
     col_chunk = max(1, min(C, (max_bytes // 2) // ((k + 1) * P * nblk * itemsize)))
+    vec_chunk = max(1, _GATED_CACHE_BYTES // (k * nblk * min(C, col_chunk) * itemsize))
+    buffers = tuple(torch.empty(k, -(-nblk // 2), min(V, vec_chunk) * min(C, col_chunk), dtype=dtype,
+                                device=G.device) for _ in range(2))
     for c0 in range(0, C, col_chunk):
         cs = slice(c0, min(C, c0 + col_chunk))
-        comps = _block_tables(g[:, cs], rp, block, signed)
-        k, width = len(comps), comps[0].shape[-1]
-        table = torch.stack(comps, 2).view(nblk * P, k * width)
-        vec_chunk = max(1, _GATED_CACHE_BYTES // (k * nblk * width * itemsize))
+        table = _block_tables(g[:, cs], rp, block, signed, corner).flatten(1, 2)  # (k, nblk P, C')
+        width = table.shape[-1]
         for v0 in range(0, V, vec_chunk):
             vs = slice(v0, min(V, v0 + vec_chunk))
             idx = _pattern_index(u[vs], block, signed, nblk * block)
-            X = table.index_select(0, idx.reshape(-1)).view(nblk, -1, k, width)
-            m = _tree_([X[:, :, j] for j in range(k)], block, rp, gmax)
-            b, d = m[1][0], m[3][0]
-            out[vs, cs] = (m[5][0] if signed else b) / torch.add(d, b, alpha=rp)
+            X = table.index_select(1, idx).view(k, nblk, -1)  # (k, nblk, vectors x columns)
+            m = _tree(X, block, rp, gmax, buffers).view(k, -1, width)
+            out[vs, cs] = (m[5] if signed else m[1]) / torch.add(m[3], m[1], alpha=rp)
     return out
 
 
