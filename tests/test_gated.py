@@ -147,6 +147,12 @@ def test_dtypes():
     torch.testing.assert_close(fast.double(), ref, rtol=0, atol=1e-5 * float((U.abs() @ G).max()))
 
 
+def test_empty_batches():
+    G = torch.rand(2, 1, 10, 3)
+    assert gated_column_currents(G, torch.ones(2, 0, 10), 1e-3).shape == (2, 0, 3)
+    assert gated_column_currents(torch.rand(0, 1, 10, 3), torch.ones(0, 4, 10), 1e-3).shape == (0, 4, 3)
+
+
 def test_bad_inputs():
     G = torch.rand(10, 3)
     with pytest.raises(ValueError, match="-1, 0 or \\+1"):

@@ -15,6 +15,11 @@ Kirchhoff's equations multiplied by ``rp`` read ``(L + rp*diag(G)) v = rhs``, wh
 Laplacian of a wire with unit segments: -1 off the diagonal, 2 on it, and 1 at an open end (the
 segment to a driver or to the virtual ground is folded into its node's diagonal). These matrices
 are symmetric, so ``M`` follows from one adjoint solve per column.
+
+Gated rows (bit-serial inputs on the study's cell, where each bit switches its row's device in or
+out) are not linear in the bits: :func:`gated_column_currents` solves each (input vector, column)
+exactly instead, as a product of 2x2 (3x3 for signed bits) transfer matrices taken by a binary tree,
+with the products over blocks of rows tabulated per bit pattern.
 """
 from __future__ import annotations
 
@@ -363,6 +368,8 @@ def gated_column_currents(G: Tensor, u: Tensor, rp: float, *, signed: Optional[b
     if rp == 0:
         return torch.matmul(u.to(G.dtype).unsqueeze(-2), G).squeeze(-2)
     Gb, ub, restore = _pair_arrays(G, u)
+    if Gb.shape[0] == 0 or ub.shape[1] == 0:
+        return restore(G.new_zeros(Gb.shape[0], ub.shape[1], G.shape[-1]))
     out = torch.stack([_gated_array(Gb[i], ub[i], rp, signed, max_bytes, compute_dtype)
                        for i in range(Gb.shape[0])])
     return restore(out).to(G.dtype)
