@@ -388,7 +388,7 @@ def _pair_arrays(G: Tensor, u: Tensor):
     n_arr = math.prod(bo[i] for i in gdims)
     Gb = G.reshape(bg + (N, C)).permute(*perm, nd, nd + 1).reshape(n_arr, N, C)
     ub = u.reshape((1,) * (nd - u.dim() + 1) + tuple(u.shape)).expand(*bo, N)
-    ub = ub.permute(*perm, nd).reshape(n_arr, -1, N)
+    ub = ub.permute(*perm, nd).reshape(n_arr, math.prod(shape[len(gdims):]), N)
     inv = [perm.index(i) for i in range(nd)]
 
     def restore(out: Tensor) -> Tensor:
