@@ -147,6 +147,16 @@ def test_dtypes():
     torch.testing.assert_close(fast.double(), ref, rtol=0, atol=1e-5 * float((U.abs() @ G).max()))
 
 
+def test_vectors_without_active_rows_are_exact_zeros():
+    G = torch.rand(2, 1, 30, 4, dtype=torch.float64)
+    U = torch.randint(0, 2, (2, 6, 30)).double()
+    U[:, ::2] = 0.0
+    out = gated_column_currents(G, U, 1e-2)
+    assert torch.all(out[:, ::2] == 0)
+    for i in range(1, 6, 2):  # the others as if alone
+        assert torch.equal(out[:, i], gated_column_currents(G, U[:, i:i + 1], 1e-2)[:, 0])
+
+
 def test_empty_batches():
     G = torch.rand(2, 1, 10, 3)
     assert gated_column_currents(G, torch.ones(2, 0, 10), 1e-3).shape == (2, 0, 3)

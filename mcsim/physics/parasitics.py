@@ -289,7 +289,16 @@ def _choose_block(n_vec: int, n_rows: int, cols: int, signed: bool, itemsize: in
 
 
 def _gated_array(G: Tensor, u: Tensor, rp: float, signed: bool, max_bytes: int, dtype: torch.dtype) -> Tensor:
-    """Column currents (V, C) of one array ``G`` (N, C) for bit vectors ``u`` (V, N)."""
+    """Column currents (V, C) of one array ``G`` (N, C) for bit vectors ``u`` (V, N). Vectors with
+    no active row carry no current (exactly: every product's b and f stay 0) and are skipped: the
+    high-order bits of typical activations are often all zero over a whole patch."""
+    active = (u != 0).any(1)
+    n_active = int(active.sum())
+    if n_active < u.shape[0]:
+        out = torch.zeros(u.shape[0], G.shape[1], dtype=dtype, device=G.device)
+        if n_active:
+            out[active] = _gated_array(G, u[active], rp, signed, max_bytes, dtype)
+        return out
     (N, C), V = G.shape, u.shape[0]
     itemsize = torch.finfo(dtype).bits // 8
     block = _choose_block(V, N, C, signed, itemsize, max_bytes)
