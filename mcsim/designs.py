@@ -36,7 +36,13 @@ def full_precision_adc(rows: int, bits_per_cell: int) -> dict:
     ``1 / (2**bits_per_cell - 1)`` in units of a Gmax device, in ``[-rows, rows]`` (signed inputs or
     differential columns). The explicit limits put a level on every multiple, so the ADC loses
     nothing: ``bits = ceil(log2(2 * rows * (2**b - 1) + 1))``, range ``[-2**(bits-1), 2**(bits-1) - 1]``
-    digits."""
+    digits. The signed range costs one bit on unsigned layers (the explicit limits are shared by all
+    layers); ``range: max`` would adapt to each layer's sign but its levels, ``rows / (2**bits - 1)``
+    apart, do not sit on the digit grid, so it maps outputs one-to-one without reproducing them.
+
+    Exact with a float64 model. In float32 the engine's recombination of codes offset by ``lo``
+    (``lo + step * code`` summed over bits and slices) rounds: about 1e-3 of the output range on a
+    toy network, to be fixed in the engine (recombine the codes before adding the offsets)."""
     digit_max = 2**bits_per_cell - 1
     bits = math.ceil(math.log2(2 * rows * digit_max + 1))
     half = 2 ** (bits - 1)
