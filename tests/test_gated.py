@@ -157,6 +157,14 @@ def test_vectors_without_active_rows_are_exact_zeros():
         assert torch.equal(out[:, i], gated_column_currents(G, U[:, i:i + 1], 1e-2)[:, 0])
 
 
+def test_integer_and_bool_bits():
+    G = torch.rand(40, 3, dtype=torch.float64)
+    U = torch.randint(0, 2, (5, 40))
+    ref = gated_column_currents(G, U.double(), 1e-3)
+    assert torch.equal(gated_column_currents(G, U.to(torch.int8), 1e-3), ref)
+    assert torch.equal(gated_column_currents(G, U.bool(), 1e-3), ref)
+
+
 def test_empty_batches():
     G = torch.rand(2, 1, 10, 3)
     assert gated_column_currents(G, torch.ones(2, 0, 10), 1e-3).shape == (2, 0, 3)

@@ -339,8 +339,8 @@ def gated_column_currents(G: Tensor, u: Tensor, rp: float, *, signed: Optional[b
 
     Args:
         G: conductances ``(..., N, C)``, rows in physical order; zero entries (no device) allowed.
-        u: one bit plane per input vector, ``(..., N)``, values in {-1, 0, +1}. Leading dims
-            broadcast against G's (chips, images, positions, bits).
+        u: one bit plane per input vector, ``(..., N)``, values in {-1, 0, +1} (any dtype, bool
+            included). Leading dims broadcast against G's (chips, images, positions, bits).
         rp: segment resistance times Gmax (>= 0).
         signed: whether u may hold -1 (``None``: whether it does). Unsigned bits take a cheaper
             path with different last-bit rounding, so a caller that needs results independent of
@@ -365,6 +365,8 @@ def gated_column_currents(G: Tensor, u: Tensor, rp: float, *, signed: Optional[b
     tensor([0.5000], dtype=torch.float64)
     """
     _check_rp(rp)
+    if u.dtype == torch.bool:
+        u = u.to(torch.int8)
     if u.shape[-1] != G.shape[-2]:
         raise ValueError(f"u has {u.shape[-1]} rows per vector but G has {G.shape[-2]} rows")
     if bool(((u != 0) & (u.abs() != 1)).any()):
