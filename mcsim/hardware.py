@@ -5,9 +5,11 @@ Every field is a physical or architectural choice of MODEL.md; defaults follow t
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mcsim.designs import DESIGNS
 
 PositiveFloat = Field(gt=0)
 
@@ -42,14 +44,14 @@ class ADC(_Strict):
 class ProgrammingError(_Strict):
     """MODEL.md section 4: one draw per chip."""
 
-    model: Literal["none", "independent", "proportional", "sonos", "pcm", "rram"] = "none"
+    model: Literal["none", "independent", "proportional", "sonos", "sonos_tcas", "pcm", "rram"] = "none"
     sigma: float = Field(0.0, ge=0, description="relative sigma (independent, proportional)")
     scale: float = Field(1.0, ge=0, description="multiplier of a fitted device model's sigma curve")
     clip: bool = True
 
     @model_validator(mode="after")
     def _sigma_for_model(self):
-        if self.model in ("sonos", "pcm", "rram") and self.sigma != 0:
+        if self.model in ("sonos", "sonos_tcas", "pcm", "rram") and self.sigma != 0:
             raise ValueError(
                 f"error.sigma: the '{self.model}' device model has a fitted sigma curve; "
                 "use error.scale to scale it"
@@ -87,9 +89,29 @@ class Parasitics(_Strict):
     topology: Literal["columns", "grid"] = "columns"
 
 
-class Hardware(_Strict):
-    """All analog settings of a simulated chip (MODEL.md sections 2-8)."""
+def _merge(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``, nested dicts merged key by key (settings objects count as the
+    fields they set)."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, BaseModel):
+            value = value.model_dump(exclude_unset=True)
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
+
+class Hardware(_Strict):
+    """All analog settings of a simulated chip (MODEL.md sections 2-8).
+
+    ``design`` names one of the study's design points (:mod:`mcsim.designs`): its preset applies
+    first, the other settings given go on top, nested ones merged key by key.
+
+    >>> Hardware(design="A", adc={"bits": 10}).adc.percentile  # the rest of A's ADC stays
+    99.98
+    """
+
+    design: Optional[Literal["A", "B", "C", "D", "E"]] = Field(
+        None, description="start from one of the study's design points (mcsim.designs); other settings override it")
     mapping: Literal["differential", "offset"] = "differential"
     on_off_ratio: Optional[float] = Field(100.0, gt=1, description="Gmax/Gmin; null = infinite")
     weight_bits: Optional[int] = Field(8, ge=2, le=16, description="null = continuous weights")
@@ -108,6 +130,16 @@ class Hardware(_Strict):
     read_noise: ReadNoise = ReadNoise()
     drift: Drift = Drift()
     parasitics: Parasitics = Parasitics()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_design(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("design") is None:
+            return data
+        name = data["design"]
+        if name not in DESIGNS:
+            raise ValueError(f"design: unknown design {name!r}; valid designs are {', '.join(sorted(DESIGNS))}")
+        return _merge(DESIGNS[name], data)
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -15,8 +15,16 @@ Kirchhoff's equations multiplied by ``rp`` read ``(L + rp*diag(G)) v = rhs``, wh
 Laplacian of a wire with unit segments: -1 off the diagonal, 2 on it, and 1 at an open end (the
 segment to a driver or to the virtual ground is folded into its node's diagonal). These matrices
 are symmetric, so ``M`` follows from one adjoint solve per column.
+
+Gated rows (bit-serial inputs on the study's cell, where each bit switches its row's device in or
+out) are not linear in the bits: :func:`gated_column_currents` solves each (input vector, column)
+exactly instead, as a product of 2x2 (3x3 for signed bits) transfer matrices taken by a binary tree,
+with the products over blocks of rows tabulated per bit pattern.
 """
 from __future__ import annotations
+
+import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +34,7 @@ __all__ = [
     "ParasiticSolveError",
     "solve_tridiagonal",
     "column_transfer",
+    "gated_column_currents",
     "grid_transfer",
     "effective_conductance",
 ]
@@ -134,6 +143,269 @@ def column_transfer(G: Tensor, rp: float) -> Tensor:
     lo, up, lap = _wire(G.shape[-2], 0, -2, G64)
     y = _cyclic_reduction(lo, lap + rpG, up, rpG, -2)
     return torch.addcmul(G64, G64, y, value=-1).to(G.dtype)
+
+
+# ---------------------------------------------------------------- gated rows (bit-serial inputs)
+#
+# A column with gated rows (MODEL.md section 8) is a ladder: walking from the far end (row 0) to the
+# ADC, the part of the column already passed is a Norton source (current J into the node, internal
+# conductance Y). Crossing one wire segment rp and adding row k's device (conductance x = G_k |u_k|,
+# source current y = G_k u_k; x = y = 0 when the bit gates the row off) maps it to
+#     Y' = Y / (1 + rp Y) + x,    J' = J / (1 + rp Y) + y,
+# and the current into the virtual ground is J / (1 + rp Y) after the last segment. In homogeneous
+# coordinates (Y = p / q, J = s / q) this is linear: (p, q, s) <- T_k (p, q, s) with
+#     T_k = [[1 + rp x, x, 0], [rp, 1, 0], [rp y, y, 1]],
+# starting from (0, 1, 0), and I = s / (q + rp p) for the product P = T_{N-1} ... T_0 applied to
+# (0, 1, 0), i.e. I = P[2,1] / (P[1,1] + rp P[0,1]). Exact (it is Gaussian elimination of the
+# tridiagonal KCL system from the far end), one ratio at the end, no cancellation: all entries of the
+# 2x2 block are positive. The third column of every T_k is (0, 0, 1), so a product is stored as six
+# numbers (a, b, c, d, e, f) = the 2x2 block [[a, b], [c, d]] and the row (e, f). With unsigned bits
+# (y = x) every T_k keeps s - p fixed, so s = p and I = P[0,1] / (P[1,1] + rp P[0,1]): the 2x2
+# block alone (four numbers) suffices (all active sources at 1 V: the Norton current equals Y).
+#
+# The product is taken as a binary tree over the rows (log2 N vectorized levels, no loop over rows).
+# Bits are few-valued, so the products over aligned blocks of ``b`` rows are tabulated once per
+# array for every bit pattern (2**b unsigned, 3**b signed) by the same tree, and each input vector
+# gathers its blocks' products from the table: the per-vector work drops from N to N / b matrix
+# products. Block sizes are powers of two and N is padded at the ADC end with identity matrices, so
+# every (vector, column) goes through the same tree of products whatever the block size, the batch
+# or the chunking: the result is bit-identical across them.
+
+_GATED_CACHE_BYTES = 2**22  # gathered block products per vector chunk: sized to stay in cache
+_GATED_MAX_BLOCK = {False: 8, True: 4}  # block rows: 2**8 unsigned, 3**4 signed patterns at most
+
+# A stack of products is one tensor (k, ...): entries (a, b, c, d) of the 2x2 block row-major, then
+# (e, f) when the bits are signed, then the corner z when the products may need rescaling. Each entry
+# of a product costs one multiply and one multiply-add per term, whatever the layout, so results do
+# not depend on it; the stacked layout only saves dispatches (two ops for the whole 2x2 block).
+
+
+def _mat_product_(H: Tensor, L: Tensor, out: Tensor) -> Tensor:
+    """``out = H @ L`` for stacks of products (see above); H holds the later rows (nearer the ADC).
+    Operands broadcast over the trailing dims; ``out`` must not overlap them."""
+    H2, L2, O2 = H[:4].unflatten(0, (2, 2)), L[:4].unflatten(0, (2, 2)), out[:4].unflatten(0, (2, 2))
+    torch.mul(H2[:, :1], L2[:1], out=O2).addcmul_(H2[:, 1:], L2[1:])  # block: rows of H times L
+    if H.shape[0] > 4:  # row (e, f): (e_H, f_H) @ L_block + z_H (e_L, f_L); z_H (e_L, f_L) is exact
+        if H.shape[0] == 7:
+            torch.mul(H[6:], L[4:6], out=out[4:6]).addcmul_(H[4:5], L2[0])
+            torch.mul(H[6], L[6], out=out[6])
+        else:
+            torch.addcmul(L[4:6], H[4:5], L2[0], out=out[4:6])
+        out[4:6].addcmul_(H[5:6], L2[1])
+    return out
+
+
+def _rescale_(m: Tensor) -> None:
+    """In place: divide each product of the stack (every entry, the corner included) by the power
+    of two nearest its trace. Exact, hence bit-neutral (the current is a ratio of entries), and it
+    keeps long chains at large rp inside the float range. Stacks with a row (e, f) need the corner."""
+    _, exponent = torch.frexp(m[0] + m[3])
+    m.mul_(torch.ldexp(torch.ones_like(m[0]), exponent.neg_()))
+
+
+def _log_growth(rows: int, rp: float, gmax: float) -> float:
+    """Upper bound on log|entry| of a product of ``rows`` matrices T_k with 0 <= x, |y| <= gmax.
+
+    Entrywise the 2x2 block is at most M**rows, M = [[1 + rp g, g], [rp, 1]], and
+    diag(sqrt(g), sqrt(rp))^-1 M diag(sqrt(g), sqrt(rp)) is symmetric with largest eigenvalue
+    ``lam``; the row (e, f) sums ``rows`` such terms times g (1 + rp)."""
+    g = max(gmax, 1e-300)
+    lam = 1 + rp * g / 2 + math.sqrt(rp * g + (rp * g / 2) ** 2)
+    kappa = max(1.0, math.sqrt(g / rp), math.sqrt(rp / g))
+    return rows * math.log(lam) + math.log(kappa * (1 + rows * g * (1 + rp)))
+
+
+def _needs_rescale(rows: int, rp: float, gmax: float, dtype: torch.dtype) -> bool:
+    return _log_growth(rows, rp, gmax) > 0.9 * math.log(torch.finfo(dtype).max)
+
+
+def _tree(m: Tensor, rows: int, rp: float, gmax: float, buffers: tuple[Tensor, Tensor]) -> Tensor:
+    """Reduce a stack of products along dim 1 (element 0 farthest from the ADC) to one, by the
+    aligned binary tree; ``rows`` is the number of circuit rows each element spans. Levels write
+    alternately into the two ``buffers`` (each at least half of dim 1 long)."""
+    level = 0
+    while m.shape[1] > 1:
+        n, h = m.shape[1], m.shape[1] // 2
+        if _needs_rescale(2 * rows, rp, gmax, m.dtype):  # then at every level up: rescaled ones stay O(1)
+            _rescale_(m)
+        out = buffers[level % 2][:, :h + n % 2, :m.shape[2]]
+        _mat_product_(m[:, 1:2 * h:2], m[:, 0:2 * h:2], out[:, :h])
+        if n % 2:  # the last element (nearest the ADC) has no partner at this level
+            out[:, h].copy_(m[:, -1])
+        m, rows, level = out, 2 * rows, level + 1
+    return m[:, 0]
+
+
+def _block_tables(g: Tensor, rp: float, block: int, signed: bool, corner: bool) -> Tensor:
+    """Products over each aligned block of ``block`` rows for every bit pattern.
+
+    ``g`` is (N_pad, C) with N_pad a multiple of ``block`` (padding rows are NaN: they become
+    identity matrices). Returns a stack (k, N_pad / block, P, C), pattern index
+    ``sum_r digit_r * base**r`` over the block's rows r, digit = bit (+1 when signed)."""
+    pad = torch.isnan(g)
+    g = g.masked_fill(pad, 0.0)
+    levels = torch.tensor([-1.0, 0.0, 1.0] if signed else [0.0, 1.0], dtype=g.dtype, device=g.device)
+    x = g.unsqueeze(1) * levels.abs().view(1, -1, 1)  # (N_pad, P1, C)
+    c = torch.full_like(g, rp).masked_fill_(pad, 0.0).unsqueeze(1).expand_as(x)
+    m = [torch.addcmul(torch.ones_like(x), c, x), x, c, torch.ones_like(x)]
+    if signed:
+        y = g.unsqueeze(1) * levels.view(1, -1, 1)
+        m += [c * y, y] + ([torch.ones_like(x)] if corner else [])
+    m = torch.stack(m)
+    gmax, rows = float(g.abs().max()) if g.numel() else 0.0, 1
+    while rows < block:  # pair rows (2i, 2i+1) and every pattern of the one with every pattern of the other
+        if _needs_rescale(2 * rows, rp, gmax, g.dtype):
+            _rescale_(m)
+        k, nb, P, C = m.shape
+        out = m.new_empty(k, nb // 2, P, P, C)
+        _mat_product_(m[:, 1::2].unsqueeze(3), m[:, 0::2].unsqueeze(2), out)  # (upper digits, lower digits)
+        m, rows = out.view(k, nb // 2, P * P, C), 2 * rows
+    return m
+
+
+def _pattern_index(u: Tensor, block: int, signed: bool, n_pad: int) -> Tensor:
+    """(V, N) bits -> (N_pad / block * V,) table rows, block-major: block j's pattern plus j * P."""
+    base = 3 if signed else 2
+    digits = u.to(torch.int64) + (1 if signed else 0)
+    digits = F.pad(digits, (0, n_pad - u.shape[-1]), value=1 if signed else 0)  # padding rows: "0"
+    weights = base ** torch.arange(block, device=u.device)
+    idx = (digits.view(u.shape[0], -1, block) * weights).sum(-1).T  # (nblk, V)
+    return (idx + torch.arange(idx.shape[0], device=u.device).unsqueeze(1) * base**block).reshape(-1)
+
+
+def _choose_block(n_vec: int, n_rows: int, cols: int, signed: bool, itemsize: int, max_bytes: int) -> int:
+    """Block size minimizing table construction plus per-vector work, within the memory budget."""
+    base, best, best_cost = (3 if signed else 2), 1, math.inf
+    block = 1
+    while block <= _GATED_MAX_BLOCK[signed]:
+        P = base**block
+        # per (row, column): building ~ P / block products, gathering and the tree ~ 1.5 / block per vector
+        cost = (P + 1.5 * n_vec) / block
+        fits = 7 * P * -(-n_rows // block) * min(cols, 8) * itemsize <= max_bytes // 2
+        if fits and cost < best_cost:
+            best, best_cost = block, cost
+        block *= 2
+    return best
+
+
+def _gated_array(G: Tensor, u: Tensor, rp: float, signed: bool, max_bytes: int, dtype: torch.dtype) -> Tensor:
+    """Column currents (V, C) of one array ``G`` (N, C) for bit vectors ``u`` (V, N). Vectors with
+    no active row carry no current (exactly: every product's b and f stay 0) and are skipped: the
+    high-order bits of typical activations are often all zero over a whole patch."""
+    active = (u != 0).any(1)
+    n_active = int(active.sum())
+    if n_active < u.shape[0]:
+        out = torch.zeros(u.shape[0], G.shape[1], dtype=dtype, device=G.device)
+        if n_active:
+            out[active] = _gated_array(G, u[active], rp, signed, max_bytes, dtype)
+        return out
+    (N, C), V = G.shape, u.shape[0]
+    itemsize = torch.finfo(dtype).bits // 8
+    block = _choose_block(V, N, C, signed, itemsize, max_bytes)
+    nblk = -(-N // block)
+    P = (3 if signed else 2) ** block
+    g = F.pad(G.to(dtype), (0, 0, 0, nblk * block - N), value=math.nan)
+    gmax = float(G.abs().max()) if G.numel() else 0.0
+    top = block * 2 ** math.ceil(math.log2(nblk))  # rows spanned at the tree's last level
+    corner = signed and _needs_rescale(top, rp, gmax, dtype)
+    k = 4 if not signed else 7 if corner else 6
+    out = torch.empty(V, C, dtype=dtype, device=G.device)
+    col_chunk = max(1, min(C, (max_bytes // 2) // ((k + 1) * P * nblk * itemsize)))
+    vec_chunk = max(1, _GATED_CACHE_BYTES // (k * nblk * min(C, col_chunk) * itemsize))
+    buffers = tuple(torch.empty(k, -(-nblk // 2), min(V, vec_chunk) * min(C, col_chunk), dtype=dtype,
+                                device=G.device) for _ in range(2))
+    for c0 in range(0, C, col_chunk):
+        cs = slice(c0, min(C, c0 + col_chunk))
+        table = _block_tables(g[:, cs], rp, block, signed, corner).flatten(1, 2)  # (k, nblk P, C')
+        width = table.shape[-1]
+        for v0 in range(0, V, vec_chunk):
+            vs = slice(v0, min(V, v0 + vec_chunk))
+            idx = _pattern_index(u[vs], block, signed, nblk * block)
+            X = table.index_select(1, idx).view(k, nblk, -1)  # (k, nblk, vectors x columns)
+            m = _tree(X, block, rp, gmax, buffers).view(k, -1, width)
+            out[vs, cs] = (m[5] if signed else m[1]) / torch.add(m[3], m[1], alpha=rp)
+    return out
+
+
+def gated_column_currents(G: Tensor, u: Tensor, rp: float, *, signed: Optional[bool] = None,
+                          max_bytes: int = 2**28, compute_dtype: torch.dtype = torch.float64) -> Tensor:
+    """Exact column currents of the column-only topology with gated rows (MODEL.md section 8).
+
+    Each input bit gates its row's select transistor: ``u_k = 0`` disconnects row k (its device
+    neither injects nor loads the column), ``u_k = +1 / -1`` drives it at ``+V_read / -V_read``
+    (``V_read = 1``), so the column holds only the active devices and its IR drops depend on the
+    bits. Geometry as in :func:`column_transfer` (row 0 farthest from the ADC, one segment ``rp``
+    between nodes and one from node N-1 to the virtual ground).
+
+    Args:
+        G: conductances ``(..., N, C)``, rows in physical order; zero entries (no device) allowed.
+        u: one bit plane per input vector, ``(..., N)``, values in {-1, 0, +1} (any dtype, bool
+            included). Leading dims broadcast against G's (chips, images, positions, bits).
+        rp: segment resistance times Gmax (>= 0).
+        signed: whether u may hold -1 (``None``: whether it does). Unsigned bits take a cheaper
+            path with different last-bit rounding, so a caller that needs results independent of
+            the batch (the engine) passes the layer's signedness rather than letting the data
+            decide.
+        max_bytes: memory budget of the per-array pattern tables (the vectors are processed in
+            cache-sized chunks).
+        compute_dtype: float64 (default, MODEL.md section 10). float32 halves the work's memory
+            traffic; its currents carry about 1e-6 relative error, so the drop itself is only
+            resolved when it is well above that.
+
+    Returns:
+        Currents into the virtual grounds, ``(*broadcast(G.shape[:-2], u.shape[:-1]), C)``, in
+        G's dtype. ``rp = 0`` returns the plain matmul ``u @ G`` in G's dtype.
+
+    Raises:
+        ValueError: negative rp, mismatched row counts, bits outside {-1, 0, +1}, or -1 with
+            ``signed=False``.
+
+    >>> G = torch.tensor([[1.0], [1.0]], dtype=torch.float64)
+    >>> gated_column_currents(G, torch.tensor([1.0, 0.0]), 0.5)  # the far device, 2 segments
+    tensor([0.5000], dtype=torch.float64)
+    """
+    _check_rp(rp)
+    if u.dtype == torch.bool:
+        u = u.to(torch.int8)
+    if u.shape[-1] != G.shape[-2]:
+        raise ValueError(f"u has {u.shape[-1]} rows per vector but G has {G.shape[-2]} rows")
+    if bool(((u != 0) & (u.abs() != 1)).any()):
+        raise ValueError("gated rows take bit planes: every entry of u must be -1, 0 or +1")
+    has_negative = bool((u < 0).any())
+    if signed is None:
+        signed = has_negative
+    elif has_negative and not signed:
+        raise ValueError("u holds -1 bits but signed=False; pass signed=True (or None)")
+    if rp == 0:
+        return torch.matmul(u.to(G.dtype).unsqueeze(-2), G).squeeze(-2)
+    Gb, ub, restore = _pair_arrays(G, u)
+    if Gb.shape[0] == 0 or ub.shape[1] == 0:
+        return restore(G.new_zeros(Gb.shape[0], ub.shape[1], G.shape[-1]))
+    out = torch.stack([_gated_array(Gb[i], ub[i], rp, signed, max_bytes, compute_dtype)
+                       for i in range(Gb.shape[0])])
+    return restore(out).to(G.dtype)
+
+
+def _pair_arrays(G: Tensor, u: Tensor):
+    """Flatten broadcast batch dims into (arrays, N, C) and (arrays, vectors, N), arrays being the
+    batch dims along which G varies; ``restore`` maps (arrays, vectors, C) back."""
+    N, C = G.shape[-2:]
+    bo = torch.broadcast_shapes(G.shape[:-2], u.shape[:-1])
+    nd = len(bo)
+    bg = (1,) * (nd - G.dim() + 2) + tuple(G.shape[:-2])
+    gdims = [i for i in range(nd) if bg[i] != 1]
+    perm = gdims + [i for i in range(nd) if bg[i] == 1]
+    shape = [bo[i] for i in perm]
+    n_arr = math.prod(bo[i] for i in gdims)
+    Gb = G.reshape(bg + (N, C)).permute(*perm, nd, nd + 1).reshape(n_arr, N, C)
+    ub = u.reshape((1,) * (nd - u.dim() + 1) + tuple(u.shape)).expand(*bo, N)
+    ub = ub.permute(*perm, nd).reshape(n_arr, math.prod(shape[len(gdims):]), N)
+    inv = [perm.index(i) for i in range(nd)]
+
+    def restore(out: Tensor) -> Tensor:
+        return out.reshape(*shape, C).permute(*inv, nd)
+
+    return Gb, ub, restore
 
 
 # ---------------------------------------------------------------- row-and-column grid

@@ -1,0 +1,93 @@
+"""The study's design presets (mcsim.designs) and the device fits' measured ranges."""
+import math
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from mcsim.designs import DESIGNS, full_precision_adc
+from mcsim.hardware import ADC, Hardware
+from mcsim.physics import adc, devices
+
+
+@pytest.mark.parametrize("name", sorted(DESIGNS))
+def test_each_preset_constructs_and_round_trips(name):
+    hw = Hardware(design=name)
+    assert hw.design == name
+    assert hw.input_mode == "bitserial" and hw.error.model == "sonos_tcas"
+    assert Hardware(**hw.model_dump()) == hw
+    assert Hardware.model_validate_json(hw.model_dump_json()) == hw
+
+
+def test_overrides_apply_on_top_and_nested_settings_merge():
+    hw = Hardware(design="A", adc={"bits": 10}, rows_max=576)
+    assert hw.adc.bits == 10 and hw.adc.percentile == 99.98  # the preset's other ADC settings stay
+    assert hw.rows_max == 576 and hw.mapping == "differential" and hw.input_accumulation == "analog"
+    # A settings object counts as the fields it sets.
+    assert Hardware(design="A", adc=ADC(bits=6)).adc == Hardware(design="A", adc={"bits": 6}).adc
+    # Design E's explicit ADC can be replaced by a calibrated one.
+    e = Hardware(design="E", adc={"range": "calibrated", "limits": None})
+    assert e.adc.range == "calibrated" and e.adc.bits == 8
+    assert Hardware().design is None and Hardware() == Hardware(design=None)
+
+
+def test_unknown_design_names_the_valid_ones():
+    with pytest.raises(ValidationError, match="unknown design 'F'; valid designs are A, B, C, D, E"):
+        Hardware(design="F")
+
+
+def test_offset_presets_follow_the_study_page_44():
+    """Offset cores: 72 or 144 rows, 1 or 2 bits per cell, digital input-bit accumulation."""
+    for name, cfg in DESIGNS.items():
+        if cfg["mapping"] != "offset":
+            continue
+        hw = Hardware(design=name)
+        bits_per_cell = math.ceil(hw.magnitude_bits / hw.slices)
+        assert hw.rows_max in (72, 144) and bits_per_cell in (1, 2)
+        assert hw.input_accumulation == "digital"
+
+
+@pytest.mark.parametrize("rows,bits_per_cell", [(72, 1), (144, 2), (1152, 1), (5, 3)])
+def test_full_precision_adc_gives_every_output_its_own_level(rows, bits_per_cell):
+    cfg = full_precision_adc(rows, bits_per_cell)
+    lo, hi = cfg["limits"]
+    digit = 1 / (2**bits_per_cell - 1)
+    outputs = torch.arange(-rows * (2**bits_per_cell - 1), rows * (2**bits_per_cell - 1) + 1,
+                           dtype=torch.float64) * digit
+    scale, shift = adc.code_transform(lo, hi, cfg["bits"])
+    codes = adc.codes_(outputs * scale + shift, cfg["bits"])
+    back = lo + codes * (hi - lo) / (2 ** cfg["bits"] - 1)
+    torch.testing.assert_close(back, outputs, rtol=0, atol=1e-9)
+    assert 2 ** (cfg["bits"] - 1) < len(outputs) <= 2 ** cfg["bits"]  # no bit to spare
+
+
+# ---------------------------------------------------------------- device fits' measured ranges
+
+def test_every_fit_states_its_range():
+    for fit in (*devices.PROGRAMMING_FITS.values(), *devices.READ_FITS.values()):
+        lo, hi = fit.g_range
+        assert 0 <= lo < hi and fit.gmax <= hi
+
+
+def test_range_warnings_name_the_fit():
+    assert devices.hardware_warnings(Hardware(error={"model": "pcm"})) == []  # 25 uS / 100 = 0.25 uS
+    (msg,) = devices.hardware_warnings(Hardware(error={"model": "pcm"}, on_off_ratio=1000))
+    assert "'pcm'" in msg and "Joshi" in msg and "0.025 uS" in msg and "at most 100" in msg
+    (msg,) = devices.hardware_warnings(Hardware(error={"model": "rram"}, on_off_ratio=None))
+    assert "'rram'" in msg and "Milo" in msg and "at most 4.5" in msg
+    assert devices.hardware_warnings(Hardware(error={"model": "rram"}, on_off_ratio=4)) == []
+    # SONOS was measured from about 0 nA: any on/off ratio is inside.
+    sonos = Hardware(error={"model": "sonos_tcas"}, read_noise={"model": "sonos"}, on_off_ratio=None)
+    assert devices.hardware_warnings(sonos) == []
+    assert devices.hardware_warnings(Hardware(error={"model": "proportional", "sigma": 0.1})) == []
+
+
+def test_study_sonos_fit():
+    """CrossSim v2's SONOS model: sigma_I = 39.5656 nA (1 - exp(-0.00188704 I / nA)), Imax 1.6 uA."""
+    fit = devices.PROGRAMMING_FITS["sonos_tcas"]
+    g = torch.tensor([0.0, 0.25, 1.0], dtype=torch.float64)
+    expected = 39.5656 * (1 - torch.exp(-0.00188704 * 1600 * g)) / 1600
+    torch.testing.assert_close(fit.normalized_sigma(g), expected, rtol=1e-12, atol=0)
+    assert Hardware(error={"model": "sonos_tcas", "scale": 2}).error.scale == 2
+    with pytest.raises(ValidationError, match="fitted sigma curve"):
+        Hardware(error={"model": "sonos_tcas", "sigma": 0.1})
