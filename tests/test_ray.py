@@ -6,9 +6,11 @@ The cluster is started once for the module and stopped (`local.sh down`) even on
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -24,10 +26,35 @@ from mcsim.scenario import load_scenario
 from runner_support import REPO, results_only, run_cli, write_scenario
 
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-PORT, DASHBOARD_PORT = 6490, 8375
+LOCAL_SH = str(REPO / "cluster" / "local.sh")
+
+
+def _free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports() -> tuple[int, int]:
+    """A GCS port and a dashboard port such that every port `cluster/local.sh up` derives from
+    them is free now (GCS, client, per-node ports at +10..+35, worker ports at +1000..+1399), so
+    that tests on a shared machine never collide with another cluster on fixed ports."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20_000, 50_000, 2)
+        dashboard = rng.randrange(50_000, 60_000)
+        needed = [port, port + 1, dashboard, *range(port + 10, port + 36), *range(port + 1000, port + 1400)]
+        if all(_free(p) for p in needed):
+            return port, dashboard
+    raise RuntimeError("no free range of ports for the local Ray cluster")
+
+
+PORT, DASHBOARD_PORT = free_ports()
 GCS = f"127.0.0.1:{PORT}"
 DASHBOARD = f"http://127.0.0.1:{DASHBOARD_PORT}"
-LOCAL_SH = str(REPO / "cluster" / "local.sh")
 
 
 @pytest.fixture(scope="module")
