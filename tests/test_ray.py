@@ -159,7 +159,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_dataset_is_unchanged(cluste
     path = write_scenario(tmp_path, execution={"shard_images": 50, "trials_per_task": 2, "workers": 2})
     from mcsim.runner import driver
 
-    ds = driver.run(load_scenario(path), progress=False,
+    ds = driver.run(load_scenario(path),
                     executor_factory=lambda sc, n: Killing(sc, n, address=cluster["gcs"]))
     assert len(killed) == 2, killed
     assert len(after) == 2 and not set(after) & set(killed), (killed, after)  # replaced by new processes
