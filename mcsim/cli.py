@@ -73,7 +73,7 @@ class _Guard:
                                                    if "mcsim.runner.ray" in sys.modules else ())
             prefix = "" if self.source is None or isinstance(exc, plain) else f"{self.source}: "
             _fail(prefix + str(exc), EXIT_BAD_INPUT)
-        from mcsim.runner.local import RunError
+        from mcsim.runner.queue import RunError
 
         if issubclass(exc_type, RunError):
             _fail(f"{exc}\nThe results so far are kept; run again to resume.", EXIT_FAILED)

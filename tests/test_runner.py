@@ -232,3 +232,21 @@ def test_a_killed_worker_is_replaced_and_its_task_rerun(tmp_path):
     for t in tasks:
         expected = worker.run(t)
         assert np.array_equal(results[t].correct_top1, expected.correct_top1), t
+
+
+def test_job_queue_keeps_groups_together_and_counts_retries(tmp_path):
+    from mcsim.runner.queue import JobQueue, TaskError
+
+    sc = load_scenario(write_scenario(tmp_path, data={"limit": 200}))
+    tasks = make_plan(sc, 200).eval_tasks()  # 4 points x 2 blocks x 2 shards
+    queue = JobQueue(max_retries=1)
+    for i, t in enumerate(tasks):
+        queue.push((i, t, None))
+    first = queue.take(None)
+    assert queue.take(first[1].group)[1].group == first[1].group  # same point and block
+    other = queue.take(None)
+    assert other[1].group != first[1].group  # an untouched group for a fresh worker
+    queue.retry(other, "boom")
+    assert queue.take(other[1].group) == other and len(queue) == len(tasks) - 3
+    with pytest.raises(TaskError, match="failed 2 times; last error: boom again"):
+        queue.retry(other, "boom again")
