@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import platform
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional, Protocol
 
 import numpy as np
 
@@ -39,11 +39,38 @@ from mcsim.runner.store import (
 from mcsim.scenario import Scenario
 from mcsim.sweep import expand
 
-__all__ = ["Pending", "Prepared", "RunRecord", "SetupError", "prepare", "run"]
+__all__ = ["Executor", "ExecutorFactory", "Pending", "Prepared", "RunRecord", "SetupError", "prepare", "run"]
 
 
 class SetupError(ValueError):
     """The scenario cannot run here (e.g. a CUDA device asked for on a machine without one)."""
+
+
+class Executor(Protocol):
+    """What the driver needs of an executor (:class:`~mcsim.runner.local.LocalExecutor`,
+    :class:`~mcsim.runner.ray.RayExecutor`): a context manager that runs jobs.
+
+    ``workers`` and ``threads`` are logged in the run record once the executor has started (a
+    Ray pool sizes itself then); ``device`` is known once a worker has loaded the model.
+    """
+
+    workers: Optional[int]
+    threads: Optional[int]
+
+    @property
+    def device(self) -> Optional[str]: ...
+
+    def __enter__(self) -> "Executor": ...
+
+    def __exit__(self, *exc: Any) -> Optional[bool]: ...
+
+    def run(self, jobs: Iterable[tuple[Any, Optional[dict]]]) -> Iterator[Any]:
+        """Run ``(task, calibration)`` jobs; yield each result as its task finishes."""
+        ...
+
+
+#: ``factory(scenario, workers)`` makes the executor of a run.
+ExecutorFactory = Callable[[Scenario, Optional[int]], Executor]
 
 
 @dataclass
@@ -266,10 +293,10 @@ class RunRecord:
         self.store.record_run(self.entry)
         return self
 
-    def executor(self, executor) -> None:
+    def executor(self, executor: Executor) -> None:
         """Log the executor's size (known once started: a Ray pool sizes itself then)."""
         for key in ("workers", "threads"):
-            if getattr(executor, key, None) is not None:
+            if getattr(executor, key, None) is not None:  # a wrapper (bench/) may lack them
                 self.entry[key] = getattr(executor, key)
 
     def check(self, device: Optional[str]) -> None:
@@ -297,7 +324,7 @@ class RunRecord:
         return False
 
 
-def calibrate(store: ResultStore, plan: RunPlan, executor, record: RunRecord, on_event: EventSink) -> None:
+def calibrate(store: ResultStore, plan: RunPlan, executor: Executor, record: RunRecord, on_event: EventSink) -> None:
     """Calibrate every sweep point, then store the calibrations at once."""
     tasks = plan.calibration_tasks()
     results = []
@@ -311,7 +338,7 @@ def calibrate(store: ResultStore, plan: RunPlan, executor, record: RunRecord, on
     store.write_calibration(results)
 
 
-def evaluate(store: ResultStore, left: Pending, executor, record: RunRecord, on_event: EventSink) -> None:
+def evaluate(store: ResultStore, left: Pending, executor: Executor, record: RunRecord, on_event: EventSink) -> None:
     """The digital baseline and the chips, each result stored as it arrives."""
     calibrations = store.read_calibration()
     jobs = [(t, None) for t in left.digital] + [(t, calibrations[t.point]) for t in left.evaluate]
@@ -339,7 +366,7 @@ def finish(store: ResultStore, plan: RunPlan) -> None:
         store.update_attrs(state="complete", finished=now())
 
 
-def _local_executor(scenario: Scenario, workers: Optional[int]):
+def _local_executor(scenario: Scenario, workers: Optional[int]) -> Executor:
     from mcsim.runner.local import LocalExecutor
 
     return LocalExecutor(scenario, workers=workers)
@@ -357,7 +384,7 @@ def run(
     dry_run: bool = False,
     workers: Optional[int] = None,
     on_event: Optional[EventSink] = None,
-    executor_factory: Optional[Callable] = None,
+    executor_factory: Optional[ExecutorFactory] = None,
     check_device: bool = True,
 ):
     """Run ``scenario`` (resuming its store) and return the result dataset; None for a dry run.

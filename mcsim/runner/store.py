@@ -45,7 +45,7 @@ import json
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Literal, Optional, get_args
 
 import numpy as np
 import xarray as xr
@@ -85,13 +85,21 @@ def now() -> str:
 # what is at a path
 
 
+#: What is at a store path: nothing, an empty folder, an mcsim store, another Zarr group, anything else.
+StoreKind = Literal["absent", "empty", "mcsim", "zarr", "other"]
+
+
 @dataclass(frozen=True)
 class StoreInfo:
-    """What is at a store path: ``kind`` is absent | empty | mcsim | zarr | other."""
+    """What is at a store path (``kind``), and the attributes of the Zarr group there."""
 
     path: str
-    kind: str
+    kind: StoreKind
     attrs: dict
+
+    def __post_init__(self):
+        if self.kind not in get_args(StoreKind):
+            raise ValueError(f"StoreInfo.kind: {self.kind!r} is not one of {', '.join(get_args(StoreKind))}")
 
     @property
     def fingerprint(self) -> Optional[str]:
@@ -386,7 +394,17 @@ class ResultStore:
         self._write_digital_result()
 
     def write_calibration(self, results: list) -> None:
-        """The calibration of every point (results of the calibration tasks, any order)."""
+        """The calibration of every point (results of the calibration tasks, any order), then
+        its marker; the root's metadata is consolidated again (it has new arrays)."""
+        ds = self._calibration_dataset(results)
+        ds.attrs.update(self.attrs())  # an append replaces the group's attributes: keep them
+        ds.to_zarr(self.path, mode="a", **_WRITE)
+        _consolidate(self.path)
+        self._group = None  # reopen: the root has new arrays
+        self.update_attrs(calibration_written=now())  # the marker: every calibration array is complete
+
+    def _calibration_dataset(self, results: list) -> xr.Dataset:
+        """The calibration arrays (over the sweep dims, ``layer`` and ``slice``) of the results."""
         by_point = {r.task.point: r for r in results}
         missing = [p.index for p in self.plan.sweep.points if p.index not in by_point]
         if missing:
@@ -422,7 +440,7 @@ class ResultStore:
                     lo[pos + (j,)][: len(los)] = np.asarray(los, np.float64)
                     hi[pos + (j,)][: len(his)] = np.asarray(his, np.float64)
         s_dims = self.dims
-        ds = xr.Dataset(
+        return xr.Dataset(
             {
                 "calibrated": (s_dims, calibrated),
                 "analog": (s_dims + ["layer"], analog),
@@ -434,12 +452,7 @@ class ResultStore:
             },
             coords={"layer": ("layer", np.array(layers, dtype=object)),
                     "slice": ("slice", np.arange(n_slices, dtype=np.int64))},
-            attrs=self.attrs(),  # an append replaces the group's attributes: keep them
         )
-        ds.to_zarr(self.path, mode="a", **_WRITE)
-        _consolidate(self.path)
-        self._group = None  # reopen: the root has new arrays
-        self.update_attrs(calibration_written=now())  # the marker: every calibration array is complete
 
     def read_calibration(self) -> dict[int, Optional[dict]]:
         """Per point index, the calibration state to load into its converted model (None: none)."""
