@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -66,6 +67,7 @@ def cluster(mcsim_cache_dir):
     state = tempfile.mkdtemp(prefix="mcr", dir="/tmp")  # short: Ray's socket paths live under it
     env = dict(os.environ, MCSIM_RAY_DIR=state, MCSIM_RAY_PORT=str(PORT),
                MCSIM_RAY_DASHBOARD_PORT=str(DASHBOARD_PORT))
+    env.setdefault("RAY", os.path.join(os.path.dirname(sys.executable), "ray"))  # the tests' own Ray
     try:
         up = subprocess.run([LOCAL_SH, "up"], env=env, capture_output=True, text=True, timeout=180)
         assert up.returncode == 0, up.stdout + up.stderr

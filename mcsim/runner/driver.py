@@ -19,12 +19,13 @@ The driver prints nothing: it reports :mod:`mcsim.runner.events` to ``on_event``
 from __future__ import annotations
 
 import platform
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Optional, Protocol
 
 import numpy as np
 
-from mcsim.runner.events import EventSink, Message, PhaseEnded, PhaseStarted, Plan, TaskDone, ignore
+from mcsim.runner.events import EventSink, Message, Phase, PhaseEnded, PhaseStarted, Plan, TaskDone, ignore
 from mcsim.runner.plan import RunPlan, make_plan
 from mcsim.runner.store import (
     STORE_FORMAT,
@@ -324,17 +325,26 @@ class RunRecord:
         return False
 
 
+@contextmanager
+def _phase(on_event: EventSink, phase: Phase, tasks: int, work: int) -> Iterator[None]:
+    """A phase's start and end events; the end also when it fails (a display closes its bar)."""
+    on_event(PhaseStarted(phase, tasks, max(work, 1)))
+    try:
+        yield
+    finally:
+        on_event(PhaseEnded(phase))
+
+
 def calibrate(store: ResultStore, plan: RunPlan, executor: Executor, record: RunRecord, on_event: EventSink) -> None:
     """Calibrate every sweep point, then store the calibrations at once."""
     tasks = plan.calibration_tasks()
     results = []
-    on_event(PhaseStarted("calibrating", len(tasks), max(len(tasks), 1)))
-    for result in executor.run((t, None) for t in tasks):
-        record.check(executor.device)
-        results.append(result)
-        record.computed("calibrate")
-        on_event(TaskDone("calibrating", 1, 0))
-    on_event(PhaseEnded("calibrating"))
+    with _phase(on_event, "calibrating", len(tasks), len(tasks)):
+        for result in executor.run((t, None) for t in tasks):
+            record.check(executor.device)
+            results.append(result)
+            record.computed("calibrate")
+            on_event(TaskDone("calibrating", 1, 0))
     store.write_calibration(results)
 
 
@@ -343,20 +353,19 @@ def evaluate(store: ResultStore, left: Pending, executor: Executor, record: RunR
     calibrations = store.read_calibration()
     jobs = [(t, None) for t in left.digital] + [(t, calibrations[t.point]) for t in left.evaluate]
     work = sum(t.n_images for t in left.digital) + sum(t.n_images * t.n_trials for t in left.evaluate)
-    on_event(PhaseStarted("evaluating", len(jobs), max(work, 1)))
-    for result in executor.run(jobs):
-        task = result.task
-        check_counts(result, task)
-        record.check(executor.device)
-        if task.kind == "digital":
-            store.write_digital(result)
-            work = task.n_images
-        else:
-            store.write_eval(result)
-            work = task.n_images * task.n_trials
-        record.computed(task.kind)
-        on_event(TaskDone("evaluating", work, work))
-    on_event(PhaseEnded("evaluating"))
+    with _phase(on_event, "evaluating", len(jobs), work):
+        for result in executor.run(jobs):
+            task = result.task
+            check_counts(result, task)
+            record.check(executor.device)
+            if task.kind == "digital":
+                store.write_digital(result)
+                work = task.n_images
+            else:
+                store.write_eval(result)
+                work = task.n_images * task.n_trials
+            record.computed(task.kind)
+            on_event(TaskDone("evaluating", work, work))
 
 
 def finish(store: ResultStore, plan: RunPlan) -> None:
