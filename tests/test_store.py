@@ -254,3 +254,28 @@ def test_results_of_another_device_type_are_refused_before_they_are_written(tmp_
             record.check("cuda:0")  # already checked: a record checks its first device only
             RunRecord(store).check("cuda:0")
     assert store.attrs()["runs"][-1]["status"] == "failed"
+
+
+def test_every_task_writes_whole_chunks_of_its_own(tmp_path):
+    """zarr loses data when concurrent writes share a chunk: each evaluation task's regions (its
+    ledger counts and entry, its result) are whole chunks that no other task writes."""
+    sc = load_scenario(write_scenario(tmp_path, trials=7, execution={"trials_per_task": 3}))
+    plan = make_plan(sc, 230, shard_images=60)
+    store = ResultStore.create(str(tmp_path / "s.zarr"), sc, plan)
+    group = zarr.open_group(store.path, mode="r")
+    owners: dict = {}
+    for task in plan.eval_tasks():
+        pos = plan.sweep.points[task.point].position
+        for name, region in (("ledger/correct_top1", pos + (slice(task.t0, task.t1), task.shard)),
+                             ("ledger/done", pos + (task.block, task.shard)),
+                             ("top1", pos + (slice(task.t0, task.t1),))):
+            array = group[name]
+            chunks = []
+            for axis, (index, size, chunk) in enumerate(zip(region, array.shape, array.chunks)):
+                start, stop = (index.start, index.stop) if isinstance(index, slice) else (index, index + 1)
+                assert start % chunk == 0 and (stop - start == chunk or stop == size), (name, task)
+                chunks.append(start // chunk)
+            key = (name, tuple(chunks))
+            if name != "top1":  # a result chunk belongs to a point and trial block (its shards in turn)
+                assert key not in owners, (task, owners.get(key))
+            owners[key] = task

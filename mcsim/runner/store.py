@@ -24,12 +24,14 @@ for zipped keys; the sweep values are coordinates)::
     digital_done                 bool (shard,)  chunks 1
     shard_images                 int32 (shard,)  images per shard
 
-A task is done when its ledger entry is: every evaluation task writes exactly one chunk of each
-ledger count array, then its ``done`` chunk, then the result chunk of its point and trial block
-(counts summed over the shards done, chunks ``(1..., trials_per_task)``), so no two tasks ever
-write the same chunk (zarr loses data when concurrent writes share one). The result arrays are a
-view of the ledger: a run recomputes them all when it opens a store and when it finishes, so an
-interrupted store always opens with plain xarray, ``complete`` telling which points are done.
+A task is done when its ledger entry is. Every write covers whole chunks (zarr loses data when
+concurrent writes share a chunk): an evaluation task writes its own chunk of each ledger count
+array, then its own ``done`` chunk, then the result chunk of its point and trial block (counts
+summed over the shards done; chunks ``(1..., trials_per_task)``). The shards of a block share
+that result chunk: the driver, the store's only writer, writes results one at a time. The result
+arrays are a view of the ledger: a run recomputes them all when it opens a store to resume and
+when it finishes, so an interrupted store always opens with plain xarray, ``complete`` telling
+which points are done.
 The calibration arrays are written once, when every point is calibrated (they are cheap to redo),
 then the ``calibration_written`` attribute (the calibration's ledger).
 
