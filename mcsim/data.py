@@ -112,15 +112,12 @@ def stable_permutation(n: int, seed: int) -> np.ndarray:
     ``mcsim.engine.rng.splitmix(i + (seed - 1) * golden)`` (the engine's hash, the only one in
     mcsim), compared as unsigned 64-bit integers.
     """
-    from mcsim.engine.rng import splitmix
+    from mcsim.engine.rng import STEP, splitmix
 
-    offset = ((seed - 1) * _SPLITMIX_STEP) % 2**64
+    offset = ((seed - 1) * STEP) % 2**64
     keys = splitmix(torch.arange(n, dtype=torch.int64) + _as_int64(offset))
     unsigned_order = keys ^ torch.tensor(-(2**63), dtype=torch.int64)  # flip the sign bit: signed order = unsigned
     return torch.argsort(unsigned_order, stable=True).numpy()
-
-
-_SPLITMIX_STEP = 0x9E3779B97F4A7C15  # SplitMix64's state increment (the golden ratio in 64 bits)
 
 
 def _as_int64(value: int) -> int:
