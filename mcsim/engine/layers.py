@@ -420,6 +420,14 @@ class AnalogLayer(nn.Module):
         digits (sections 3, 5, 6), summed in a fixed order: ``(Tc, r, g, N_g, H', W')``."""
         k, step, lo = digitized
         coef = self.coef.tolist()
+        offset = sum(bit_weights) * self.part.parts * sum(c * l for c, l in zip(coef, lo))
+        tc, nb = k.shape[:2]
+        if nb > 1 and self.hw.adc.bits is not None and self.hw.adc.bits + nb <= 24 and self.ctx.mode == "run":
+            # Integer codes: sum_b 2**b code_b is exact in float32 whatever the summation order, so one
+            # matrix-vector product over the bits replaces nb passes (bit weights are 2**b / n_max).
+            powers = torch.tensor([2.0**b for b in range(nb)], dtype=k.dtype, device=k.device)
+            k = torch.matmul(powers, k.view(tc, nb, -1)).view(tc, 1, *k.shape[2:])
+            bit_weights = bit_weights[:1]
         terms = [(b, q, s) for b in range(len(bit_weights)) for q in range(self.part.parts) for s in range(self.n_slices)]
         z = None
         for b, q, s in terms:
@@ -428,7 +436,7 @@ class AnalogLayer(nn.Module):
                 z = k[:, b, :, :, q, s].mul_(f) if len(terms) == 1 else k[:, b, :, :, q, s] * f
             else:
                 z.add_(k[:, b, :, :, q, s], alpha=f)
-        return z.add_(sum(bit_weights) * self.part.parts * sum(c * l for c, l in zip(coef, lo)))
+        return z.add_(offset)
 
     def _offset_term(self, u: torch.Tensor, bit_weights: list[float], p: Pass) -> torch.Tensor:
         """Offset mapping's digital ``G_zero * sum(v)`` per partition row set, in recombined digits
