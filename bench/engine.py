@@ -30,6 +30,7 @@ Numbers from a machine shared with other jobs are noisy: read the range beside t
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import resource
@@ -174,7 +175,9 @@ def measure(wl: Workload, config: str, trials: int, batch: int, device, repeat: 
             deadline: Optional[float] = None) -> dict:
     """One config on one workload: the JSON row (without the ratio to a baseline)."""
     hw = Hardware(**CONFIGS[config])
-    if device.type == "cuda":
+    if device.type == "cuda":  # the previous config's blocks leave the GPU (the memory budget sees free memory)
+        gc.collect()
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     analog = prepared(wl.model, hw, trials, wl.shape, batch, device)
     x = torch.randn(batch, *wl.shape, device=device)
