@@ -170,7 +170,8 @@ def main() -> int:
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--quick", action="store_true", help="tiny model and sizes (a smoke test of the script)")
     p.add_argument("--budget", type=float, default=270.0, help="hard time guard, seconds")
-    p.add_argument("--sections", nargs="+", default=["overheads", "programming", "quickstart"])
+    p.add_argument("--sections", nargs="+", default=["overheads", "programming", "quickstart"],
+                   choices=["overheads", "programming", "quickstart"])
     a = p.parse_args()
     if a.device == "cuda" and not torch.cuda.is_available():
         print("bench/gpu.py: torch sees no CUDA GPU here, nothing to measure "
