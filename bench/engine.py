@@ -193,6 +193,7 @@ def measure(wl: Workload, config: str, trials: int, batch: int, device, repeat: 
         "model": wl.name, "config": config, "device": str(device), "threads": torch.get_num_threads(),
         "trials": trials, "batch": batch, "repeats": len(ta), "passes_per_sample": list(calls),
         "overhead_ratio": _spread(ratios), "target": TARGETS.get(config),
+        "ratio_per_repeat": [round(v, 3) for v in ratios],
         "analog_seconds_per_image_chip": round(steady / (batch * trials), 7),
         "digital_seconds_per_image": round(statistics.median(td) / (batch * trials), 7),
         "image_chips_per_second": round(batch * trials / steady, 1),
@@ -208,7 +209,7 @@ def measure(wl: Workload, config: str, trials: int, batch: int, device, repeat: 
 
 
 def bench(model_name: str, configs: list[str], trials: int, batch: Optional[int], device, repeat: int,
-          deadline: Optional[float] = None, emit: Callable[[dict], None] = None) -> list[dict]:
+          deadline: Optional[float] = None, emit: Optional[Callable[[dict], None]] = None) -> list[dict]:
     """Every config on one workload; prints (``emit``) and returns one row per config."""
     wl = workload(model_name)
     wl.model = wl.model.to(device)
