@@ -7,9 +7,9 @@ The digital baseline runs as many images per forward as the analog pass: a digit
                    = analog seconds of one pass / digital seconds of one pass.
 
 Steady state: the chips are programmed and cached before the timed passes (as in a task that
-evaluates many batches); the one-time programming cost is printed apart (a second programming
-forward, chips forgotten first, minus a steady one: the first forward of a process also pays
-kernel selection and allocator growth, printed as ``first_forward_seconds``). A pass shorter than
+evaluates many batches); the one-time programming cost is printed apart: a programming pass of
+one image (chips forgotten first, after a warm-up) minus a steady pass of one image (the first
+forward of a process also pays kernel selection and allocator growth: ``first_forward_seconds``). A pass shorter than
 0.2 s is looped within its timing sample. The analog and digital
 passes alternate (analog, digital, analog, digital, ...), ``--repeat`` times; each repeat's ratio
 comes from its adjacent pair, so load on a shared machine hits both sides alike. Per
@@ -128,24 +128,25 @@ def clear_chips(analog: AnalogModel) -> None:
 
 
 @torch.no_grad()
-def programming_cost(analog: AnalogModel, x: torch.Tensor, device, steady: float) -> float:
-    """Seconds to program all of ``analog``'s chips: a programming forward on ``x`` minus ``steady``.
+def programming_cost(analog: AnalogModel, shape: tuple, device, steady: int = 3) -> float:
+    """Seconds to program all of ``analog``'s chips, timed on passes of one image.
 
-    Call it after a first forward (which also pays one-time costs of the process: kernel selection,
-    allocator growth): the chips are forgotten, then programmed again. Leaves them programmed.
+    A pass of one image programs every chip as a full batch does, and its own cost is small, so
+    the difference "programming pass minus steady pass" is not lost in the noise of a long pass.
+    A warm-up pass first (kernels for this shape), then the chips are forgotten and programmed
+    again. Leaves them programmed (in the blocks of one-image passes).
     """
+    x = torch.randn(1, *shape, device=device)
+    timed(lambda: analog(x), device)
     clear_chips(analog)
-    return max(timed(lambda: analog(x), device) - steady, 0.0)
+    program = timed(lambda: analog(x), device)
+    return max(program - statistics.median(timed(lambda: analog(x), device) for _ in range(steady)), 0.0)
 
 
 @torch.no_grad()
-def programming_seconds(model: nn.Module, hw: Hardware, shape: tuple, device, batch: int = 1, steady: int = 3) -> float:
-    """Seconds to program one chip: a programming forward of a T=1 model minus a steady forward."""
-    analog = prepared(model, hw, 1, shape, batch, device)
-    x = torch.randn(batch, *shape, device=device)
-    timed(lambda: analog(x), device)  # first forward: programs, and warms up this shape
-    t = statistics.median(timed(lambda: analog(x), device) for _ in range(steady))
-    return programming_cost(analog, x, device, t)
+def programming_seconds(model: nn.Module, hw: Hardware, shape: tuple, device) -> float:
+    """Seconds to program one chip: a programming pass of a fresh T=1 model minus a steady pass."""
+    return programming_cost(prepared(model, hw, 1, shape, 1, device), shape, device)
 
 
 @torch.no_grad()
@@ -188,7 +189,7 @@ def measure(wl: Workload, config: str, trials: int, batch: int, device, repeat: 
     ta, td = interleaved(wl.model, analog, x, xd, device, repeat, calls, deadline)
     ratios = [a / d for a, d in zip(ta, td)]
     steady = statistics.median(ta)
-    program = programming_cost(analog, x, device, steady)
+    program = programming_cost(analog, wl.shape, device)
     row = {
         "model": wl.name, "config": config, "device": str(device), "threads": torch.get_num_threads(),
         "trials": trials, "batch": batch, "repeats": len(ta), "passes_per_sample": list(calls),

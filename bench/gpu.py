@@ -11,8 +11,8 @@ Prints, section by section and then as one summary:
    B images on T chips, interleaved, median and range over repeats); per config the image-chips
    per second (goal for (a): >= 2,000 on one H100-class GPU) and the peak GPU memory
    (``torch.cuda.max_memory_allocated``, reset per config);
-2. programming: seconds to program one ResNet50 chip (the first forward of a fresh T=1 model
-   minus a steady one), per config;
+2. programming: seconds to program one ResNet50 chip (a programming pass of a fresh T=1 model
+   minus a steady one, one image each), per config;
 3. quickstart: a smaller copy of ``scenarios/quickstart.yaml`` run twice through
    ``mcsim.run_scenario``, on ``cpu`` and on the device; per sweep point the two mean top-1
    accuracies, their difference, the Monte Carlo standard error and whether they agree within 3 SE.
@@ -150,7 +150,7 @@ def _print_summary(summary, device, size):
                   f"peak GPU {r.get('peak_gpu_gib', 'n/a')} GiB")
     prog = summary.get("programming_seconds_per_chip")
     if prog:
-        print("\nprogramming one chip (fresh T=1 model, first forward minus steady):")
+        print("\nprogramming one chip (fresh T=1 model, programming pass minus steady pass, one image):")
         for k, v in prog.items():
             print(f"  {k:<26} {v} s")
     q = summary.get("quickstart")
