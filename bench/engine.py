@@ -245,7 +245,8 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         key = "ratio_vs_no_parasitics" if "ratio_vs_no_parasitics" in r else "overhead_ratio"
         s = r[key]
-        shown = f"{s['median']:.2f} [{s['min']:.2f}-{s['max']:.2f}]" + (" (vs no-par)" if key != "overhead_ratio" else "")
+        shown = f"{s['median']:.2f} [{s['min']:.2f}-{s['max']:.2f}]"
+        shown += " (vs no-par)" if key != "overhead_ratio" else ""
         target = r.get("target")
         lines.append(f"{r['model']:<14} {r['config']:<26} {shown:<34} {target if target else '':>7}  "
                      f"{_mark(s['median'], target):4} {r['image_chips_per_second']:>10} "
