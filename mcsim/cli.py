@@ -204,13 +204,14 @@ def run(
 
 @app.command()
 def validate(scenario: Path = ScenarioArg) -> None:
-    """Check a scenario file and show its sweep; loads no model or data."""
-    with _Guard():
+    """Check a scenario file and show its sweep; loads no data, and the model only when per-layer
+    settings or a layer sweep need its layer names (a built-in trains then, once)."""
+    with _Guard(scenario):
+        from mcsim.runner.driver import sweep_plan
         from mcsim.scenario import load_scenario
-        from mcsim.sweep import expand
 
         sc = load_scenario(scenario)
-        plan = expand(sc)
+        plan = sweep_plan(sc)
         dims = " x ".join(f"{d} {n}" for d, n in zip(plan.dims, plan.shape)) or "no sweep"
         con = _console()
         con.print(f"{scenario}: valid scenario {sc.name!r} (fingerprint {sc.fingerprint[:12]})", markup=False)
