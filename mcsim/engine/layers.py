@@ -516,6 +516,10 @@ class AnalogLayer(nn.Module):
             hi.append(h)
         self.adc_range = (lo, hi)
 
+    def clear_calibration_samples(self):
+        """Drop the samples a calibration pass recorded (a layer whose ADC needs no calibrated range)."""
+        self._samples.clear()
+
     def calibration_state(self) -> dict:
         return {"x_range": self.x_range, "signed": self.signed, "adc_range": self.adc_range}
 
