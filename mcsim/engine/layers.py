@@ -337,7 +337,10 @@ class AnalogLayer(nn.Module):
                 z.mul_(prog.alpha.to(z.dtype).view(1, -1, 1, 1, 1, 1))
             if self.hw.mapping == "offset":
                 z.sub_(self._offset_term(u, bit_weights, p))
-            z.mul_(self.unit * (self.x_range or 1.0)).add_(self.bias.view(self.geom.groups, self.geom.ng, 1, 1))
+            z.mul_(self.unit * (self.x_range or 1.0))
+            bias = self.bias.view(self.geom.groups, self.geom.ng, 1, 1)  # added in the pass that lays out chip-major
+            zt = z.transpose(0, 1)
+            return torch.add(zt, bias, out=z.new_empty(zt.shape)).view(-1, self.geom.c_out, *z.shape[-2:])
         return z.transpose(0, 1).reshape(-1, self.geom.c_out, *z.shape[-2:])  # chip-major (Tc * r, C_out, H', W')
 
     # ------------------------------------------------------------------ the steps of a pass
@@ -349,8 +352,7 @@ class AnalogLayer(nn.Module):
         tc = len(self.ctx.chips)
         r = x.shape[0] // tc
         n = x.new_empty(r, tc, *x.shape[1:]).transpose(0, 1)
-        n.copy_(x.view(tc, r, *x.shape[1:]))
-        return dac.levels_(n, self.x_range or 1.0, self.hw.input_bits, p.signed)
+        return dac.levels(x.detach().view(tc, r, *x.shape[1:]), self.x_range or 1.0, self.hw.input_bits, p.signed, out=n)
 
     def _input_planes(self, n: torch.Tensor, p: Pass) -> tuple[torch.Tensor, list[float]]:
         """What drives the rows, ``(nb, Tc, r, C, H, W)``, and each plane's weight in the recombination:
