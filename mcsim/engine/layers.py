@@ -449,7 +449,7 @@ class AnalogLayer(nn.Module):
             # Integer codes: sum_b 2**b code_b is exact in float32 whatever the summation order, so one
             # matrix-vector product over the bits replaces nb passes (bit weights are 2**b / n_max).
             powers = torch.tensor([2.0**b for b in range(nb)], dtype=k.dtype, device=k.device)
-            k = torch.matmul(powers, k.view(nb, -1)).view(1, *k.shape[1:])
+            k = torch.matmul(powers, k.reshape(nb, -1)).view(1, *k.shape[1:])
             bit_weights = bit_weights[:1]
         terms = [(b, q, s) for b in range(len(bit_weights)) for q in range(self.part.parts) for s in range(self.n_slices)]
         z = None
