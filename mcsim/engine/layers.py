@@ -41,6 +41,9 @@ _STREAM_PROGRAM, _STREAM_DRIFT, _STREAM_READ = 1, 11, 101
 # summation order, for a single image, and for matrix-vector-like (1x1 spatial) calls below ~16 rows
 # when single-threaded. Padding keeps every chip on one kernel whatever the batch and thread count.
 _MIN_ROWS, _MIN_ROWS_GEMM = 2, 16
+# Gated rows (section 8): bytes of unfolded bit patches and solved currents per chunk of images.
+_GATED_CHUNK_BYTES = 2**27
+_GATED_DTYPE = torch.float64  # the solves' arithmetic (MODEL.md section 10)
 
 
 Mode = Literal["run", "probe", "calibrate_inputs", "calibrate_adc"]
@@ -76,6 +79,12 @@ class Pass:
     bitserial: bool  # bit-serial inputs (analog or digital accumulation)
     calibrating: bool  # the error-free ADC calibration pass
     signed: bool  # the DAC's signed levels
+    gated: bool = False  # gated rows with rp > 0: one exact solve per bit plane (section 8); implies split
+
+    @property
+    def planes(self) -> bool:
+        """Whether the rows are driven by bit planes (0/+-1) rather than integer levels."""
+        return self.serial or self.gated
 
 
 @dataclass
@@ -86,6 +95,27 @@ class Programmed:
     var: Optional[torch.Tensor]  # read-noise variances, same layout (None: no read noise)
     alpha: Optional[torch.Tensor]  # (Tc,) drift compensation factors
     bias: Optional[torch.Tensor] = None  # conv bias (ADC code shift, or the layer's bias when folded)
+    # Gated rows (section 8): every chip's arrays as circuits ``(Tc, g, P, rows, kinds * S * N_g)`` in
+    # physical row order (columns kind-major, then slice, then output), and per slice the code
+    # transform ``(scale, shift)`` (float64, (S,); shift None without digitization).
+    circuit: Optional[torch.Tensor] = None
+    codes: Optional[tuple[torch.Tensor, Optional[torch.Tensor]]] = None
+
+
+def power_of_two_ranges(lo: list[float], hi: list[float]) -> tuple[list[float], list[float]]:
+    """Section 7: slice ranges that differ only by powers of two, so that the digital recombination
+    stays a shift. The widest calibrated range is the reference; every slice gets it divided by the
+    largest power of two ``2**m`` (m >= 0) whose range still contains the slice's own calibrated
+    range (the reference itself when none does, e.g. a slice reaching below a positive ``lo``)."""
+    ref = max(range(len(lo)), key=lambda s: hi[s] - lo[s])
+    out_lo, out_hi = [], []
+    for l, h in zip(lo, hi):
+        m = 0
+        while m < 60 and lo[ref] / 2 ** (m + 1) <= l and hi[ref] / 2 ** (m + 1) >= h:
+            m += 1
+        out_lo.append(lo[ref] / 2**m)
+        out_hi.append(hi[ref] / 2**m)
+    return out_lo, out_hi
 
 
 def _subsample(t: torch.Tensor) -> np.ndarray:
@@ -219,7 +249,8 @@ class AnalogLayer(nn.Module):
         var = None
         if not p.calibrating and hw.read_noise.model != "none":
             var = sum(devices.read_variance(x, hw.read_noise) for x in g.values())
-        if hw.parasitics.rp > 0:
+        circuit = self._circuits(g) if p.gated else None
+        if hw.parasitics.rp > 0 and not p.gated:
             g = self._effective({k: self.part.split(x) for k, x in g.items()})
             if not p.split:
                 g = {k: self.part.merge(x) for k, x in g.items()}
@@ -235,7 +266,17 @@ class AnalogLayer(nn.Module):
             var.reshape(shape).to(dtype) if var is not None else None,
             alpha,
             bias.reshape(-1).to(dtype) if bias is not None else None,
+            circuit,
+            self._slice_codes(p) if p.gated else None,
         )
+
+    def _circuits(self, g: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Section 8, gated rows: the conductances of every device kind and slice ``(Tc, S, C_out, K)``
+        as the columns of one circuit per (chip, group, partition): ``(Tc, g, P, rows, kinds * S * N_g)``,
+        rows in physical order (row 0 farthest from the ADC), in the programmed dtype."""
+        mats = [self.part.circuits(self.part.split(x)) for x in g.values()]  # (Tc, S, g, P, rows, N_g)
+        m = torch.stack(mats, 1)  # (Tc, kinds, S, g, P, rows, N_g)
+        return m.permute(0, 3, 4, 5, 1, 2, 6).flatten(-3).contiguous()
 
     def _split_weights(self, w, var, p: Pass):
         """Arrays ``(Tc, g, P, S, N_g, Cp, kh, kw)`` scaled to emit ADC codes (or raw y when calibrating)."""
@@ -245,13 +286,21 @@ class AnalogLayer(nn.Module):
             t = t.float() if t.dim() == 8 else self.part.split(t.float())  # ADC steps dwarf float32 rounding
             return t.permute(0, 2, 3, 1, 4, 5, 6, 7) * per_slice.view(-1, 1, 1, 1, 1).to(t)
 
-        cs = torch.full((self.n_slices,), 1 / self._input_scale(p.serial), dtype=torch.float64)
+        cs, code_shift = self._slice_codes(p)
         bias = None
-        if not p.calibrating and self.hw.adc.bits is not None:
-            code_scale, code_shift = adc.code_transform(*self._adc_limits(), self.hw.adc.bits)
-            cs = cs * code_scale
+        if code_shift is not None:
             bias = code_shift.view(-1, 1).expand(-1, geo.ng).reshape(1, -1).expand(tc * geo.groups * self.part.parts, -1)
         return arrange(w, cs), (arrange(var, cs**2) if var is not None else None), bias
+
+    def _slice_codes(self, p: Pass) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Per slice, ``code = scale * y_in + shift`` (float64, (S,)), ``y_in`` a column output for the
+        rows' drive (levels or bit planes): ADC codes before rounding, or raw column values (shift
+        None) when calibrating or with an ideal ADC."""
+        cs = torch.full((self.n_slices,), 1 / self._input_scale(p.planes), dtype=torch.float64)
+        if p.calibrating or self.hw.adc.bits is None:
+            return cs, None
+        code_scale, code_shift = adc.code_transform(*self._adc_limits(), self.hw.adc.bits)
+        return cs * code_scale, code_shift
 
     def _folded_weights(self, w, var, alpha, p: Pass):
         """One effective weight ``(Tc, C_out, K)`` per chip: slices recombined, drift compensated, the
@@ -304,20 +353,25 @@ class AnalogLayer(nn.Module):
     def _probe(self, x: torch.Tensor) -> torch.Tensor:
         """The digital output, noting the peak elements per (image, chip) an analog pass would hold."""
         y = self._digital(x)
-        split = self.hw.adc.bits is not None
+        split = self.hw.adc.bits is not None or self._gated()
         nb = dac.n_serial_bits(self.hw.input_bits, True) + 1 if self.hw.input_mode == "bitserial" else 1
         expand = (self.part.parts * self.part.cp / self.geom.cg if split else 1) * nb
         out_expand = (self.part.parts * (self.n_slices + 1) if split else 1) * nb
         self.probe_elements = max(self.probe_elements, int(x[0].numel() * expand + y[0].numel() * out_expand))
         return y
 
+    def _gated(self) -> bool:
+        """Gated rows with resistive wires (section 8); at rp = 0 the plain path is exact."""
+        return self.hw.gated_rows and self.hw.parasitics.rp > 0
+
     def _pass(self) -> Pass:
         hw = self.hw
         calibrating = self.ctx.mode == "calibrate_adc"
-        split = hw.adc.bits is not None or calibrating
+        gated = self._gated()
+        split = hw.adc.bits is not None or calibrating or gated  # gated bits never fold
         bitserial = hw.input_mode == "bitserial"
         serial = split and bitserial and hw.input_accumulation == "digital"
-        return Pass(split, serial, bitserial, calibrating, self.signed_inputs)
+        return Pass(split, serial, bitserial, calibrating, self.signed_inputs, gated)
 
     def _analog(self, x: torch.Tensor) -> torch.Tensor:
         """``(Tc * r, C, H, W)`` activations to the layer's outputs on every chip of the block."""
@@ -330,8 +384,11 @@ class AnalogLayer(nn.Module):
         u2 = self._noise_planes(n, u, p) if prog.var is not None else None
         if not p.split:
             return self._folded(u, u2, prog).flatten(0, 1)
-        k = self._columns(u, u2, prog)
-        z = self._recombine(self._digitize(k, p), bit_weights)
+        if p.gated:
+            k, plane_weights = self._gated_columns(u, u2, bit_weights, prog, p)
+        else:
+            k, plane_weights = self._columns(u, u2, prog), bit_weights
+        z = self._recombine(self._digitize(k, p), plane_weights)
         if prog.alpha is not None:  # drift compensation rescales the analog outputs (section 4)
             z.mul_(prog.alpha.to(z.dtype).view(-1, 1, 1, 1, 1, 1))
         if self.hw.mapping == "offset":
@@ -349,7 +406,7 @@ class AnalogLayer(nn.Module):
     def _input_planes(self, n: torch.Tensor, p: Pass) -> tuple[torch.Tensor, list[float]]:
         """What drives the rows ``(Tc, nb, r, C, H, W)`` and each plane's weight in the recombination:
         one bit plane per MVM when bits are digitized apart (``sum_k 2**k y_k / n_max``), else the levels."""
-        if not p.serial:
+        if not p.planes:
             return n.unsqueeze(1), [1.0]
         u = dac.bit_planes(n, self.hw.input_bits, p.signed, dim=1)
         n_max = dac.max_level(self.hw.input_bits, p.signed)
@@ -357,7 +414,12 @@ class AnalogLayer(nn.Module):
 
     def _noise_planes(self, n: torch.Tensor, u: torch.Tensor, p: Pass) -> torch.Tensor:
         """``v**2`` per plane for the read-noise variance; with analog accumulation of bit-serial inputs
-        each bit is its own read, so the bits' variances add with weights ``4**k``."""
+        each bit is its own read, so the bits' variances add with weights ``4**k`` (gated rows, whose
+        planes are bits: ``(2**k / n_max)**2``)."""
+        if p.gated and not p.serial:
+            n_max = dac.max_level(self.hw.input_bits, p.signed)
+            w2 = torch.tensor([(2.0**k / n_max) ** 2 for k in range(u.shape[1])], dtype=u.dtype, device=u.device)
+            return (u**2 * w2.view(1, -1, *[1] * (u.dim() - 2))).sum(1, keepdim=True)
         if not (p.bitserial and not p.serial):
             return u**2
         planes = dac.bit_planes(n, self.hw.input_bits, p.signed, dim=1)
@@ -404,12 +466,79 @@ class AnalogLayer(nn.Module):
             k += var.sqrt_().mul_(self._read_noise(nb, r, var[0, 0, 0].numel()).view_as(var))
         return k
 
+    def _gated_columns(self, u: torch.Tensor, u2: Optional[torch.Tensor], bit_weights: list[float],
+                       prog: Programmed, p: Pass) -> tuple[torch.Tensor, list[float]]:
+        """Section 8, gated rows: the columns of :meth:`_columns`, ``(Tc, nb', r, g, P, S, N_g, H', W')``,
+        each (chip, bit plane, image, position, column) from its own exact solve, and the planes'
+        weights in the recombination. With analog accumulation the bits' currents are weighted
+        ``2**k / n_max`` and summed before the one conversion (``nb' = 1``); with digital accumulation
+        each bit is a plane. Chips run one at a time (determinism), images in chunks (memory); the
+        solver's result for one vector depends on nothing else in its call.
+
+        Read noise is drawn from the devices' variances as in :meth:`_columns`, without the drops:
+        a first-order approximation (a device's noise current sees the same attenuation as its
+        signal, so it is slightly overestimated, docs/physics.md section 4)."""
+        geo, part = self.geom, self.part
+        tc, nb, r = u.shape[:3]
+        planes = nb if p.serial else 1
+        hp, wp = self._out_size(*u.shape[-2:])
+        k = u.new_empty(tc, planes, r, geo.groups, part.parts, self.n_slices, geo.ng, hp, wp)
+        per_image = nb * hp * wp * geo.groups * part.parts * (12 * part.cp * geo.taps + 24 * prog.circuit.shape[-1])
+        chunk = max(1, _GATED_CHUNK_BYTES // per_image)
+        for c in range(tc):
+            g = prog.circuit[c].to(_GATED_DTYPE)  # (g, P, rows, kinds * S * N_g); widening is exact
+            for r0 in range(0, r, chunk):
+                y = self._gated_codes(u[c, :, r0 : r0 + chunk], g, bit_weights, prog, p)
+                k[c, :, r0 : r0 + chunk] = y.view(*y.shape[:-1], hp, wp)
+        if u2 is not None:
+            inp = part.gather_inputs(u2.flatten(1, 2)).flatten(2, 4)
+            var = self._per_chip_conv(inp, prog.var, None, geo.groups * part.parts).view_as(k)
+            k += var.sqrt_().mul_(self._read_noise(planes, r, var[0, 0, 0].numel()).view_as(var))
+        return k, (bit_weights if p.serial else [1.0])
+
+    def _gated_codes(self, bits: torch.Tensor, g: torch.Tensor, bit_weights: list[float], prog: Programmed,
+                     p: Pass) -> torch.Tensor:
+        """One chip's bit planes ``(nb, rc, C, H, W)`` through its circuits ``g (g, P, rows, cols)``:
+        codes (or raw outputs) ``(nb', rc, g, P, S, N_g, H' * W')`` in the layer's dtype. Elementwise
+        steps are single roundings (no fused multiply-add), so a value never depends on the chunk."""
+        geo, part = self.geom, self.part
+        nb, rc = bits.shape[:2]
+        inp = part.gather_inputs(bits.flatten(0, 1))  # (nb * rc, g, P, Cp, H, W)
+        patches = F.unfold(inp.flatten(0, 2), geo.kernel, **self.conv_args)  # (nb rc g P, Cp kh kw, L)
+        patches = patches.view(nb * rc, geo.groups, part.parts, *patches.shape[-2:])
+        order = part.row_order.view(1, 1, part.parts, -1, 1).expand_as(patches)
+        vec = torch.gather(patches, 3, order).permute(1, 2, 0, 4, 3)  # (g, P, nb rc, L, rows), physical order
+        length = vec.shape[3]
+        cur = parasitics.gated_column_currents(g.unsqueeze(2), vec.flatten(2, 3), self.hw.parasitics.rp,
+                                               signed=p.signed, compute_dtype=_GATED_DTYPE)
+        cur = cur.view(geo.groups, part.parts, nb, rc, length, len(self.kinds), self.n_slices, geo.ng).double()
+        y = cur[..., 0, :, :] - cur[..., 1, :, :] if self.hw.mapping == "differential" else cur[..., 0, :, :]
+        if not p.serial:  # analog accumulation: sum_k 2**k / n_max * I_k, bit by bit in a fixed order
+            acc = y[:, :, 0] * bit_weights[0]
+            for b in range(1, nb):
+                acc += y[:, :, b] * bit_weights[b]
+            y = acc.unsqueeze(2)
+        scale, shift = prog.codes
+        y = y * scale.to(y.device).view(-1, 1)
+        if shift is not None:
+            y += shift.to(y.device).view(-1, 1)
+        return y.permute(2, 3, 0, 1, 5, 6, 4).to(self.digital_weight.dtype)  # (nb', rc, g, P, S, N_g, L)
+
+    def _out_size(self, h: int, w: int) -> tuple[int, int]:
+        """Output spatial size of the conv on an ``h x w`` input."""
+        a = self.conv_args
+        pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+        (sh, sw), (ph, pw), (dh, dw) = pair(a["stride"]), pair(a["padding"]), pair(a["dilation"])
+        kh, kw = self.geom.kernel
+        return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+
     def _digitize(self, k: torch.Tensor, p: Pass) -> tuple[torch.Tensor, list[float], list[float]]:
         """Section 7, in place: ADC codes, with each slice's ``(step, lo)`` to read them back. When
         calibrating, records the raw outputs instead and reads them back as they are."""
-        if p.calibrating:
-            for s in range(self.n_slices):
-                self._record(f"adc_{s}", _subsample(k[:, :, :, :, :, s]))
+        if p.calibrating or self.hw.adc.bits is None:  # ideal ADC: only gated rows split without one
+            if p.calibrating:
+                for s in range(self.n_slices):
+                    self._record(f"adc_{s}", _subsample(k[:, :, :, :, :, s]))
             return k, [1.0] * self.n_slices, [0.0] * self.n_slices
         adc.codes_(k, self.hw.adc.bits)
         lo, hi = self._adc_limits()
@@ -440,7 +569,7 @@ class AnalogLayer(nn.Module):
         sv = self._per_chip_conv(inp, ones, None, geo.groups * part.parts, shared=True)
         sv = sv.view(tc, nb, r, geo.groups, part.parts, *sv.shape[-2:]).sum(4)
         w = torch.tensor(bit_weights, dtype=u.dtype, device=u.device).view(1, -1, 1, 1, 1, 1)
-        return ((sv * w).sum(1) * (self.offset / self._input_scale(p.serial))).unsqueeze(3)
+        return ((sv * w).sum(1) * (self.offset / self._input_scale(p.planes))).unsqueeze(3)
 
     def _read_noise(self, nb: int, r: int, n: int) -> torch.Tensor:
         """Read-noise normals ``(Tc, nb, r, n)``, streams keyed by chip, image, token and input bit."""
@@ -485,6 +614,8 @@ class AnalogLayer(nn.Module):
             l, h = adc.percentile_range(np.concatenate(self._samples.pop(f"adc_{k}")), self.hw.adc.percentile)
             lo.append(l)
             hi.append(h)
+        if self.hw.adc.slice_ranges == "power_of_two":
+            lo, hi = power_of_two_ranges(lo, hi)
         self.adc_range = (lo, hi)
 
     def calibration_state(self) -> dict:
