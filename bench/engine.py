@@ -29,9 +29,21 @@ CONFIGS = {
     "b_offset_4slices": dict(mapping="offset", slices=4, adc={"bits": 8}, error=ERR),
     "c_bitserial_adc_per_bit": dict(input_mode="bitserial", input_accumulation="digital", adc={"bits": 8}, error=ERR),
     "p_parasitics_analog": dict(adc={"bits": 8}, error=ERR, parasitics={"rp": 1e-4}),
-    "p_parasitics_bitserial": dict(input_mode="bitserial", input_accumulation="digital", adc={"bits": 8}, error=ERR, parasitics={"rp": 1e-4}),
+    "p_parasitics_bitserial": dict(input_mode="bitserial", input_accumulation="digital", adc={"bits": 8}, error=ERR,
+                                   parasitics={"rp": 1e-4, "rows": "driven"}),
+    "d_bitserial_analog_acc": dict(input_mode="bitserial", input_accumulation="analog", adc={"bits": 8}, error=ERR),
+    # Gated rows (MODEL.md section 8): one exact solve per (chip, bit, image, position, column).
+    "p_gated_bitserial_digital": dict(input_mode="bitserial", input_accumulation="digital", adc={"bits": 8}, error=ERR,
+                                      parasitics={"rp": 1e-4, "rows": "gated"}),
+    "p_gated_bitserial_analog": dict(input_mode="bitserial", input_accumulation="analog", adc={"bits": 8}, error=ERR,
+                                     parasitics={"rp": 1e-4, "rows": "gated"}),
 }
-BASELINE = {"p_parasitics_analog": "a_differential_adc8", "p_parasitics_bitserial": "c_bitserial_adc_per_bit"}
+BASELINE = {
+    "p_parasitics_analog": "a_differential_adc8",
+    "p_parasitics_bitserial": "c_bitserial_adc_per_bit",
+    "p_gated_bitserial_digital": "c_bitserial_adc_per_bit",
+    "p_gated_bitserial_analog": "d_bitserial_analog_acc",
+}
 
 
 def _timed(fn, device, repeat):
@@ -47,18 +59,18 @@ def _timed(fn, device, repeat):
     return best
 
 
-def workload(name: str):
+def workload(name: str, size: int = 224):
     if name == "resnet18":
         torch.manual_seed(0)
-        return torchvision.models.resnet18().eval(), (3, 224, 224)
+        return torchvision.models.resnet18().eval(), (3, size, size)
     from mcsim.models import load_model
     from mcsim.specs import ModelSpec
 
     return load_model(ModelSpec(name=f"builtin:{name}")), (1, 28, 28)
 
 
-def bench(model_name, configs, trials, batch, device, repeat):
-    model, shape = workload(model_name)
+def bench(model_name, configs, trials, batch, device, repeat, size=224):
+    model, shape = workload(model_name, size)
     model = model.to(device)
     x = torch.randn(batch, *shape, device=device)
     with torch.no_grad():
@@ -115,6 +127,7 @@ def main():
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--device", default="auto")
+    p.add_argument("--size", type=int, default=224, help="ResNet18 input size (e.g. 112 for the gated-row configs)")
     p.add_argument("--memory", action="store_true", help="only the ResNet50 peak-memory check")
     a = p.parse_args()
     device = pick_device(a.device)
@@ -122,7 +135,7 @@ def main():
         return memory(device)
     for m in a.models:
         batch = a.batch if m == "resnet18" else max(a.batch, 64)
-        bench(m, a.configs, a.trials, batch, device, a.repeat)
+        bench(m, a.configs, a.trials, batch, device, a.repeat, a.size)
 
 
 if __name__ == "__main__":
