@@ -254,3 +254,42 @@ def test_calibrated_slice_ranges_differ_by_powers_of_two(mapping):
 def test_convert_warns_for_a_device_fit_outside_its_range():
     with pytest.warns(UserWarning, match="'pcm'"):
         convert(nn.Sequential(nn.Linear(4, 2)), Hardware(on_off_ratio=None, error={"model": "pcm"}), trials=1)
+
+
+# ---------------------------------------------------------------- network level (trained mnist-cnn)
+
+
+@pytest.fixture(scope="module")
+def workload():
+    from mcsim.data import calibration_images, load_split
+    from mcsim.models import load_model
+    from mcsim.specs import DataSpec, ModelSpec
+
+    model = load_model(ModelSpec(name="builtin:mnist-cnn"))
+    test = load_split(DataSpec(name="mnist5k"), "test")
+    xs = torch.stack([test[i][0] for i in range(200)])
+    ys = torch.tensor([test[i][1] for i in range(200)])
+    cal = calibration_images(DataSpec(name="mnist5k", calibration={"split": "train", "count": 100}))
+    return model, xs, ys, cal
+
+
+def _logits(workload, **hw):
+    model, xs, _, cal = workload
+    analog = convert(model, Hardware(**hw), trials=1, seed=0)
+    analog.calibrate([cal])
+    return analog(xs)[0]
+
+
+def test_gated_bits_differ_from_analog_inputs_where_driven_rows_do_not(workload):
+    """At rp = 1e-2, bit-serial inputs on gated rows (the default circuit) change accuracy beyond the
+    images' sampling error (paired, McNemar: the images right under one circuit only); on driven rows
+    with analog accumulation they equal analog inputs, logit for logit."""
+    ys = workload[2]
+    par = {"rp": 1e-2}
+    analog_in = _logits(workload, parasitics=par)
+    driven = _logits(workload, input_mode="bitserial", parasitics=dict(par, rows="driven"))
+    assert torch.equal(driven, analog_in)
+    gated = _logits(workload, input_mode="bitserial", parasitics=par)
+    right_a, right_g = analog_in.argmax(-1) == ys, gated.argmax(-1) == ys
+    only_g, only_a = int((right_g & ~right_a).sum()), int((right_a & ~right_g).sum())
+    assert abs(only_g - only_a) > 3 * math.sqrt(only_g + only_a), (only_g, only_a, right_a.sum(), right_g.sum())

