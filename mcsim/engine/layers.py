@@ -10,6 +10,9 @@ as one grouped convolution (a Linear is a 1x1 conv):
 * **folded** structure (an ideal ADC): partitions, slices, input bits and the offset mapping's
   ``G_zero * sum(x)`` are linear, so they are folded into one effective weight per chip before the
   matmul: one convolution, no cancellation of large terms in float32 (MODEL.md section 10).
+* **gated** rows (bit-serial inputs on resistive wires, section 8): the split structure whatever the
+  ADC, each column output of each bit plane from its own exact solve (:meth:`AnalogLayer._gated_columns`)
+  rather than a convolution; digitization, recombination and the offset term as above.
 
 Read noise is drawn in output space: a column's noise variance is ``sum_j v_j**2 var(dG_j)``
 (section 4), one extra convolution of ``v**2`` with the per-device variances.
