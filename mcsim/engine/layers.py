@@ -45,7 +45,7 @@ _STREAM_PROGRAM, _STREAM_DRIFT, _STREAM_READ = 1, 11, 101
 # when single-threaded. Padding keeps every chip on one kernel whatever the batch and thread count.
 _MIN_ROWS, _MIN_ROWS_GEMM = 2, 16
 # Gated rows (section 8): bytes of unfolded bit patches and solved currents per chunk of images.
-_GATED_CHUNK_BYTES = 2**27
+_GATED_CHUNK_BYTES = 2**28  # larger chunks amortize the solver's per-call pattern tables
 # The solves' arithmetic. MODEL.md section 10 asks for float64 where drops are small differences of
 # large currents; the gated solver has no such cancellation (its transfer products are positive) and
 # float32 carries about 1e-6 relative error. Where outputs are digitized that is far below one ADC
