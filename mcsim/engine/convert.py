@@ -18,8 +18,9 @@ import torch
 import torch.fx
 from torch import nn
 
-from mcsim.engine.layers import AnalogLayer, Context
+from mcsim.engine.layers import AnalogLayer, Context, DigitalLayer
 from mcsim.hardware import Hardware, check_patterns
+from mcsim.physics import devices
 
 
 def pick_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -107,6 +108,8 @@ class AnalogModel(nn.Module):
     ):
         super().__init__()
         self.hardware = hardware
+        for message in devices.hardware_warnings(hardware):
+            warnings.warn(message)
         self.device = pick_device(device)
         self.ctx = Context(seed=int(seed))
         chips = list(range(trials)) if isinstance(trials, int) else [int(t) for t in trials]
@@ -125,11 +128,11 @@ class AnalogModel(nn.Module):
         self.layer_names: list[str] = []  # the analog layers, in registration order
         for name, module in targets:
             hw = self.layer_hardware[name]
-            if not hw.analog:
-                continue
             parent, _, child = name.rpartition(".")
-            setattr(self.net.get_submodule(parent), child, AnalogLayer(module, hw, name, self.ctx))
-            self.layer_names.append(name)
+            layer = AnalogLayer(module, hw, name, self.ctx) if hw.analog else DigitalLayer(module, name)
+            setattr(self.net.get_submodule(parent), child, layer)
+            if hw.analog:
+                self.layer_names.append(name)
         self.net.to(self.device)
         for layer in self.analog_layers():
             layer.part.to(self.device)
