@@ -20,6 +20,9 @@ import yaml
 from mcsim.api import open_result, run_scenario
 
 MODEL = {"name": "builtin:mnist-cnn"}
+ADC_BITS_RULE = 4  # where scenario 03 separates the offset cores on this CNN (z = 13 at 500 images)
+RP_GATED = 1.0e-3  # classifier rp where scenario 04 separates gated rows from analog inputs
+GATED_MAPPING = "differential"
 DATA = {"name": "mnist5k", "split": "test", "limit": 400, "batch_size": 200,
         "calibration": {"split": "train", "count": 200}}
 
@@ -118,3 +121,46 @@ def test_finding4_parasitics_hurt_offset_more(tmp_path):
     # without parasitics the two mappings are equal (same quantized weights, ideal ADC)
     (md, _), (mo, _) = point(ds, rp=0.0, mapping="differential"), point(ds, rp=0.0, mapping="offset")
     assert abs(md - mo) < 0.01
+
+
+def pick_point(ds, **labels):
+    """One sweep point of a zipped sweep: grid dims by value, zipped coordinates matched together."""
+    grid = {k: v for k, v in labels.items() if k in ds.dims}
+    zipped = {k: v for k, v in labels.items() if k not in ds.dims}
+    out = ds.sel(grid) if grid else ds
+    mask = np.ones(out.sizes["point"], dtype=bool)
+    for k, v in zipped.items():
+        mask &= np.asarray(out[k].values == v)
+    (idx,) = np.flatnonzero(mask)
+    return {**grid, "point": int(idx)}
+
+
+def test_finding3_offset_cores_need_few_rows_and_few_bits_per_cell(tmp_path):
+    """(3, the study's offset design rule) Offset cores with bit-serial inputs and digital
+    accumulation: 144 rows at 2 bits per cell (4 slices of the 8-bit level) beat 1152 rows at 8 bits
+    per cell. On this small CNN the ADC resolution at which the rule shows is below the study's 8
+    bits (docs/findings.md, finding 3): ADC_BITS_RULE."""
+    ds = run(tmp_path, "f3b", {"mapping": "offset", "input_mode": "bitserial", "input_accumulation": "digital",
+                               "adc": {"bits": ADC_BITS_RULE}},
+             {}, trials=1, zip_={"hardware.rows_max": [144, 1152], "hardware.slices": [4, 1]})
+    assert [int(v) for v in ds["slices"].values] == [4, 1]
+    assert_better(ds, {"point": 0}, {"point": 1}, f"offset cores, {ADC_BITS_RULE}-bit ADC")
+
+
+def test_finding4_gated_rows_make_bit_serial_differ(tmp_path):
+    """(4, bit position) With resistive wires, bit-serial inputs on gated rows (each input bit
+    switches its rows' devices in or out; a low-order bit switches on more rows and drops more) no
+    longer give the accuracy of analog inputs, beyond Monte Carlo error; on voltage-driven rows they
+    give exactly the same (linearity). Wires resistive in the classifier only (1568 rows), as in
+    scenarios/cpu/04_parasitics.yaml, where this gap is largest at RP_GATED."""
+    ds = run(tmp_path, "f4b", {"adc": {"bits": 8}, "rows_max": 1152,
+                               "layers": {"7": {"parasitics": {"rp": RP_GATED}}}},
+             {}, trials=1, zip_={"hardware.input_mode": ["analog", "bitserial", "bitserial"],
+                                 "hardware.parasitics.rows": ["driven", "gated", "driven"],
+                                 "hardware.mapping": [GATED_MAPPING] * 3})
+    assert list(ds["rows"].values) == ["driven", "gated", "driven"]
+    (ma, sa), (mg, sg), (md, _) = (point(ds, point=i) for i in range(3))
+    assert md == ma  # driven rows: bit-serial sums to the analog input's current
+    se = math.hypot(sa, sg)
+    assert abs(ma - mg) > 3 * se, (f"gated bit-serial {mg:.3f} vs analog inputs {ma:.3f}: "
+                                   f"|margin| {abs(ma - mg):.3f} is not above 3 SE = {3 * se:.3f}")
