@@ -701,7 +701,7 @@ mapping falls to {stat(ds, model='proportional', sigma=sp, mapping='offset').fmt
 With state-independent error the differential mapping is still ahead, by less: at sigma = {si:g} the margin is
 {mi.fmt()}.
 
-**Paper.** {PAPER['proportional']} **mcsim:** the ordering is the paper's; the sigmas are not comparable
+**Paper.** {PAPER['proportional']} **mcsim:** {'the same ordering' if verdict.startswith('**Reproduced') else 'not the same ordering'}; the sigmas are not comparable
 (MNIST networks with 10 classes here, ResNet50 on ImageNet there: see the last section).
 
 Largest sigma tolerated (mean within {100 * TOLERANCE:.0f} points of the digital model), as a bracket
@@ -807,6 +807,8 @@ Scenario `scenarios/cpu/02_weight_slicing.yaml` (full scale: `scenarios/study/02
 Digital model: {pct(digital(ds))} %.
 
 ![accuracy vs programming error and weight slices](findings_02_weight_slicing.png)
+
+**Paper.** {PAPER['slicing']} **Scale:** MNIST ResNet here, ResNet50/ImageNet in the study.
 
 {verdict_a}: *slicing buys little with the proportional (differential) mapping* (state-proportional error).
 The unsliced differential chip stays at or above {pct(dp_worst_unsliced)} % over the whole sigma range, and the
@@ -963,6 +965,10 @@ Scenario `scenarios/cpu/05_bitserial_accumulation.yaml` (full scale: `scenarios/
 Digital model: {pct(digital(ds))} %.
 
 ![accuracy vs ADC bits for the input schemes](findings_05_bitserial_accumulation.png)
+
+**Paper.** The study's text on input-bit accumulation was not available here; MODEL.md section 11 records that
+its offset cores use digital input-bit accumulation and its proportional cores either. This section is mcsim's
+own measurement, not a claim checked against the paper.
 
 Bit-serial inputs accumulated in analog are digitized once, like analog inputs, and give
 {'exactly the same accuracy at every ADC resolution' if same else 'a different accuracy'} (without read noise the
