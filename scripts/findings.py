@@ -304,12 +304,16 @@ def _finish(fig, axes, ds, path: Path, title: str, top: float = 1.02, legend: st
         ax.set_ylim(0, top)
         if legend == "below":
             ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=ncol)
-        else:
+        elif legend != "figure":
             ax.legend(fontsize=7, loc=legend, ncol=ncol)
     np.ravel(axes)[0].set_ylabel("top-1 accuracy")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    extra = []
+    if legend == "figure":  # one legend for all panels, below them
+        handles, labels = np.ravel(axes)[0].get_legend_handles_labels()
+        extra.append(fig.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol))
+    fig.savefig(path, dpi=90, bbox_extra_artists=extra or None, bbox_inches="tight" if extra else None)
     _plt().close(fig)
 
 
@@ -422,7 +426,7 @@ def plot_designs(ds, path):
         st = [design_stat(ds, i, scale=sc) for i in range(n)]
         ax.bar(np.arange(n) + (k - (len(scales) - 1) / 2) * width, [s.mean for s in st], width,
                yerr=[s.std for s in st], capsize=2, label=f"SONOS error x{sc:g}")
-    ax.set_xticks(np.arange(n), [f"{DESIGN_LETTERS[i]}\n" + design_text(ds, i).replace(", ", "\n", 2)
+    ax.set_xticks(np.arange(n), [f"{DESIGN_LETTERS[i]}\n" + design_text(ds, i).replace(", ", "\n")
                                  for i in range(n)], fontsize=7)
     _finish(fig, np.array([ax]), ds, path, f"{ds.attrs['name']}: designs A-E, SONOS programming error (TCAS-I fit); "
             f"mean over {ds.sizes['trial']} chips, bars +-1 std; dashed: digital", top=1.15, legend="upper right",
@@ -557,7 +561,7 @@ def plot_parasitics(ds, path):
     x0 = positive[0] / 3  # rp = 0 drawn one third of a decade left of the smallest rp
     xs = [r if r > 0 else x0 for r in rps]
     rows = values(ds, "rows_max")
-    fig, axes = plt.subplots(1, len(rows), figsize=(11, 4.8), sharey=True)
+    fig, axes = plt.subplots(1, len(rows), figsize=(11, 3.8), sharey=True)
     for ax, n in zip(np.ravel(axes), rows):
         for label, lab in PAR_DESIGNS:
             color = COLORS[lab["mapping"]] if lab["slices"] == 1 else "tab:purple"
@@ -567,8 +571,8 @@ def plot_parasitics(ds, path):
         ax.set_xticks(xs, ["0"] + [f"{r:g}" for r in positive], fontsize=7)
         ax.set_xlabel("parasitic resistance rp = Rp * Gmax (column wires)")
         ax.set_title(f"{n}-row arrays", fontsize=9)
-    _finish(fig, np.ravel(axes), ds, path, f"{ds.attrs['name']}: no device errors (deterministic); 8-bit ADC",
-            legend="below", ncol=2)
+    _finish(fig, np.ravel(axes), ds, path, f"{ds.attrs['name']}: no device errors (deterministic); 8-bit ADC; "
+            "resistive wires in the classifier", legend="figure", ncol=2)
 
 
 def section_parasitics(ds) -> tuple[str, dict]:
