@@ -517,7 +517,7 @@ Scenario `scenarios/cpu/10_on_off_ratio.yaml` (full scale: `scenarios/study/10_o
 
 {why}
 
-**Scale.** MNIST ResNet here, ResNet50/ImageNet in the study; the sigmas are not the study's, the direction is.
+**Scale.** MNIST ResNet here, ResNet50/ImageNet in the study; the sigmas and ratios at which effects show are not the study's.
 
 Top-1 % (mean ± std over chips; margin = differential − offset ± SE):
 
