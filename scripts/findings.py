@@ -999,7 +999,8 @@ accumulated charge is the analog input's current, MODEL.md section 5). Digitizin
 accumulation, 8x the ADC conversions) changes what the ADC sees: each conversion is a bit plane's column output,
 with the range shared by all bits and calibrated on them. For this network the offset mapping {better} by it: at
 {gain[0]} bits, {gain[1].fmt()} against analog accumulation. This is workload-dependent: on the MNIST ResNet
-(SONOS section below) digital accumulation with an 8-bit ADC *costs* the offset mapping accuracy. Separate checks
+digital accumulation with an 8-bit ADC *costs* the offset mapping accuracy (designs section below: the offset cores
+C and D, which digitize every input bit of every slice, lose most of it without any device error). Earlier checks
 on 300 images without any device error put the loss in the first layer, the one with signed inputs (+V/−V bit
 planes) and only 9 rows per column: 87.3 % with it analog against 97.0 % with it digital (digital model 97.0 %);
 a 10-bit ADC (96.7 %) or analog accumulation (97.0 %) recovers it. The arithmetic is right (a 16-bit ADC gives
