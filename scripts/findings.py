@@ -1133,7 +1133,7 @@ the first whose mean is below it by more than 2 SE; values between are undecided
 Where two scenarios run the same configuration, the findings quote one bracket for it (the better-sampled run) and
 check that the other run's bracket overlaps it.
 
-Wall times of the CPU-scale runs (2 CPU cores shared with other jobs; the runs of scenarios 03, 04, 06 and 10
+Wall times of the CPU-scale runs (2 CPU cores shared with other jobs; these runs
 ran at a load average near 9, so on a quiet machine expect them several times shorter, an estimate):
 {', '.join(f'`{k}` {v:.0f} s' for k, v in walls.items())}.
 
