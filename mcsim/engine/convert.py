@@ -103,26 +103,33 @@ def _forward_source(cls: type) -> str:
         return ""
 
 
-def functional_uses(net: nn.Module, names: Iterable[str]) -> dict[str, str]:
-    """Which of the layers ``names`` have their ``.weight`` read as a tensor (handed to a function)
-    instead of being called: name -> who reads it. An analog layer has no weight tensor to hand over."""
-    names, uses = set(names), {}
-    if isinstance(net, torch.fx.GraphModule):
-        for node in net.graph.nodes:
-            owner, _, attr = str(node.target).rpartition(".")
-            if node.op == "get_attr" and attr == "weight" and owner in names:
-                uses[owner] = "the model's forward reads its .weight as a tensor (a functional call)"
+def functional_uses(net: nn.Module) -> dict[str, tuple[str, str]]:
+    """The Conv2d and Linear layers of ``net`` whose ``.weight`` is read as a tensor (handed to a function)
+    instead of being called: name -> (type, who reads it). An analog layer has no weight tensor to hand
+    over, so these stay digital. Looks at the traced graph (before BatchNorm folding, which would turn
+    such a layer into a bare holder of its tensors) and at the source of every module's forward."""
+    layers = {n: type(m).__name__ for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    uses = {}
+    try:
+        graph = _Tracer().trace(net)
+    except Exception:  # untraceable: the source scan below still sees direct reads
+        graph = None
+    for node in graph.nodes if graph is not None else []:
+        owner, _, attr = str(node.target).rpartition(".")
+        if node.op == "get_attr" and attr == "weight" and owner in layers:
+            uses[owner] = (layers[owner], "the model's forward reads its .weight as a tensor (a functional call)")
     for pname, parent in net.named_modules():
         for child in set(_WEIGHT_READ.findall(_forward_source(type(parent)))):
             full = f"{pname}.{child}" if pname else child
-            if full in names:
-                uses[full] = f"{type(parent).__name__}.forward reads self.{child}.weight as a tensor (a functional call)"
+            if full in layers:
+                uses[full] = (layers[full], f"{type(parent).__name__}.forward reads self.{child}.weight as a tensor "
+                                            "(a functional call)")
     return uses
 
 
-def _digital_inventory(net: nn.Module, kept: dict[str, str]) -> list[dict]:
+def _digital_inventory(net: nn.Module, kept: dict[str, tuple[str, str]]) -> list[dict]:
     """Every weight-carrying part of ``net`` that does not run on arrays, with the reason."""
-    out = [{"name": n, "type": type(net.get_submodule(n)).__name__, "reason": r} for n, r in kept.items()]
+    out = [{"name": n, "type": t, "reason": r} for n, (t, r) in kept.items()]
     for name, m in net.named_modules():
         if isinstance(m, AnalogLayer) or name in kept:
             continue
@@ -169,26 +176,27 @@ class AnalogModel(nn.Module):
         net = copy.deepcopy(model).eval()
         _check_supported(net)
         self.rewritten = rewrite_attention(net)  # attention modules whose projections are now modules
+        uses = functional_uses(net)
         self.net = fold_batchnorm(net, inplace=True)
-        self.layer_names, self.digital_layers = self._replace(hardware)
+        self.layer_names, self.digital_layers = self._replace(hardware, uses)
         self._finish(hardware, chips, memory_budget)
 
-    def _replace(self, hardware: Hardware) -> tuple[list[str], list[dict]]:
+    def _replace(self, hardware: Hardware, uses: dict[str, tuple[str, str]]) -> tuple[list[str], list[dict]]:
         """Put every Conv2d and Linear on arrays, except those kept digital (warned, with the reason)."""
         targets = [(n, m) for n, m in self.net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-        if not targets:
+        if not targets and not uses:
             raise ConversionError("the model has no Conv2d or Linear layer to put on crossbars")
-        kept = {n: f"{type(m).__name__}: only Conv2d and Linear run on crossbars" for n, m in self.net.named_modules()
+        kept = {n: (type(m).__name__, "only Conv2d and Linear run on crossbars") for n, m in self.net.named_modules()
                 if isinstance(m, nn.modules.conv._ConvNd) and not isinstance(m, nn.Conv2d)}
-        kept.update(functional_uses(self.net, [n for n, _ in targets]))
-        if not (hardware.analog_first_layer and hardware.analog_last_layer):
+        kept.update(uses)
+        if targets and not (hardware.analog_first_layer and hardware.analog_last_layer):
             ordered = execution_order(self.net, targets)
             if not hardware.analog_first_layer:
-                kept.setdefault(ordered[0][0], "the first layer (hardware.analog_first_layer: false)")
+                kept.setdefault(ordered[0][0], (type(ordered[0][1]).__name__, "the first layer (hardware.analog_first_layer: false)"))
             if not hardware.analog_last_layer:
-                kept.setdefault(ordered[-1][0], "the last layer (hardware.analog_last_layer: false)")
+                kept.setdefault(ordered[-1][0], (type(ordered[-1][1]).__name__, "the last layer (hardware.analog_last_layer: false)"))
         if kept:
-            warnings.warn("these layers stay digital: " + "; ".join(f"{n} ({r})" for n, r in kept.items()))
+            warnings.warn("these layers stay digital: " + "; ".join(f"{n} ({r})" for n, (_, r) in kept.items()))
         names = []
         for name, module in targets:
             if name in kept:
@@ -197,7 +205,8 @@ class AnalogModel(nn.Module):
             setattr(self.net.get_submodule(parent), child, AnalogLayer(module, hardware, name, self.ctx))
             names.append(name)
         if not names:
-            raise ConversionError("no Conv2d or Linear layer is left to put on crossbars: " + "; ".join(kept.values()))
+            raise ConversionError("no Conv2d or Linear layer is left to put on crossbars: "
+                                  + "; ".join(f"{n} ({r})" for n, (_, r) in kept.items()))
         return names, _digital_inventory(self.net, kept)
 
     def _finish(self, hardware: Hardware, chips: list[int], memory_budget: Optional[int]) -> None:
