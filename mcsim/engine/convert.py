@@ -128,19 +128,20 @@ def functional_uses(net: nn.Module) -> dict[str, tuple[str, str]]:
 
 
 def _digital_inventory(net: nn.Module, kept: dict[str, tuple[str, str]]) -> list[dict]:
-    """Every weight-carrying part of ``net`` that does not run on arrays, with the reason."""
-    out = [{"name": n, "type": t, "reason": r} for n, (t, r) in kept.items()]
+    """Every weight-carrying part of ``net`` that does not run on arrays, with the reason. ``kind``:
+    ``layer`` (a Conv/Linear kept digital), ``attention``, ``normalization`` or ``parameters``."""
+    out = [{"name": n, "type": t, "kind": "layer", "reason": r} for n, (t, r) in kept.items()]
     for name, m in net.named_modules():
         if isinstance(m, AnalogLayer) or name in kept:
             continue
         if isinstance(m, ATTENTION_MODULES):
-            out.append({"name": name, "type": type(m).__name__, "reason": DIGITAL_ATTENTION})
+            out.append({"name": name, "type": type(m).__name__, "kind": "attention", "reason": DIGITAL_ATTENTION})
         elif isinstance(m, _NORMS):
-            out.append({"name": name, "type": type(m).__name__,
+            out.append({"name": name, "type": type(m).__name__, "kind": "normalization",
                         "reason": "normalization (per-sample statistics, elementwise affine): digital"})
         elif m._parameters and any(p is not None for p in m._parameters.values()):
             params = ", ".join(k for k, p in m._parameters.items() if p is not None)
-            out.append({"name": name or "<root>", "type": type(m).__name__,
+            out.append({"name": name or "<root>", "type": type(m).__name__, "kind": "parameters",
                         "reason": f"elementwise or additive parameters ({params}): digital"})
     return out
 
