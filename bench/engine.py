@@ -7,6 +7,7 @@ Parasitic configurations also print their ratio to the same configuration withou
 
     python bench/engine.py                      # ResNet18 at 224x224 and the built-in CNN, T=8
     python bench/engine.py --models mnist-cnn   # quick
+    python bench/engine.py --models digits-vit digits-cnn   # the built-in transformer beside a CNN
     python bench/engine.py --memory             # ResNet50, batch 16, T=64: peak RSS
 Targets (issue 2, CPU, T=8): (a) <= 1.5, (b) <= 6, (c) <= 12; parasitics (issue 4): <= 4x.
 """
@@ -54,7 +55,7 @@ def workload(name: str):
     from mcsim.models import load_model
     from mcsim.specs import ModelSpec
 
-    return load_model(ModelSpec(name=f"builtin:{name}")), (1, 28, 28)
+    return load_model(ModelSpec(name=f"builtin:{name}")), (1, 8, 8) if name.startswith("digits") else (1, 28, 28)
 
 
 def bench(model_name, configs, trials, batch, device, repeat):
