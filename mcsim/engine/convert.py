@@ -157,6 +157,21 @@ def _memory_budget(device: torch.device) -> int:
 
 
 class AnalogModel(nn.Module):
+    """A model on analog chips (build it with :func:`convert`).
+
+    Attributes:
+        layer_names: the module paths of the layers on arrays (every Conv2d and Linear, attention
+            projections included), in registration order.
+        digital_layers: every weight-carrying part that stays digital, as ``{"name", "type", "kind",
+            "reason"}``; ``kind`` is ``layer`` for a Conv/Linear kept digital (a functional use of its
+            weight, a non-2-D conv, ``analog_first_layer``/``analog_last_layer``), else ``attention``,
+            ``normalization`` or ``parameters`` (docs/physics.md section 1).
+        rewritten: the attention modules replaced by their mcsim equivalents (mcsim.engine.attention).
+
+    Raises:
+        ConversionError: a model that cannot be converted (the message names the module and why).
+    """
+
     def __init__(
         self,
         model: nn.Module,
