@@ -111,8 +111,9 @@ def _table(rows: list[dict]) -> str:
             "max rel. error ideal vs digital | noisy run |\n|---|---:|---|---|---:|---|---:|---|")
     lines = [head]
     for r in rows:
-        if r.get("converts") is None:
-            lines.append(f"| {r['model']} | {r.get('params_M', '')} | | not checked: {r.get('reason', '')} | | | | |")
+        if r.get("converts") is None or str(r.get("reason", "")).startswith("not checked here: "):
+            why = str(r.get('reason', '')).removeprefix('not checked here: ')
+            lines.append(f"| {r['model']} | {r.get('params_M', '')} | | not checked: {why} | | | | |")
             continue
         if not r.get("converts"):
             lines.append(f"| {r['model']} | {r.get('params_M', '')} | {r.get('input', '')} | no: {r.get('reason', '')} | | | | |")
