@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-DIGITAL_ATTENTION = "attention scores (q k^T) and attention-weighted values multiply activations by activations (no stored weights), and softmax: digital"
+DIGITAL_ATTENTION = ("attention scores (q k^T) and attention-weighted values multiply activations by activations "
+                     "(no stored weights), and softmax: digital")
 
 
 class MultiheadAttention(nn.Module):
@@ -89,7 +90,8 @@ class MultiheadAttention(nn.Module):
                                              other_type=F._none_or_dtype(attn_mask), other_name="attn_mask",
                                              target_type=query.dtype)
         q, k, v = self._project(query, key, value)
-        out, weights = _attend(self, q, k, v, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal)
+        out, weights = _attend(self, q, k, v, key_padding_mask, need_weights, attn_mask, average_attn_weights,
+                               is_causal)
         return (out if self.batch_first else out.transpose(0, 1)), weights
 
 
@@ -134,7 +136,8 @@ def _attend(m: MultiheadAttention, q, k, v, key_padding_mask, need_weights, attn
         key_padding_mask = F.pad(key_padding_mask, (0, 1)) if key_padding_mask is not None else None
     src_len = k.size(1)
     if key_padding_mask is not None:
-        key_padding_mask = key_padding_mask.view(bsz, 1, 1, src_len).expand(-1, heads, -1, -1).reshape(bsz * heads, 1, src_len)
+        key_padding_mask = (key_padding_mask.view(bsz, 1, 1, src_len).expand(-1, heads, -1, -1)
+                            .reshape(bsz * heads, 1, src_len))
         attn_mask = key_padding_mask if attn_mask is None else attn_mask + key_padding_mask
     if need_weights:
         q_scaled = q * math.sqrt(1.0 / float(head_dim))
@@ -147,7 +150,10 @@ def _attend(m: MultiheadAttention, q, k, v, key_padding_mask, need_weights, attn
         w = w.view(bsz, heads, tgt_len, src_len)
         return m.out_proj(out), (w.mean(dim=1) if average_attn_weights else w)
     if attn_mask is not None:
-        attn_mask = attn_mask.unsqueeze(0) if attn_mask.size(0) == 1 and attn_mask.dim() == 3 else attn_mask.view(bsz, heads, -1, src_len)
+        if attn_mask.size(0) == 1 and attn_mask.dim() == 3:
+            attn_mask = attn_mask.unsqueeze(0)
+        else:
+            attn_mask = attn_mask.view(bsz, heads, -1, src_len)
     q, k, v = (t.view(bsz, heads, -1, head_dim) for t in (q, k, v))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask, 0.0, is_causal)
     return m.out_proj(out.transpose(1, 2).reshape(bsz, tgt_len, embed_dim)), None

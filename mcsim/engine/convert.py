@@ -84,7 +84,8 @@ def execution_order(net: nn.Module, layers: list[tuple[str, nn.Module]]) -> list
 _UNSUPPORTED = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.TransformerEncoder,
                 nn.TransformerDecoder, nn.Transformer)
 _WEIGHT_READ = re.compile(r"self\.(\w+)\.weight\b")
-_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.LocalResponseNorm, nn.modules.instancenorm._InstanceNorm)
+_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.LocalResponseNorm,
+          nn.modules.instancenorm._InstanceNorm)
 
 
 def _check_supported(net: nn.Module) -> None:
@@ -207,10 +208,10 @@ class AnalogModel(nn.Module):
         kept.update(uses)
         if targets and not (hardware.analog_first_layer and hardware.analog_last_layer):
             ordered = execution_order(self.net, targets)
-            if not hardware.analog_first_layer:
-                kept.setdefault(ordered[0][0], (type(ordered[0][1]).__name__, "the first layer (hardware.analog_first_layer: false)"))
-            if not hardware.analog_last_layer:
-                kept.setdefault(ordered[-1][0], (type(ordered[-1][1]).__name__, "the last layer (hardware.analog_last_layer: false)"))
+            for flag, (name, m), which in ((hardware.analog_first_layer, ordered[0], "first"),
+                                             (hardware.analog_last_layer, ordered[-1], "last")):
+                if not flag:
+                    kept.setdefault(name, (type(m).__name__, f"the {which} layer (hardware.analog_{which}_layer: false)"))
         if kept:
             warnings.warn("these layers stay digital: " + "; ".join(f"{n} ({r})" for n, (_, r) in kept.items()))
         names = []
