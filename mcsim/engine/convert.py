@@ -11,6 +11,7 @@ peak memory stays bounded however many chips are asked for.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import json
 import re
@@ -97,6 +98,7 @@ def _check_supported(net: nn.Module) -> None:
                 "blocks from nn.MultiheadAttention, nn.Linear and nn.LayerNorm instead (as builtin:digits-vit does)")
 
 
+@functools.lru_cache(maxsize=None)
 def _forward_source(cls: type) -> str:
     try:
         return inspect.getsource(cls.forward)
