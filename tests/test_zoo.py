@@ -81,6 +81,15 @@ def test_ideal_hardware_reproduces_digital_logits(zoo_model):
         assert any(d["type"] in ("MultiheadAttention", "WindowAttention") for d in analog.digital_layers)
 
 
+def test_crossbar_layer_names_are_the_converted_names(zoo_model):
+    """Per-layer hardware patterns match the names the converted model uses (attention's in_proj too)."""
+    from mcsim.engine.convert import crossbar_layers
+
+    name, model = zoo_model
+    analog = convert(model, IDEAL, trials=1, device="cpu")
+    assert crossbar_layers(model) == analog.layer_names
+
+
 def test_noisy_chips_run_and_differ(zoo_model):
     name, model = zoo_model
     x = torch.randn(2, 3, 32, 32)

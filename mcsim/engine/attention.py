@@ -262,6 +262,17 @@ def _replacement(m: nn.Module) -> Optional[type]:
     return None
 
 
+def projection_names(m: nn.Module) -> tuple[list[str], list[str]]:
+    """The Linear submodules the rewrite of ``m`` adds (``out_proj``, ``qkv`` and ``proj`` exist already),
+    and the submodules it drops (Swin V2's ``cpb_mlp``, evaluated once at conversion)."""
+    cls = _replacement(m)
+    if cls is MultiheadAttention:
+        return (["in_proj"] if m._qkv_same_embed_dim else ["q_proj", "k_proj", "v_proj"]), []
+    if cls is WindowAttention and hasattr(m, "cpb_mlp"):
+        return [], ["cpb_mlp"]
+    return [], []
+
+
 def rewrite_attention(model: nn.Module) -> list[str]:
     """Replace, in place, every attention module whose projections are used as tensors by its mcsim
     equivalent (module docstring); returns the replaced modules' names."""

@@ -23,9 +23,9 @@ import torch
 import torch.fx
 from torch import nn
 
-from mcsim.engine.attention import ATTENTION_MODULES, DIGITAL_ATTENTION, rewrite_attention
+from mcsim.engine.attention import ATTENTION_MODULES, DIGITAL_ATTENTION, projection_names, rewrite_attention
 from mcsim.engine.layers import AnalogLayer, Context
-from mcsim.hardware import Hardware
+from mcsim.hardware import Hardware, check_patterns
 
 
 class ConversionError(ValueError):
@@ -149,6 +149,38 @@ def _digital_inventory(net: nn.Module, kept: dict[str, tuple[str, str]]) -> list
     return out
 
 
+def crossbar_layers(model: nn.Module) -> list[str]:
+    """The module paths of ``model``'s Conv2d and Linear layers, in registration order: the names
+    that ``hardware.layers`` patterns match."""
+    names, dropped = [], []
+    for n, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and not any(n.startswith(d) for d in dropped):
+            names.append(n)
+        added, gone = projection_names(m)  # what the attention rewrite adds and drops
+        names += [f"{n}.{p}" if n else p for p in added]
+        dropped += [f"{n}.{p}." if n else f"{p}." for p in gone]
+    return names
+
+
+def layer_hardware(net: nn.Module, targets: list[tuple[str, nn.Module]], hardware: Hardware) -> dict[str, Hardware]:
+    """Each target layer's effective hardware (:meth:`Hardware.for_layer`), in the order of ``targets``.
+
+    ``analog_first_layer``/``analog_last_layer`` false are ``analog: false`` overrides of the first
+    and last layer the forward pass runs, under any override the user gives that exact name.
+    Raises :class:`~mcsim.hardware.LayerNameError` for a pattern that matches no target.
+    """
+    names = [n for n, _ in targets]
+    check_patterns(hardware.layers, names, "hardware.layers")
+    if not (hardware.analog_first_layer and hardware.analog_last_layer):
+        order = [n for n, _ in execution_order(net, targets)]
+        edges = ([] if hardware.analog_first_layer else order[:1]) + ([] if hardware.analog_last_layer else order[-1:])
+        layers = dict(hardware.layers)
+        for name in edges:
+            layers[name] = {"analog": False, **layers.get(name, {})}
+        hardware = hardware.model_copy(update={"layers": layers})
+    return {name: hardware.for_layer(name) for name in names}
+
+
 def _memory_budget(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -208,24 +240,22 @@ class AnalogModel(nn.Module):
         kept = {n: (type(m).__name__, "only Conv2d and Linear run on crossbars") for n, m in self.net.named_modules()
                 if isinstance(m, nn.modules.conv._ConvNd) and not isinstance(m, nn.Conv2d)}
         kept.update(uses)
-        if targets and not (hardware.analog_first_layer and hardware.analog_last_layer):
-            ordered = execution_order(self.net, targets)
-            for flag, (name, m), which in ((hardware.analog_first_layer, ordered[0], "first"),
-                                             (hardware.analog_last_layer, ordered[-1], "last")):
-                if not flag:
-                    kept.setdefault(name, (type(m).__name__, f"the {which} layer (hardware.analog_{which}_layer: false)"))
-        if kept:
+        if kept:  # not what the hardware asks for: say so
             warnings.warn("these layers stay digital: " + "; ".join(f"{n} ({r})" for n, (_, r) in kept.items()))
+        #: every Conv2d/Linear's effective hardware (its ``analog`` says whether it is on crossbars)
+        self.layer_hardware = layer_hardware(self.net, targets, hardware) if targets else {}
+        for name, m in targets:
+            if name not in kept and not self.layer_hardware[name].analog:
+                kept[name] = (type(m).__name__,
+                              "analog: false (hardware.layers, analog_first_layer or analog_last_layer)")
         names = []
         for name, module in targets:
             if name in kept:
                 continue
             parent, _, child = name.rpartition(".")
-            setattr(self.net.get_submodule(parent), child, AnalogLayer(module, hardware, name, self.ctx))
+            layer = AnalogLayer(module, self.layer_hardware[name], name, self.ctx)
+            setattr(self.net.get_submodule(parent), child, layer)
             names.append(name)
-        if not names:
-            raise ConversionError("no Conv2d or Linear layer is left to put on crossbars: "
-                                  + "; ".join(f"{n} ({r})" for n, (_, r) in kept.items()))
         return names, _digital_inventory(self.net, kept)
 
     def _finish(self, hardware: Hardware, chips: list[int], memory_budget: Optional[int]) -> None:
@@ -237,8 +267,8 @@ class AnalogModel(nn.Module):
         self._act_bytes: dict[tuple, int] = {}
         # Keep programmed chips between forward calls when they fit in half the budget: a task evaluates
         # many batches on the same chips. Per chip: weights per slice (and read-noise variances).
-        copies = hardware.slices * (2 if hardware.read_noise.model != "none" else 1)
-        chip_bytes = sum(4 * copies * layer.digital_weight.numel() for layer in self.analog_layers())
+        chip_bytes = sum(4 * layer.hw.slices * (2 if layer.hw.read_noise.model != "none" else 1)
+                         * layer.digital_weight.numel() for layer in self.analog_layers())
         self.ctx.cache = chip_bytes * len(chips) <= self.memory_budget // 2
 
     def analog_layers(self) -> list[AnalogLayer]:
@@ -262,7 +292,7 @@ class AnalogModel(nn.Module):
             finally:
                 for h in handles:
                     h.remove()
-            elements = max(peak[0], max(layer.probe_elements for layer in self.analog_layers()))
+            elements = max([peak[0]] + [layer.probe_elements for layer in self.analog_layers()])
             self._act_bytes[key] = 4 * elements * 3  # temporaries around each op
         return self._act_bytes[key]
 
@@ -297,8 +327,8 @@ class AnalogModel(nn.Module):
 
     # ------------------------------------------------------------------ calibration (MODEL.md 5, 7)
     def needs_calibration(self) -> bool:
-        hw = self.hardware
-        return hw.input_bits is not None or (hw.adc.bits is not None and hw.adc.range != "explicit")
+        return any(hw.input_bits is not None or (hw.adc.bits is not None and hw.adc.range != "explicit")
+                   for hw in (layer.hw for layer in self.analog_layers()))
 
     @torch.no_grad()
     def calibrate(self, batches: Iterable) -> dict:
@@ -323,10 +353,14 @@ class AnalogModel(nn.Module):
         for layer in layers:
             layer.finish_input_calibration()
             layer.clear_cache()
-        if self.hardware.adc.bits is not None and self.hardware.adc.range == "calibrated":
+        adc_layers = [layer for layer in layers if layer.hw.adc.bits is not None and layer.hw.adc.range == "calibrated"]
+        if adc_layers:
             one_pass("calibrate_adc")
             for layer in layers:
-                layer.finish_adc_calibration()
+                if layer in adc_layers:
+                    layer.finish_adc_calibration()
+                else:  # recorded in the pass, not needed: its ADC is ideal or its range not calibrated
+                    layer.clear_calibration_samples()
         return self.calibration()
 
     def calibration(self) -> dict:
