@@ -239,6 +239,14 @@ class AnalogLayer(nn.Module):
         self._cache: dict[tuple, Programmed] = {}
         self.probe_elements = 0  # peak elements per (image, chip) seen in the probe pass
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """No tensor: a caller that reads it would multiply digitally and bypass the arrays."""
+        raise RuntimeError(
+            f"layer {self.name!r} runs on crossbars and has no weight tensor: something reads its .weight "
+            "instead of calling it as a module (a functional call such as F.linear(x, layer.weight)). "
+            "mcsim keeps layers it finds used this way digital; please report this model")
+
     # ------------------------------------------------------------------ programming a block of chips
     def _keys(self, stream: int) -> torch.Tensor:
         return rng.derive(self.ctx.seed, self.ctx.chips, self.key, stream)
