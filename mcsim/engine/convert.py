@@ -2,7 +2,7 @@
 
 ``convert(model, hardware, trials, seed)`` rewrites attention modules so that their projections are
 called as modules (:mod:`mcsim.engine.attention`), folds BatchNorm into the preceding convolutions
-(MODEL.md section 1), replaces every Conv2d and Linear by an :class:`AnalogLayer`, and returns an
+(docs/physics.md section 1), replaces every Conv2d and Linear by an :class:`AnalogLayer`, and returns an
 :class:`AnalogModel` whose forward maps a batch ``(B, ...)`` to logits ``(T, B, classes)``. All other
 layers stay digital and see the chips as a larger batch ``(Tc * B, ...)``; ``AnalogModel.digital_layers``
 lists the weight-carrying ones and why. Chips are processed in blocks sized to a memory budget, so
@@ -329,7 +329,7 @@ class AnalogModel(nn.Module):
             outs.append(out.view(len(chips), b, *out.shape[1:]))
         return torch.cat(outs)
 
-    # ------------------------------------------------------------------ calibration (MODEL.md 5, 7)
+    # ------------------------------------------------------------------ calibration (docs/physics.md 5, 7)
     def needs_calibration(self) -> bool:
         return any(hw.input_bits is not None or (hw.adc.bits is not None and hw.adc.range != "explicit")
                    for hw in (layer.hw for layer in self.analog_layers()))
