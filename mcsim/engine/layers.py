@@ -136,8 +136,8 @@ def canonical_conv(inp: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
 
     oneDNN picks its kernel, and so each output's summation order, from the call's shape. Measured
     on its CPU kernels: with at least 3 groups and at least 2 images (16 when the output is one
-    pixel, a matrix product), a group's outputs are bit-identical whatever the group count, the
-    group's position, the batch and the thread count; an ungrouped convolution (``grouped=False``:
+    pixel, a matrix product), and the bias added after the kernel, a group's outputs are
+    bit-identical whatever the group count, the group's position, the batch and the thread count; an ungrouped convolution (``grouped=False``:
     a digital layer, every chip in its batch) needs only the image floor. Below those floors zero
     groups and zero images pad the call; they cost only when a block holds fewer than 3 chips or images.
     """
@@ -149,10 +149,12 @@ def canonical_conv(inp: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
         extra = _MIN_GROUPS - groups
         inp = F.pad(inp, (0, 0, 0, 0, 0, extra * (inp.shape[1] // groups)))
         weight = torch.cat([weight, weight.new_zeros(extra * (cout // groups), *weight.shape[1:])])
-        bias = None if bias is None else torch.cat([bias, bias.new_zeros(extra * (cout // groups))])
         groups = _MIN_GROUPS
-    out = F.conv2d(inp, weight, bias, groups=groups, **conv_args)
-    return out[:rows, :cout] if out.shape[0] > rows or out.shape[1] > cout else out
+    out = F.conv2d(inp, weight, None, groups=groups, **conv_args)
+    if out.shape[0] > rows or out.shape[1] > cout:
+        out = out[:rows, :cout].contiguous()
+    # The bias is added apart: inside the kernel, where it enters the sum depends on the kernel.
+    return out if bias is None else out.add_(bias.view(-1, 1, 1))
 
 
 def _conv_args(module: nn.Conv2d | nn.Linear, name: str) -> dict:
@@ -309,7 +311,7 @@ class AnalogLayer(nn.Module):
 
         split, real ADC: the conv outputs ADC codes ``(y - lo) / step`` (weights / step, bias -lo / step).
         split, calibrating: the conv outputs the raw column values y.
-        folded: the conv outputs the layer's final output (weights * unit * x_range, the layer's bias).
+        folded: the conv outputs the layer's output before its bias (weights * unit * x_range).
         Weights are chip-major: chip c owns a contiguous block of output channels.
         """
         hw = self.hw
@@ -382,7 +384,7 @@ class AnalogLayer(nn.Module):
             var = var * alpha.view(-1, 1, 1).to(var.dtype) ** 2 if var is not None else None
         w = (w - self.offset) * out_scale
         var = var * out_scale**2 if var is not None else None
-        return w, var, self.bias.expand(len(self.ctx.chips), -1)
+        return w, var, None  # the layer's bias is added after the matmul (AnalogLayer._analog)
 
     def _programmed(self, p: Pass) -> Programmed:
         key = (p, self.ctx.mode, tuple(self.ctx.chips.tolist()))
@@ -463,10 +465,9 @@ class AnalogLayer(nn.Module):
             if self.hw.mapping == "offset":
                 z.sub_(self._offset_term(u, bit_weights, p))
             z.mul_(self.unit * (self.x_range or 1.0))
-            bias = self.bias.view(self.geom.groups, self.geom.ng, 1, 1)  # added in the pass that lays out chip-major
-            zt = z.transpose(0, 1)
-            return torch.add(zt, bias, out=z.new_empty(zt.shape)).view(-1, self.geom.c_out, *z.shape[-2:])
-        return z.transpose(0, 1).reshape(-1, self.geom.c_out, *z.shape[-2:])  # chip-major (Tc * r, C_out, H', W')
+        zt = z.transpose(0, 1)  # the bias is added in the pass that lays out chip-major (Tc * r, C_out, H', W')
+        bias = self.bias.view(self.geom.groups, self.geom.ng, 1, 1)
+        return torch.add(zt, bias, out=z.new_empty(zt.shape)).view(-1, self.geom.c_out, *z.shape[-2:])
 
     # ------------------------------------------------------------------ the steps of a pass
     # Activations inside a layer are image-major in memory, ``(r, Tc, ...)`` seen as ``(Tc, r, ...)``, so
@@ -513,7 +514,7 @@ class AnalogLayer(nn.Module):
         def run(planes, weight, bias=None):  # (Tc, r, C, H, W) image-major -> (r, Tc * C, H, W)
             return self._grouped_conv(planes.transpose(0, 1).flatten(1, 2), weight, bias, tc * geo.groups)
 
-        out = run(u[0], prog.weight, prog.bias)
+        out = run(u[0], prog.weight)  # the layer's bias follows in the pass that lays out the output
         out = out.view(out.shape[0], tc, geo.groups, geo.ng, *out.shape[-2:])
         if u2 is not None:
             var = run(u2[0], prog.var).view_as(out)
