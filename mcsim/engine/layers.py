@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Literal, Optional
+from typing import Any, Iterator, Literal, Optional
 
 import numpy as np
 import torch
@@ -55,6 +55,7 @@ class Context:
     image_ids: Optional[torch.Tensor] = None  # (B,) global image indices (read-noise streams)
     mode: Mode = "run"  # probe: digital pass measuring sizes; calibrate_*: the two calibration passes
     cache: bool = True  # keep programmed chips between forward calls
+    energy: Optional[Any] = None  # an engine.energy.EnergyCounter while counting (opt-in), else None
 
     @contextmanager
     def switched(self, mode: Mode, chips: Optional[torch.Tensor] = None) -> Iterator["Context"]:
@@ -326,6 +327,8 @@ class AnalogLayer(nn.Module):
         p = self._pass()
         prog = self._programmed(p)
         n = self._levels(x, p)
+        if self.ctx.energy is not None and self.ctx.mode == "run":  # opt-in counting reads n, changes nothing
+            self.ctx.energy.analog(self, n, p)
         u, bit_weights = self._input_planes(n, p)
         u2 = self._noise_planes(n, u, p) if prog.var is not None else None
         if not p.split:
