@@ -103,7 +103,7 @@ def measure(kind: str, workers: int, scenario_path: Path, output: str) -> dict:
         return Wrapped(LocalExecutor(s, workers=workers, threads=1))
 
     t = time.perf_counter()
-    driver.run(sc, output=output, overwrite=True, progress=False, executor_factory=factory)
+    driver.run(sc, output=output, overwrite=True, executor_factory=factory)
     wall = time.perf_counter() - t
     # the result-writing phase ends when the generator is drained: phase_s covers it (the driver
     # writes each result before asking for the next)

@@ -34,8 +34,9 @@ PORT="${MCSIM_RAY_PORT:-6390}"
 DPORT="${MCSIM_RAY_DASHBOARD_PORT:-8275}"
 CPUS="${MCSIM_RAY_CPUS:-1}"
 if [[ -z "${RAY:-}" ]]; then
-  if [[ -x "$repo/.venv/bin/ray" ]]; then RAY="$repo/.venv/bin/ray"; else RAY="$(command -v ray)"; fi
+  if [[ -x "$repo/.venv/bin/ray" ]]; then RAY="$repo/.venv/bin/ray"; else RAY="$(command -v ray || true)"; fi
 fi
+[[ -n "$RAY" && -x "$RAY" ]] || { echo "error: no ray executable (set RAY=/path/to/ray)" >&2; exit 1; }
 export PATH="$(dirname "$RAY"):$PATH"
 # the head's temp dir must be short: Ray's unix socket paths live under it
 TMP="$DIR/t"

@@ -1,38 +1,65 @@
 """Python entry points: what the CLI calls, so that notebooks need no subprocess.
 
 ``run_scenario(path_or_scenario)`` runs (or resumes) a scenario into its result store and
-returns the result dataset; ``open_result(path)`` opens a finished store.
+returns the result dataset; ``open_result(path)`` opens a store (plain ``xr.open_zarr(path)``
+gives the same dataset).
 """
 from __future__ import annotations
 
 import os
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
 from mcsim.scenario import Scenario, load_scenario
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 __all__ = ["open_result", "run_scenario"]
 
 
 def run_scenario(
     scenario: Union[str, os.PathLike, Scenario],
+    *,
     overwrite: bool = False,
     dry_run: bool = False,
     progress: bool = True,
-    *,
-    output: Optional[str] = None,
+    output: Optional[Union[str, os.PathLike]] = None,
     workers: Optional[int] = None,
     address: Optional[str] = None,
-):
-    """Run a scenario (a YAML path or a :class:`~mcsim.scenario.Scenario`) and return its result.
+    on_event: Optional[Callable] = None,
+) -> Optional[xr.Dataset]:
+    """Run a scenario and return its result: what ``mcsim run`` does, without a subprocess.
 
-    The result store (``output``, default the scenario's ``output``) is resumed when it holds an
-    unfinished run of the same scenario; a store of another scenario is refused unless
-    ``overwrite`` (then it is deleted first). ``dry_run`` prints the plan and returns None.
-    ``workers`` overrides ``execution.workers``. ``address`` runs the tasks on Ray
-    (:class:`~mcsim.runner.ray.RayExecutor`): ``"local"`` starts a Ray instance on this machine,
-    ``"auto"``, ``"host:6379"`` or ``"ray://host:10001"`` use a running cluster; None (default)
-    runs them in local worker processes. Returns the ``xarray.Dataset`` of
-    :func:`open_result`.
+    The result store is resumed when it holds an unfinished run of the same scenario, computed by
+    the same mcsim and torch versions on the same device type; anything else there is refused
+    unless ``overwrite``.
+
+    Args:
+        scenario: a YAML path or a :class:`~mcsim.scenario.Scenario`.
+        overwrite: delete an existing store at the output first (also one of another scenario,
+            version or device) and start again. A folder that is not a Zarr store is never deleted.
+        dry_run: report the plan (and what a resume would do); compute and write nothing.
+        progress: draw the run's progress on stderr (rich), as the CLI does.
+        output: the result store (path or fsspec URL); default the scenario's ``output``.
+        workers: worker processes (or Ray workers); default ``execution.workers``.
+        address: run the tasks on Ray (:class:`~mcsim.runner.ray.RayExecutor`): ``"local"``
+            starts a Ray instance on this machine; ``"auto"``, ``"host:6379"`` or
+            ``"ray://host:10001"`` use a running cluster. None (default): local worker processes.
+        on_event: receives each :mod:`mcsim.runner.events` event of the run (instead of the
+            progress display).
+
+    Returns:
+        The result ``xarray.Dataset`` (see :func:`open_result`); None for a dry run.
+
+    Raises:
+        ScenarioError: an invalid scenario file.
+        StoreError: a store at ``output`` that this run may not use (another scenario, mcsim or
+            torch version, device type, or not an mcsim store).
+        SetupError: ``execution.device`` is not available here.
+        RunError: a task failed after its retries (the results so far are kept: run again).
+
+    >>> ds = run_scenario("scenarios/quickstart.yaml", progress=False)  # doctest: +SKIP
+    >>> ds["top1"].mean("trial")  # doctest: +SKIP
     """
     from mcsim.runner import driver
 
@@ -47,13 +74,37 @@ def run_scenario(
 
         def factory(sc, n):
             return RayExecutor(sc, n, address=address)
+    if on_event is None and progress:
+        from mcsim.cli import ProgressView
+
+        on_event = ProgressView()
     return driver.run(scenario, output=None if output is None else str(output), overwrite=overwrite,
-                      dry_run=dry_run, progress=progress, workers=workers, executor_factory=factory,
+                      dry_run=dry_run, workers=workers, on_event=on_event, executor_factory=factory,
                       check_device=address is None)
 
 
-def open_result(path: Union[str, os.PathLike], partial: bool = False):
-    """The result dataset of a finished run (see :func:`mcsim.runner.store.open_result`)."""
+def open_result(path: Union[str, os.PathLike], *, partial: bool = False) -> xr.Dataset:
+    """The result dataset of a run: ``xr.open_zarr(path)``, checked and loaded.
+
+    Plain ``xarray.open_zarr(path)`` opens the same dataset lazily; this checks that the store
+    is an mcsim store of this format and (unless ``partial``) finished.
+
+    Args:
+        path: the result store (a local path or an fsspec URL).
+        partial: open an unfinished store too (``complete`` tells which points are done; the
+            accuracies are over the images done so far, NaN where none).
+
+    Returns:
+        An ``xarray.Dataset``: ``top1``, ``top5``, ``correct_top1``, ``correct_top5``, ``n_images``
+        over the sweep dims and ``trial``; ``complete``; ``digital_top1``, ``digital_top5``; the
+        calibration; the scenario and run log as attributes.
+
+    Raises:
+        StoreError: no mcsim store at ``path``, or an unfinished one (unless ``partial``).
+
+    >>> ds = open_result("outputs/quickstart.zarr")  # doctest: +SKIP
+    >>> ds["top1"].quantile([0.05, 0.95], dim="trial")  # doctest: +SKIP
+    """
     from mcsim.runner.store import open_result as _open
 
     return _open(str(path), partial=partial)

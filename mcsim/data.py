@@ -106,12 +106,23 @@ def calibration_images(spec: DataSpec) -> torch.Tensor:
 
 
 def stable_permutation(n: int, seed: int) -> np.ndarray:
-    """A permutation of ``range(n)`` that depends only on (n, seed): sort by splitmix64(index)."""
-    x = np.arange(n, dtype=np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15) % 2**64)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    x = x ^ (x >> np.uint64(31))
-    return np.argsort(x, kind="stable")
+    """A permutation of ``range(n)`` that depends only on (n, seed): sort by a keyed hash of the index.
+
+    Index ``i`` is keyed by the ``seed``-th output of a SplitMix64 generator started at state ``i``:
+    ``mcsim.engine.rng.splitmix(i + (seed - 1) * golden)`` (the engine's hash, the only one in
+    mcsim), compared as unsigned 64-bit integers.
+    """
+    from mcsim.engine.rng import STEP, splitmix
+
+    offset = ((seed - 1) * STEP) % 2**64
+    keys = splitmix(torch.arange(n, dtype=torch.int64) + _as_int64(offset))
+    unsigned_order = keys ^ torch.tensor(-(2**63), dtype=torch.int64)  # flip the sign bit: signed order = unsigned
+    return torch.argsort(unsigned_order, stable=True).numpy()
+
+
+def _as_int64(value: int) -> int:
+    """An unsigned 64-bit value as the int64 with the same bits."""
+    return value - 2**64 if value >= 2**63 else value
 
 
 def import_object(ref: str, field: str, error: type[Exception] = DataError) -> Callable:

@@ -26,31 +26,25 @@ sweep values are normalised to their validated form (``0`` -> ``0.0`` for a floa
 ``scenario_fingerprint`` hashes everything that can change results (all but ``execution``
 and ``output``).
 
-This module must stay light: it does not import torch, ray or zarr itself.
+This module must stay light: it does not import torch, ray or zarr itself. The sweep's schema
+and expansion are :mod:`mcsim.sweep`'s, the validation messages :mod:`mcsim.validation`'s (both
+below this module: neither imports it); their names are re-exported here.
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
-import json
 import os
 import re
-import typing
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Literal, Optional, Union
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from mcsim.hardware import Hardware
 from mcsim.specs import DataSpec, ModelSpec
+from mcsim.sweep import RESERVED_DIMS, Sweep, dim_name, dim_name_problems, normalized_sweep
+from mcsim.validation import ScenarioError, StrictModel, canonical_json, format_validation_error
 
 __all__ = [
     "Execution",
@@ -68,127 +62,17 @@ __all__ = [
     "scenario_text",
 ]
 
-#: Dimension names the result store uses itself; no sweep key may be named like them.
-RESERVED_DIMS = ("trial", "layer", "point")
-
 #: Top-level fields that never change results (left out of the fingerprint).
 NON_RESULT_FIELDS = frozenset({"execution", "output"})
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# A message that starts with a field path, e.g. "slices: 16 slices exceed ..." (hardware.py style).
-_PATH_PREFIX_RE = re.compile(r"^([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*): (.*)$", re.S)
-
-
-# --------------------------------------------------------------------------------------
-# errors
-
-
-class ScenarioError(ValueError):
-    """An invalid scenario. ``str(err)`` has one ``<source>: <problem>`` line per problem."""
-
-    def __init__(self, source: str, problems: Union[str, list[str]]):
-        self.source = str(source)
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
-        super().__init__("\n".join(f"{self.source}: {p}" for p in self.problems))
-
-
-def _strip_pydantic_prefix(msg: str) -> str:
-    for prefix in ("Value error, ", "Assertion failed, "):
-        if msg.startswith(prefix):
-            return msg[len(prefix):]
-    return msg
-
-
-def _join_loc(loc) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
-
-
-def _merge_path(loc_path: str, msg: str) -> tuple[str, str]:
-    """'hardware' + 'slices: too many' -> ('hardware.slices', 'too many'); overlap-aware."""
-    m = _PATH_PREFIX_RE.match(msg)
-    if not m:
-        return loc_path, msg
-    prefix, rest = m.group(1), m.group(2)
-    if not loc_path:
-        return prefix, rest
-    loc_parts = loc_path.split(".")
-    pre_parts = prefix.split(".")
-    # 'hardware.adc' + 'adc.limits' -> 'hardware.adc.limits'
-    for k in range(min(len(loc_parts), len(pre_parts)), 0, -1):
-        if loc_parts[-k:] == pre_parts[:k]:
-            return ".".join(loc_parts + pre_parts[k:]), rest
-    return f"{loc_path}.{prefix}", rest
-
-
-def _unwrap(annotation):
-    """The BaseModel class behind an annotation (through Optional/Union), else None."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _unwrap(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _fields_at(root: type[BaseModel], loc) -> Optional[list[str]]:
-    """Field names of the model reached by following ``loc`` from ``root`` (None if unknown)."""
-    model = root
-    for part in loc:
-        if not isinstance(part, str) or model is None or part not in model.model_fields:
-            return None
-        model = _unwrap(model.model_fields[part].annotation)
-    return None if model is None else list(model.model_fields)
-
-
-def _short(value: Any) -> Optional[str]:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        text = json.dumps(value) if isinstance(value, str) else repr(value)
-        return text if len(text) <= 60 else text[:57] + "..."
-    return None
-
-
-def format_validation_error(err: ValidationError, root: type[BaseModel], prefix: str = "") -> list[str]:
-    """One ``<field path>: <message>`` line per pydantic error (multi-line messages split)."""
-    lines = []
-    for e in err.errors(include_url=False):
-        loc = tuple(e.get("loc", ()))
-        msg = _strip_pydantic_prefix(str(e.get("msg", "")))
-        etype = e.get("type", "")
-        if etype == "extra_forbidden" and loc and isinstance(loc[-1], str):
-            fields = _fields_at(root, loc[:-1])
-            if fields:
-                close = difflib.get_close_matches(loc[-1], fields, n=1, cutoff=0.6)
-                msg += f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(fields)})"
-        elif etype not in ("missing", "extra_forbidden", "value_error", "assertion_error"):
-            shown = _short(e.get("input"))
-            if shown is not None:
-                msg += f" (got {shown})"
-        path = _join_loc(loc)
-        if prefix:
-            path = f"{prefix}.{path}" if path else prefix
-        for line in msg.splitlines() or [""]:
-            p, m = _merge_path(path, line)
-            lines.append(f"{p}: {m}" if p else m)
-    return lines
 
 
 # --------------------------------------------------------------------------------------
 # schema
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Execution(_Strict):
+class Execution(StrictModel):
     """How the work is cut into tasks and run; never changes results."""
 
     shard_images: int = Field(1000, ge=1, description="images per task")
@@ -199,111 +83,7 @@ class Execution(_Strict):
     max_retries: int = Field(3, ge=0, description="retries of a failed task")
 
 
-def _hardware_setting_problem(key: str) -> Optional[str]:
-    """Why ``key`` is not a valid dotted path to a Hardware setting (None if it is)."""
-    parts = key.split(".")
-    if parts[0] != "hardware" or len(parts) < 2:
-        return "sweep keys must be dotted paths into the hardware, starting with 'hardware.'"
-    if not all(_IDENT_RE.match(p) for p in parts[1:]):
-        return "not a valid dotted path"
-    model: Optional[type[BaseModel]] = Hardware
-    walked = ["hardware"]
-    for i, part in enumerate(parts[1:]):
-        if model is None:
-            return f"'{'.'.join(walked)}' is a single setting, not a group of settings"
-        fields = list(model.model_fields)
-        if part not in fields:
-            close = difflib.get_close_matches(part, fields, n=1, cutoff=0.6)
-            hint = f"did you mean '{'.'.join(walked + [close[0]])}'?" if close else f"known: {', '.join(fields)}"
-            return f"unknown hardware setting '{part}' in '{'.'.join(walked)}' ({hint})"
-        walked.append(part)
-        model = _unwrap(model.model_fields[part].annotation)
-    return None
-
-
-def dim_name(key: str) -> str:
-    """The sweep dim/coordinate name of a sweep key: its last dotted component."""
-    return key.rsplit(".", 1)[-1]
-
-
-def dim_name_problems(grid_keys: list[str], zip_keys: list[str]) -> list[str]:
-    """Clashes of the result names given to sweep keys (each other's, or a reserved dim's)."""
-    problems = []
-    owner: dict[str, str] = {}
-    for section, keys in (("grid", grid_keys), ("zip", zip_keys)):
-        for key in keys:
-            name = dim_name(key)
-            if name in RESERVED_DIMS:
-                problems.append(
-                    f"{section}: '{key}' would be named '{name}', a name reserved for the "
-                    f"result dims ({', '.join(RESERVED_DIMS)})"
-                )
-            elif name in owner:
-                problems.append(
-                    f"{section}: '{key}' and '{owner[name]}' would both be named '{name}' in the "
-                    "results; sweep only one of them"
-                )
-            else:
-                owner[name] = key
-    return problems
-
-
-class Sweep(_Strict):
-    """Hardware settings swept: ``grid`` (cartesian product) and ``zip`` (lists taken together).
-
-    Keys are dotted paths into the scenario starting with ``hardware.``. Each grid key gives a
-    result dim named by its last component; zip keys share one dim named ``point``, each giving
-    a coordinate along it named by its last component.
-    """
-
-    grid: dict[str, list] = Field(default_factory=dict)
-    zip: dict[str, list] = Field(default_factory=dict)
-
-    @field_validator("grid", "zip", mode="before")
-    @classmethod
-    def _none_is_empty(cls, v):
-        return {} if v is None else v
-
-    @field_validator("grid", "zip")
-    @classmethod
-    def _keys(cls, v: dict[str, list]):
-        problems = []
-        for key, values in v.items():
-            why = _hardware_setting_problem(key)
-            if why:
-                problems.append(f"{key}: {why}")
-            elif not values:
-                problems.append(f"{key}: the list of values must not be empty")
-        if problems:
-            raise ValueError("\n".join(problems))
-        return v
-
-    @model_validator(mode="after")
-    def _together(self):
-        problems = []
-        both = [k for k in self.zip if k in self.grid]
-        for k in both:
-            problems.append(f"'{k}' is in both sweep.grid and sweep.zip; sweep it in one of them")
-        if self.zip:
-            lengths = {k: len(v) for k, v in self.zip.items()}
-            if len(set(lengths.values())) > 1:
-                listed = ", ".join(f"{k}: {n}" for k, n in lengths.items())
-                problems.append(f"zip: the zipped lists must all have the same length ({listed})")
-        problems += dim_name_problems(list(self.grid), [k for k in self.zip if k not in both])
-        if problems:
-            raise ValueError("\n".join(problems))
-        return self
-
-    @property
-    def is_empty(self) -> bool:
-        return not self.grid and not self.zip
-
-    def keys(self) -> list[str]:
-        """All swept keys: grid keys then zip keys."""
-        return list(self.grid) + list(self.zip)
-
-
-class Scenario(_Strict):
+class Scenario(StrictModel):
     """A whole study, as read from a scenario YAML file."""
 
     name: str = Field(description="identifier of the study: letters, digits, '_', '-', '.'")
@@ -345,8 +125,6 @@ class Scenario(_Strict):
         # Build (and so validate) the Hardware of every sweep point; store the sweep values in
         # their validated form so that the canonical text and fingerprint do not depend on
         # spelling (0 vs 0.0).
-        from mcsim.sweep import normalized_sweep
-
         sweep = normalized_sweep(self.hardware, self.sweep)  # raises ValueError, one line per problem
         if sweep is not self.sweep:
             object.__setattr__(self, "sweep", sweep)
@@ -366,11 +144,6 @@ class Scenario(_Strict):
     @property
     def fingerprint(self) -> str:
         return scenario_fingerprint(self)
-
-
-def canonical_json(data: Any) -> str:
-    """Deterministic JSON (sorted keys, no whitespace)."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True)
 
 
 def scenario_text(scenario: Scenario) -> str:

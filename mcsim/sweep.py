@@ -1,4 +1,4 @@
-"""Expansion of a scenario's sweep into the points the runner simulates.
+"""The sweep of a scenario: its schema (``Sweep``) and its expansion into the points the runner simulates.
 
 ``expand(scenario)`` gives a ``SweepPlan``: one result dim per grid key (named by the key's
 last dotted component: ``hardware.error.sigma`` -> ``sigma``), then one dim ``point`` if the
@@ -10,25 +10,155 @@ An override replaces the value at its dotted path in the hardware's nested setti
 value replaces the whole group: ``hardware.adc: [{bits: 4}]`` gives an ADC with default
 settings but 4 bits) and the result is validated by pydantic.
 
-No torch, ray or zarr here.
+No torch, ray or zarr here; nor :mod:`mcsim.scenario` (which imports this module).
 """
 from __future__ import annotations
 
 import copy
+import difflib
 import itertools
 import json
+import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from mcsim.hardware import Hardware
-from mcsim.scenario import Scenario, ScenarioError, Sweep, canonical_json, dim_name, format_validation_error
+from mcsim.validation import ScenarioError, StrictModel, canonical_json, format_validation_error, model_behind
 
-__all__ = ["SweepPlan", "SweepPoint", "apply_overrides", "expand", "normalized_sweep"]
+if TYPE_CHECKING:
+    from mcsim.scenario import Scenario
 
+__all__ = [
+    "RESERVED_DIMS",
+    "Sweep",
+    "SweepPlan",
+    "SweepPoint",
+    "apply_overrides",
+    "dim_name",
+    "dim_name_problems",
+    "expand",
+    "normalized_sweep",
+]
+
+#: Dimension names the result store uses itself; no sweep key may be named like them.
+RESERVED_DIMS = ("trial", "layer", "point")
 POINT_DIM = "point"
 _MAX_POINT_ERRORS = 10
+_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+# --------------------------------------------------------------------------------------
+# the schema of the sweep
+
+
+def _hardware_setting_problem(key: str) -> Optional[str]:
+    """Why ``key`` is not a valid dotted path to a Hardware setting (None if it is)."""
+    parts = key.split(".")
+    if parts[0] != "hardware" or len(parts) < 2:
+        return "sweep keys must be dotted paths into the hardware, starting with 'hardware.'"
+    if not all(_IDENT_RE.match(p) for p in parts[1:]):
+        return "not a valid dotted path"
+    model: Optional[type[BaseModel]] = Hardware
+    walked = ["hardware"]
+    for i, part in enumerate(parts[1:]):
+        if model is None:
+            return f"'{'.'.join(walked)}' is a single setting, not a group of settings"
+        fields = list(model.model_fields)
+        if part not in fields:
+            close = difflib.get_close_matches(part, fields, n=1, cutoff=0.6)
+            hint = f"did you mean '{'.'.join(walked + [close[0]])}'?" if close else f"known: {', '.join(fields)}"
+            return f"unknown hardware setting '{part}' in '{'.'.join(walked)}' ({hint})"
+        walked.append(part)
+        model = model_behind(model.model_fields[part].annotation)
+    return None
+
+
+def dim_name(key: str) -> str:
+    """The sweep dim/coordinate name of a sweep key: its last dotted component."""
+    return key.rsplit(".", 1)[-1]
+
+
+def dim_name_problems(grid_keys: list[str], zip_keys: list[str]) -> list[str]:
+    """Clashes of the result names given to sweep keys (each other's, or a reserved dim's)."""
+    problems = []
+    owner: dict[str, str] = {}
+    for section, keys in (("grid", grid_keys), ("zip", zip_keys)):
+        for key in keys:
+            name = dim_name(key)
+            if name in RESERVED_DIMS:
+                problems.append(
+                    f"{section}: '{key}' would be named '{name}', a name reserved for the "
+                    f"result dims ({', '.join(RESERVED_DIMS)})"
+                )
+            elif name in owner:
+                problems.append(
+                    f"{section}: '{key}' and '{owner[name]}' would both be named '{name}' in the "
+                    "results; sweep only one of them"
+                )
+            else:
+                owner[name] = key
+    return problems
+
+
+class Sweep(StrictModel):
+    """Hardware settings swept: ``grid`` (cartesian product) and ``zip`` (lists taken together).
+
+    Keys are dotted paths into the scenario starting with ``hardware.``. Each grid key gives a
+    result dim named by its last component; zip keys share one dim named ``point``, each giving
+    a coordinate along it named by its last component.
+    """
+
+    grid: dict[str, list] = Field(default_factory=dict)
+    zip: dict[str, list] = Field(default_factory=dict)
+
+    @field_validator("grid", "zip", mode="before")
+    @classmethod
+    def _none_is_empty(cls, v):
+        return {} if v is None else v
+
+    @field_validator("grid", "zip")
+    @classmethod
+    def _keys(cls, v: dict[str, list]):
+        problems = []
+        for key, values in v.items():
+            why = _hardware_setting_problem(key)
+            if why:
+                problems.append(f"{key}: {why}")
+            elif not values:
+                problems.append(f"{key}: the list of values must not be empty")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return v
+
+    @model_validator(mode="after")
+    def _together(self):
+        problems = []
+        both = [k for k in self.zip if k in self.grid]
+        for k in both:
+            problems.append(f"'{k}' is in both sweep.grid and sweep.zip; sweep it in one of them")
+        if self.zip:
+            lengths = {k: len(v) for k, v in self.zip.items()}
+            if len(set(lengths.values())) > 1:
+                listed = ", ".join(f"{k}: {n}" for k, n in lengths.items())
+                problems.append(f"zip: the zipped lists must all have the same length ({listed})")
+        problems += dim_name_problems(list(self.grid), [k for k in self.zip if k not in both])
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.grid and not self.zip
+
+    def keys(self) -> list[str]:
+        """All swept keys: grid keys then zip keys."""
+        return list(self.grid) + list(self.zip)
+
+
+# --------------------------------------------------------------------------------------
+# expansion
 
 
 @dataclass(frozen=True)
@@ -230,7 +360,7 @@ def normalized_sweep(hardware: Hardware, sweep: Sweep) -> Sweep:
     return Sweep(grid=grid, zip=zipped)
 
 
-def expand(scenario: Scenario) -> SweepPlan:
+def expand(scenario: "Scenario") -> SweepPlan:
     """All sweep points of ``scenario``, in C order over the dims."""
     plan, problems = _build(scenario.hardware, scenario.sweep)
     if problems:  # only possible for a scenario built without validation (model_construct)

@@ -78,7 +78,7 @@ def ledger_count(path: Path | str) -> tuple[int, int]:
         group = zarr.open_group(str(path), mode="r")
         if group.attrs.get("state") not in ("ready", "complete"):
             return 0, 0
-        done = np.asarray(group["done"][...])
+        done = np.asarray(group["ledger"]["done"][...])
     except Exception:  # noqa: BLE001 - not there yet
         return 0, 0
     return int(done.sum()), int(done.size)

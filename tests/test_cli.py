@@ -107,6 +107,50 @@ def test_store_of_another_scenario_is_refused_unless_overwrite(cli_run, tmp_path
     assert inspect_store(str(store)).attrs["fingerprint"] != inspect_store(str(finished)).attrs["fingerprint"]
 
 
+def test_store_of_another_mcsim_version_is_refused_unless_overwrite(tmp_path):
+    import zarr
+
+    scenario = write_scenario(tmp_path, trials=2, data={"limit": 50})
+    assert invoke("run", scenario, "--quiet").exit_code == 0
+    group = zarr.open_group(str(tmp_path / "out.zarr"), mode="r+")
+    group.attrs.update(state="ready", mcsim_version="0.0.1")  # an unfinished run of an older mcsim
+    result = invoke("run", scenario)
+    assert result.exit_code == 2, result.output
+    assert "computed with mcsim 0.0.1" in result.output and "--overwrite" in result.output
+    assert "Traceback" not in result.output
+    assert invoke("run", scenario, "--overwrite", "--quiet").exit_code == 0
+    assert inspect_store(str(tmp_path / "out.zarr")).attrs["mcsim_version"] != "0.0.1"
+
+
+def test_progress_is_drawn_from_the_runs_events(tmp_path):
+    """The driver reports typed events and prints nothing; the CLI's view draws them."""
+    import io
+
+    from rich.console import Console
+
+    from mcsim.api import run_scenario
+    from mcsim.cli import ProgressView
+    from mcsim.runner import events
+
+    scenario = write_scenario(tmp_path, trials=2, data={"limit": 50})
+    seen = []
+    run_scenario(scenario, on_event=seen.append)
+    kinds = [type(e).__name__ for e in seen]
+    assert kinds[0] == "Plan" and kinds[1:3] == ["PhaseStarted", "TaskDone"]
+    phases = [e.phase for e in seen if isinstance(e, events.PhaseStarted)]
+    assert phases == ["calibrating", "evaluating"] and kinds[-1] == "PhaseEnded"
+    evaluating = [e for e in seen if isinstance(e, events.TaskDone) and e.phase == "evaluating"]
+    started = [e for e in seen if isinstance(e, events.PhaseStarted)][1]
+    assert len(evaluating) == started.tasks and sum(e.work for e in evaluating) == started.work
+
+    log = io.StringIO()
+    view = ProgressView(console=Console(file=log, width=200), out=Console(file=io.StringIO()))
+    for event in seen + [events.Message("a note")]:
+        view(event)
+    text = log.getvalue()
+    assert f"evaluating: {started.tasks}/{started.tasks} tasks" in text and "a note" in text
+
+
 # ---------------------------------------------------------------- bad input
 
 

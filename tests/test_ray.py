@@ -6,10 +6,13 @@ The cluster is started once for the module and stopped (`local.sh down`) even on
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -24,10 +27,35 @@ from mcsim.scenario import load_scenario
 from runner_support import REPO, results_only, run_cli, write_scenario
 
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-PORT, DASHBOARD_PORT = 6490, 8375
+LOCAL_SH = str(REPO / "cluster" / "local.sh")
+
+
+def _free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports() -> tuple[int, int]:
+    """A GCS port and a dashboard port such that every port `cluster/local.sh up` derives from
+    them is free now (GCS, client, per-node ports at +10..+35, worker ports at +1000..+1399), so
+    that tests on a shared machine never collide with another cluster on fixed ports."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20_000, 50_000, 2)
+        dashboard = rng.randrange(50_000, 60_000)
+        needed = [port, port + 1, dashboard, *range(port + 10, port + 36), *range(port + 1000, port + 1400)]
+        if all(_free(p) for p in needed):
+            return port, dashboard
+    raise RuntimeError("no free range of ports for the local Ray cluster")
+
+
+PORT, DASHBOARD_PORT = free_ports()
 GCS = f"127.0.0.1:{PORT}"
 DASHBOARD = f"http://127.0.0.1:{DASHBOARD_PORT}"
-LOCAL_SH = str(REPO / "cluster" / "local.sh")
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +67,7 @@ def cluster(mcsim_cache_dir):
     state = tempfile.mkdtemp(prefix="mcr", dir="/tmp")  # short: Ray's socket paths live under it
     env = dict(os.environ, MCSIM_RAY_DIR=state, MCSIM_RAY_PORT=str(PORT),
                MCSIM_RAY_DASHBOARD_PORT=str(DASHBOARD_PORT))
+    env.setdefault("RAY", os.path.join(os.path.dirname(sys.executable), "ray"))  # the tests' own Ray
     try:
         up = subprocess.run([LOCAL_SH, "up"], env=env, capture_output=True, text=True, timeout=180)
         assert up.returncode == 0, up.stdout + up.stderr
@@ -132,7 +161,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_dataset_is_unchanged(cluste
     path = write_scenario(tmp_path, execution={"shard_images": 50, "trials_per_task": 2, "workers": 2})
     from mcsim.runner import driver
 
-    ds = driver.run(load_scenario(path), progress=False,
+    ds = driver.run(load_scenario(path),
                     executor_factory=lambda sc, n: Killing(sc, n, address=cluster["gcs"]))
     assert len(killed) == 2, killed
     assert len(after) == 2 and not set(after) & set(killed), (killed, after)  # replaced by new processes

@@ -513,3 +513,13 @@ def test_empty_sections_mean_defaults(tmp_path):
         "execution: {shard_images: 500, trials_per_task: 10, device: auto}\n", "execution:\n"),
         extra="sweep:\n  grid:\n  zip:\n")
     assert sc.hardware == Hardware() and sc.execution == Execution() and sc.sweep.is_empty
+
+
+def test_sweep_does_not_import_the_scenario():
+    """The study layer has no import circle: mcsim.sweep sits below mcsim.scenario."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mcsim.sweep, mcsim.validation; "
+            "assert 'mcsim.scenario' not in sys.modules, sorted(m for m in sys.modules if m.startswith('mcsim'))")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -18,7 +18,8 @@ def _i64(c: int) -> int:
     return c - (1 << 64) if c >= (1 << 63) else c
 
 
-_GOLDEN = _i64(0x9E3779B97F4A7C15)
+STEP = 0x9E3779B97F4A7C15  # SplitMix64's state increment (the golden ratio in 64 bits)
+_GOLDEN = _i64(STEP)
 _M1 = _i64(0xBF58476D1CE4E5B9)
 _M2 = _i64(0x94D049BB133111EB)
 

@@ -1,33 +1,77 @@
 """The driver: runs a scenario into its result store, resuming whatever an earlier run left.
 
-1. Check the output: a store of another scenario is refused (unless ``overwrite``), anything
-   that is not a Zarr store is never touched.
-2. Preflight: count the evaluation images and load the model (built-ins train here, once), so
-   that data and model errors come before anything is written.
-3. Plan the tasks; an existing store keeps its own shard and trial-block sizes.
-4. Create the store, or read its ledger: only the tasks not yet recorded run.
-5. Calibrate every sweep point (unless stored), then run the digital baseline and the
-   evaluation tasks; each result is written to the store as it arrives.
+:func:`run` reads as its phases:
+
+1. :func:`prepare`: check the output (a store of another scenario, mcsim version or torch
+   version is refused unless ``overwrite``; anything that is not a Zarr store is never touched),
+   count the evaluation images and plan the tasks (an existing store keeps its own shard and
+   trial-block sizes). A dry run stops here and reports the plan.
+2. :func:`preflight`: the device and the model (built-ins train here, once), so that setup, data
+   and model errors come before anything is written.
+3. :func:`open_store`: create the store, or read its ledger (only the tasks not yet recorded run).
+4. Inside a :class:`RunRecord` (its exit logs the run as finished, interrupted or failed):
+   :func:`calibrate` every sweep point (unless stored), then :func:`evaluate` the digital
+   baseline and the chips; each result is written to the store as it arrives.
+5. :func:`finish`: mark the store complete when nothing is left.
+
+The driver prints nothing: it reports :mod:`mcsim.runner.events` to ``on_event``.
 """
 from __future__ import annotations
 
 import platform
-import time
-from dataclasses import dataclass
-from typing import Callable, Optional
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Optional, Protocol
 
 import numpy as np
 
+from mcsim.runner.events import EventSink, Message, Phase, PhaseEnded, PhaseStarted, Plan, TaskDone, ignore
 from mcsim.runner.plan import RunPlan, make_plan
-from mcsim.runner.store import ResultStore, StoreError, StoreInfo, inspect_store, now, open_result, store_path
+from mcsim.runner.store import (
+    STORE_FORMAT,
+    ResultStore,
+    StoreError,
+    StoreInfo,
+    inspect_store,
+    now,
+    open_result,
+    store_path,
+)
 from mcsim.scenario import Scenario
 from mcsim.sweep import expand
 
-__all__ = ["Pending", "SetupError", "prepare", "run"]
+__all__ = ["Executor", "ExecutorFactory", "Pending", "Prepared", "RunRecord", "SetupError", "prepare", "run"]
 
 
 class SetupError(ValueError):
     """The scenario cannot run here (e.g. a CUDA device asked for on a machine without one)."""
+
+
+class Executor(Protocol):
+    """What the driver needs of an executor (:class:`~mcsim.runner.local.LocalExecutor`,
+    :class:`~mcsim.runner.ray.RayExecutor`): a context manager that runs jobs.
+
+    ``workers`` and ``threads`` are logged in the run record once the executor has started (a
+    Ray pool sizes itself then); ``device`` is known once a worker has loaded the model.
+    """
+
+    workers: Optional[int]
+    threads: Optional[int]
+
+    @property
+    def device(self) -> Optional[str]: ...
+
+    def __enter__(self) -> "Executor": ...
+
+    def __exit__(self, *exc: Any) -> Optional[bool]: ...
+
+    def run(self, jobs: Iterable[tuple[Any, Optional[dict]]]) -> Iterator[Any]:
+        """Run ``(task, calibration)`` jobs; yield each result as its task finishes."""
+        ...
+
+
+#: ``factory(scenario, workers)`` makes the executor of a run.
+ExecutorFactory = Callable[[Scenario, Optional[int]], Executor]
 
 
 @dataclass
@@ -45,12 +89,21 @@ class Pending:
         return not (self.calibrate or self.digital or self.evaluate)
 
 
-def _versions() -> dict:
+def versions() -> dict:
+    """The versions that make the numbers (a store is only resumed by the same ones)."""
     import torch
 
     import mcsim
 
     return {"mcsim_version": mcsim.__version__, "torch_version": str(torch.__version__)}
+
+
+def device_type(device: Optional[str]) -> Optional[str]:
+    """``"cuda:1"`` -> ``"cuda"``; None stays None."""
+    return None if device is None else str(device).split(":")[0]
+
+
+_AGAIN = "pass overwrite=True (CLI: --overwrite) to delete it and start again, or choose another output path"
 
 
 def check_output(path: str, scenario: Scenario, overwrite: bool) -> StoreInfo:
@@ -62,8 +115,8 @@ def check_output(path: str, scenario: Scenario, overwrite: bool) -> StoreInfo:
     if overwrite:
         return info
     if info.kind == "zarr":
-        raise StoreError(f"{path} is a Zarr store that mcsim did not write; use --overwrite to replace it, "
-                         "or choose another output path")
+        raise StoreError(f"{path} is a Zarr store that mcsim did not write; pass overwrite=True (CLI: "
+                         "--overwrite) to replace it, or choose another output path")
     if info.kind == "mcsim" and info.attrs.get("state") != "creating":
         if info.fingerprint != scenario.fingerprint:
             other = info.attrs.get("name", "?")
@@ -71,14 +124,31 @@ def check_output(path: str, scenario: Scenario, overwrite: bool) -> StoreInfo:
                 f"{path} holds the results of another scenario ({other!r}, fingerprint "
                 f"{str(info.fingerprint)[:12]}; this scenario {scenario.name!r} has "
                 f"{scenario.fingerprint[:12]}); a store is only resumed by the scenario that wrote it. "
-                "Use --overwrite to delete it and start again, or choose another output path"
+                + _AGAIN[0].upper() + _AGAIN[1:]
             )
-        from mcsim.runner.store import STORE_FORMAT
-
         if info.attrs.get("mcsim_store") != STORE_FORMAT:
             raise StoreError(f"{path} was written in store format {info.attrs.get('mcsim_store')}, not "
-                             f"{STORE_FORMAT}; use --overwrite to start again")
+                             f"{STORE_FORMAT}; {_AGAIN}")
+        if info.attrs.get("state") != "complete":
+            check_versions(path, info.attrs, versions())
     return info
+
+
+def check_versions(path: str, attrs: dict, ours: dict) -> None:
+    """Refuse to add numbers of other versions to a store: they may differ in the last bit."""
+    for key, what in (("mcsim_version", "mcsim"), ("torch_version", "torch")):
+        theirs = attrs.get(key)
+        if theirs is not None and theirs != ours[key]:
+            raise StoreError(f"{path} was computed with {what} {theirs}, this is {what} {ours[key]}: resuming "
+                             f"would mix numbers of two versions; {_AGAIN}")
+
+
+def check_device_type(path: str, attrs: dict, device: Optional[str]) -> None:
+    """Refuse to add numbers of another device type (cpu, cuda) to a store."""
+    theirs, ours = device_type(attrs.get("device")), device_type(device)
+    if theirs is not None and ours is not None and theirs != ours:
+        raise StoreError(f"{path} was computed on {theirs}, this run computes on {ours}: resuming would mix "
+                         f"numbers of two device types; set execution.device: {theirs}, or {_AGAIN}")
 
 
 def count_images(scenario: Scenario) -> int:
@@ -87,8 +157,27 @@ def count_images(scenario: Scenario) -> int:
     return len(evaluation_dataset(scenario.data))
 
 
-def prepare(scenario: Scenario, output: Optional[str] = None, overwrite: bool = False
-            ) -> tuple[str, StoreInfo, RunPlan]:
+@dataclass(frozen=True)
+class Prepared:
+    """The checked output and the plan of a run."""
+
+    path: str
+    info: StoreInfo  # what was at ``path`` before the run
+    plan: RunPlan
+    overwrite: bool
+
+    @property
+    def complete(self) -> bool:
+        """The store at ``path`` holds a finished run (and is kept)."""
+        return not self.overwrite and self.info.attrs.get("state") == "complete"
+
+    @property
+    def fresh(self) -> bool:
+        """The run creates the store (nothing there, or it replaces it)."""
+        return self.overwrite or self.info.kind in ("absent", "empty") or self.info.attrs.get("state") == "creating"
+
+
+def prepare(scenario: Scenario, *, output: Optional[str] = None, overwrite: bool = False) -> Prepared:
     """Check the output and plan the work (no writes; loads the evaluation data set)."""
     path = store_path(output or scenario.output)
     info = check_output(path, scenario, overwrite)
@@ -97,10 +186,10 @@ def prepare(scenario: Scenario, output: Optional[str] = None, overwrite: bool = 
     layout = info.layout if resume else {}
     if resume and int(layout.get("n_images", -1)) != n_images:
         raise StoreError(f"{path} was written over {layout.get('n_images')} evaluation images, but the data "
-                         f"set now has {n_images}; use --overwrite to start again")
+                         f"set now has {n_images}; {_AGAIN}")
     plan = make_plan(scenario, n_images, expand(scenario),
                      shard_images=layout.get("shard_size"), trials_per_task=layout.get("trials_per_task"))
-    return path, info, plan
+    return Prepared(path, info, plan, overwrite)
 
 
 def layout_note(scenario: Scenario, plan: RunPlan) -> Optional[str]:
@@ -119,93 +208,177 @@ def pending(store: ResultStore, plan: RunPlan) -> Pending:
     return Pending(not store.has_calibration(), digital, evaluate, int(done.size), int(digital_done.size))
 
 
-def describe_store(info: StoreInfo, plan: RunPlan, path: str, overwrite: bool) -> list[str]:
+def describe_store(prep: Prepared) -> list[str]:
+    """What a run would do to its output, in lines."""
+    info, path = prep.info, prep.path
     if info.kind in ("absent", "empty"):
         return [f"output: {path} (new)"]
-    if overwrite:
+    if prep.overwrite:
         return [f"output: {path} (exists: it would be deleted and written again)"]
     if info.kind == "mcsim" and info.attrs.get("state") != "creating":
-        store = ResultStore(path, plan)
-        left = pending(store, plan)
-        lines = [f"output: {path} (exists, same scenario)"]
-        lines.append(f"resume: {left.eval_total - len(left.evaluate)} of {left.eval_total} evaluation tasks "
-                     f"done, {len(left.evaluate)} to run" + ("; calibration to run" if left.calibrate else ""))
-        return lines
+        left = pending(ResultStore(path, prep.plan), prep.plan)
+        return [f"output: {path} (exists, same scenario)",
+                f"resume: {left.eval_total - len(left.evaluate)} of {left.eval_total} evaluation tasks "
+                f"done, {len(left.evaluate)} to run" + ("; calibration to run" if left.calibrate else "")]
     return [f"output: {path}"]
 
 
 # --------------------------------------------------------------------------------------
-# progress
+# the phases
 
 
-class _Progress:
-    """A rich progress bar (tasks done, images/s, ETA) or nothing."""
-
-    def __init__(self, enabled: bool, console=None):
-        self.enabled = enabled
-        self.console = console
-        self._progress = None
-
-    def message(self, text: str) -> None:
-        if self.enabled:
-            self._console().print(text, highlight=False, markup=False, soft_wrap=True)
-
-    def _console(self):
-        if self.console is None:
-            from rich.console import Console
-
-            self.console = Console(stderr=True)
-        return self.console
-
-    def phase(self, name: str, n_tasks: int, work: int):
-        return _Phase(self, name, n_tasks, work)
+def report_dry_run(scenario: Scenario, prep: Prepared, on_event: EventSink) -> None:
+    """Report the plan and what the store holds; compute and write nothing."""
+    title = (f"scenario {scenario.name!r} (fingerprint {scenario.fingerprint[:12]}): dry run, "
+             "nothing computed or written")
+    on_event(Plan(title, tuple(prep.plan.describe() + describe_store(prep)), dry_run=True))
 
 
-class _Phase:
-    def __init__(self, parent: _Progress, name: str, n_tasks: int, work: int):
-        self.parent, self.name, self.n_tasks, self.work = parent, name, n_tasks, max(work, 1)
-        self.done = 0
-        self.images = 0
-        self.start = time.perf_counter()
-        self.bar = None
+def preflight(scenario: Scenario, prep: Prepared, *, check_device: bool) -> None:
+    """Setup and model errors before any write: the device exists here (unless the tasks run
+    elsewhere), the store's device type is this one, the model loads (a built-in trains once)."""
+    from mcsim.engine.convert import pick_device
+    from mcsim.models import load_model
 
-    def __enter__(self):
-        self.plain = self.parent.enabled and not self.parent._console().is_terminal
-        self.last = 0.0
-        if self.plain:  # a log (e.g. a Ray job's): a line every few seconds instead of a bar
-            self.parent.message(f"{self.name}: 0/{self.n_tasks} tasks")
-        elif self.parent.enabled:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    if check_device:
+        try:
+            device = pick_device(scenario.execution.device)
+        except RuntimeError as err:
+            raise SetupError(f"execution.device: {err}") from None
+        if not prep.fresh and not prep.complete:
+            check_device_type(prep.path, prep.info.attrs, str(device))
+    load_model(scenario.model)
 
-            self.bar = Progress(
-                TextColumn("{task.description}"), BarColumn(),
-                TextColumn("{task.fields[tasks]} tasks"), TextColumn("{task.fields[rate]}"),
-                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                console=self.parent._console(), transient=False,
-            )
-            self.bar.__enter__()
-            self.id = self.bar.add_task(self.name, total=self.work, tasks=f"0/{self.n_tasks}", rate="")
+
+def open_store(scenario: Scenario, prep: Prepared) -> ResultStore:
+    """Create the store (recording the versions), or open it to resume (its result arrays
+    recomputed from its ledger, in case an interruption left them behind)."""
+    if prep.fresh:
+        return ResultStore.create(prep.path, scenario, prep.plan, extra_attrs=versions(),
+                                  overwrite=prep.info.kind not in ("absent", "empty"))
+    store = ResultStore(prep.path, prep.plan)
+    if not prep.complete:
+        store.refresh()
+    return store
+
+
+def announce(scenario: Scenario, prep: Prepared, left: Pending, on_event: EventSink) -> None:
+    """Tell what this run will do."""
+    if not prep.fresh:
+        note = layout_note(scenario, prep.plan)
+        if note:
+            on_event(Message(note))
+        on_event(Message(f"resuming {prep.path}: {left.eval_total - len(left.evaluate)} of {left.eval_total} "
+                         f"evaluation tasks already done; running {len(left.evaluate)}"
+                         + (", and the calibration" if left.calibrate else "")))
+    on_event(Plan(f"scenario {scenario.name!r}", tuple(prep.plan.describe())))
+
+
+@dataclass
+class RunRecord:
+    """One entry of the store's ``runs`` log, as a context manager: written as ``running`` on
+    entry, and on exit as ``finished``, ``interrupted`` (Ctrl-C) or ``failed``.
+
+    It also guards the device type: :meth:`check` is called before each result is written, and
+    refuses results of another device type than the store's (recording it when the store has none).
+    """
+
+    store: ResultStore
+    entry: dict = field(default_factory=dict)
+    _device_checked: bool = False
+
+    def __enter__(self) -> "RunRecord":
+        self.entry = {"started": now(), "status": "running",
+                      "computed": {"calibrate": 0, "digital": 0, "evaluate": 0},
+                      **versions(), "host": platform.node()}
+        self.store.record_run(self.entry)
         return self
 
-    def advance(self, work: int, images: int) -> None:
-        self.done += 1
-        self.images += images
-        if self.plain:
-            t = time.perf_counter()
-            if t - self.last >= 5 or self.done == self.n_tasks:
-                self.last = t
-                rate = self.images / max(t - self.start, 1e-9)
-                self.parent.message(f"{self.name}: {self.done}/{self.n_tasks} tasks"
-                                    + (f", {rate:,.0f} images/s" if self.images else "")
-                                    + f", {t - self.start:.0f} s")
-        if self.bar is not None:
-            rate = self.images / max(time.perf_counter() - self.start, 1e-9)
-            self.bar.update(self.id, advance=work, tasks=f"{self.done}/{self.n_tasks}",
-                            rate=f"{rate:,.0f} images/s" if self.images else "")
+    def executor(self, executor: Executor) -> None:
+        """Log the executor's size (known once started: a Ray pool sizes itself then)."""
+        for key in ("workers", "threads"):
+            if getattr(executor, key, None) is not None:  # a wrapper (bench/) may lack them
+                self.entry[key] = getattr(executor, key)
 
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
+    def check(self, device: Optional[str]) -> None:
+        if self._device_checked or device is None:
+            return
+        attrs = self.store.attrs()
+        check_device_type(self.store.path, attrs, device)
+        if attrs.get("device") is None:
+            self.store.update_attrs(device=device_type(device))
+        self.entry["device"] = device_type(device)
+        self._device_checked = True
+
+    def computed(self, kind: str) -> None:
+        self.entry["computed"][kind] += 1
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        status = ("finished" if exc_type is None
+                  else "interrupted" if issubclass(exc_type, KeyboardInterrupt) else "failed")
+        self.entry.update(status=status, ended=now())
+        try:
+            self.store.record_run(self.entry)
+        except Exception:  # noqa: BLE001 - never hide the original error
+            if exc_type is None:
+                raise
+        return False
+
+
+@contextmanager
+def _phase(on_event: EventSink, phase: Phase, tasks: int, work: int) -> Iterator[None]:
+    """A phase's start and end events; the end also when it fails (a display closes its bar)."""
+    on_event(PhaseStarted(phase, tasks, max(work, 1)))
+    try:
+        yield
+    finally:
+        on_event(PhaseEnded(phase))
+
+
+def calibrate(store: ResultStore, plan: RunPlan, executor: Executor, record: RunRecord, on_event: EventSink) -> None:
+    """Calibrate every sweep point, then store the calibrations at once."""
+    tasks = plan.calibration_tasks()
+    results = []
+    with _phase(on_event, "calibrating", len(tasks), len(tasks)):
+        for result in executor.run((t, None) for t in tasks):
+            record.check(executor.device)
+            results.append(result)
+            record.computed("calibrate")
+            on_event(TaskDone("calibrating", 1, 0))
+    store.write_calibration(results)
+
+
+def evaluate(store: ResultStore, left: Pending, executor: Executor, record: RunRecord, on_event: EventSink) -> None:
+    """The digital baseline and the chips, each result stored as it arrives."""
+    calibrations = store.read_calibration()
+    jobs = [(t, None) for t in left.digital] + [(t, calibrations[t.point]) for t in left.evaluate]
+    work = sum(t.n_images for t in left.digital) + sum(t.n_images * t.n_trials for t in left.evaluate)
+    with _phase(on_event, "evaluating", len(jobs), work):
+        for result in executor.run(jobs):
+            task = result.task
+            check_counts(result, task)
+            record.check(executor.device)
+            if task.kind == "digital":
+                store.write_digital(result)
+                work = task.n_images
+            else:
+                store.write_eval(result)
+                work = task.n_images * task.n_trials
+            record.computed(task.kind)
+            on_event(TaskDone("evaluating", work, work))
+
+
+def finish(store: ResultStore, plan: RunPlan) -> None:
+    """Bring the result arrays up to date with the ledger; mark the store complete when it is."""
+    store.refresh()
+    if pending(store, plan).nothing:
+        store.update_attrs(state="complete", finished=now())
+
+
+def _local_executor(scenario: Scenario, workers: Optional[int]) -> Executor:
+    from mcsim.runner.local import LocalExecutor
+
+    return LocalExecutor(scenario, workers=workers)
 
 
 # --------------------------------------------------------------------------------------
@@ -218,126 +391,46 @@ def run(
     output: Optional[str] = None,
     overwrite: bool = False,
     dry_run: bool = False,
-    progress: bool = True,
     workers: Optional[int] = None,
-    console=None,
-    executor_factory: Optional[Callable] = None,
+    on_event: Optional[EventSink] = None,
+    executor_factory: Optional[ExecutorFactory] = None,
     check_device: bool = True,
 ):
     """Run ``scenario`` (resuming its store) and return the result dataset; None for a dry run.
 
     ``executor_factory(scenario, workers)`` makes the executor (default: :class:`LocalExecutor`;
-    :class:`mcsim.runner.ray.RayExecutor` runs on Ray);
-    it must be a context manager with ``run(jobs)`` yielding results and a ``device`` attribute.
-    ``check_device=False`` skips the check that ``execution.device`` exists on this machine (a
-    Ray executor's workers run elsewhere: the driver of a GPU study may run on a CPU head).
+    :class:`mcsim.runner.ray.RayExecutor` runs on Ray); it must be a context manager with
+    ``run(jobs)`` yielding results and a ``device`` attribute. ``check_device=False`` skips
+    the check that ``execution.device`` exists on this machine (a Ray executor's workers run
+    elsewhere: the driver of a GPU study may run on a CPU head). ``on_event`` receives the
+    :mod:`mcsim.runner.events` of the run.
     """
-    out = _Progress(progress, console)
-    path, info, plan = prepare(scenario, output, overwrite)
+    on_event = on_event or ignore
+    prep = prepare(scenario, output=output, overwrite=overwrite)
     if dry_run:
-        if progress:
-            from rich.console import Console
-
-            con = console or Console(highlight=False, soft_wrap=True)
-            con.print(f"scenario {scenario.name!r} (fingerprint {scenario.fingerprint[:12]}): dry run, "
-                      "nothing computed or written", markup=False)
-            for line in plan.describe() + describe_store(info, plan, path, overwrite):
-                con.print("  " + line, markup=False)
+        report_dry_run(scenario, prep, on_event)
         return None
-
-    from mcsim.engine.convert import pick_device
-    from mcsim.models import load_model
-
-    if check_device:
-        try:
-            pick_device(scenario.execution.device)
-        except RuntimeError as err:
-            raise SetupError(f"execution.device: {err}") from None
-    load_model(scenario.model)  # model errors now, before any write; trains a built-in once
-    versions = _versions()
-    fresh = overwrite or info.kind in ("absent", "empty") or info.attrs.get("state") == "creating"
-    if fresh:
-        store = ResultStore.create(path, scenario, plan, overwrite=info.kind not in ("absent", "empty"),
-                                   extra_attrs=versions)
-    else:
-        store = ResultStore(path, plan)
-    left = pending(store, plan)
-    started = now()
+    preflight(scenario, prep, check_device=check_device)
+    store = open_store(scenario, prep)
+    left = pending(store, prep.plan)
     if left.nothing:
-        out.message(f"{path}: already complete, nothing to run")
-        return open_result(path)
-    if not fresh:
-        note = layout_note(scenario, plan)
-        if note:
-            out.message(note)
-        out.message(f"resuming {path}: {left.eval_total - len(left.evaluate)} of {left.eval_total} evaluation "
-                    f"tasks already done; running {len(left.evaluate)}"
-                    + (", and the calibration" if left.calibrate else ""))
-    for line in plan.describe():
-        out.message(line)
-
-    if executor_factory is None:
-        from mcsim.runner.local import LocalExecutor
-
-        def executor_factory(sc, n):
-            return LocalExecutor(sc, workers=n)
-
-    computed = {"calibrate": 0, "digital": 0, "evaluate": 0}
-    entry = {"started": started, "status": "running", "computed": computed, **versions,
-             "host": platform.node()}
-    store.record_run(entry)
-    executor = executor_factory(scenario, workers)
-    status = "failed"
-    try:
-        with executor:
-            for key in ("workers", "threads"):  # known once started (a Ray pool sizes itself then)
-                if getattr(executor, key, None) is not None:
-                    entry[key] = getattr(executor, key)
-            if left.calibrate:
-                results = []
-                tasks = plan.calibration_tasks()
-                with out.phase("calibrating", len(tasks), len(tasks)) as bar:
-                    for result in executor.run((t, None) for t in tasks):
-                        results.append(result)
-                        computed["calibrate"] += 1
-                        bar.advance(1, 0)
-                store.write_calibration(results)
-            calibrations = store.read_calibration()
-            jobs = [(t, None) for t in left.digital] + [(t, calibrations[t.point]) for t in left.evaluate]
-            work = sum(t.n_images for t in left.digital) + sum(t.n_images * t.n_trials for t in left.evaluate)
-            with out.phase("evaluating", len(jobs), work) as bar:
-                for result in executor.run(jobs):
-                    task = result.task
-                    if task.kind == "digital":
-                        _check_count(result, task)
-                        store.write_digital(result)
-                        computed["digital"] += 1
-                        bar.advance(task.n_images, task.n_images)
-                    else:
-                        _check_count(result, task)
-                        store.write_eval(result)
-                        computed["evaluate"] += 1
-                        bar.advance(task.n_images * task.n_trials, task.n_images * task.n_trials)
-            entry["device"] = executor.device
-        status = "finished"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    finally:
-        entry.update(status=status, ended=now())
-        try:
-            store.record_run(entry)
-        except Exception:  # noqa: BLE001 - never hide the original error
-            pass
-    left = pending(store, plan)
-    attrs = {"device": entry.get("device"), **versions}
-    if left.nothing:
-        attrs.update(state="complete", finished=now())
-    store.update_attrs(**attrs)
-    return open_result(path)
+        on_event(Message(f"{prep.path}: already complete, nothing to run"))
+        if not prep.complete:  # an earlier run was stopped between its last task and its end
+            finish(store, prep.plan)
+        return open_result(prep.path)
+    announce(scenario, prep, left, on_event)
+    make_executor = executor_factory or _local_executor
+    with RunRecord(store) as record, make_executor(scenario, workers) as executor:
+        record.executor(executor)
+        if left.calibrate:
+            calibrate(store, prep.plan, executor, record, on_event)
+        evaluate(store, left, executor, record, on_event)
+    finish(store, prep.plan)
+    return open_result(prep.path)
 
 
-def _check_count(result, task) -> None:
+def check_counts(result, task) -> None:
+    """A worker's counts must be possible: as many images as the task's, counts within them."""
     if result.n_images != task.n_images:
         raise RuntimeError(f"task {task}: the worker evaluated {result.n_images} images, not {task.n_images}")
     for name in ("correct_top1", "correct_top5"):

@@ -20,23 +20,15 @@ import socket
 import subprocess
 import sys
 import traceback
-from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
 from mcsim.runner.plan import Task
+from mcsim.runner.queue import JobQueue, RunError, TaskError
 
 __all__ = ["LocalExecutor", "RunError", "TaskError", "available_cores", "default_workers"]
-
-
-class RunError(RuntimeError):
-    """The run cannot go on (a task failed too often, the workers cannot start)."""
-
-
-class TaskError(RunError):
-    """A task failed ``max_retries + 1`` times."""
 
 
 def available_cores() -> int:
@@ -123,51 +115,6 @@ class _Proc:
     ready: bool = False
     job: Optional[tuple] = None  # (task_id, task, calibration) being run
     group: Optional[tuple] = None  # the group it works on
-
-
-@dataclass
-class _Queue:
-    """Pending jobs by group, in submission order; a failed job goes back to the front until it has
-    failed more than ``max_retries`` times."""
-
-    max_retries: int = 0
-    groups: "OrderedDict[tuple, deque]" = field(default_factory=OrderedDict)
-    started: set = field(default_factory=set)
-    failures: dict = field(default_factory=dict)
-
-    def retry(self, job: tuple, why: str) -> None:
-        task_id, task = job[0], job[1]
-        self.failures[task_id] = self.failures.get(task_id, 0) + 1
-        if self.failures[task_id] > self.max_retries:
-            raise TaskError(f"task {task} failed {self.failures[task_id]} times; last error: {why}")
-        self.push(job, front=True)
-
-    def push(self, job: tuple, front: bool = False) -> None:
-        q = self.groups.setdefault(job[1].group, deque())
-        q.appendleft(job) if front else q.append(job)
-
-    def __len__(self) -> int:
-        return sum(len(q) for q in self.groups.values())
-
-    def take(self, group: Optional[tuple]) -> Optional[tuple]:
-        """The next job for a process that worked on ``group``: same group, else a new one, else
-        the group with the most jobs left."""
-        if group in self.groups and self.groups[group]:
-            return self._pop(group)
-        fresh = [g for g, q in self.groups.items() if q and g not in self.started]
-        if fresh:
-            return self._pop(fresh[0])
-        busy = [g for g, q in self.groups.items() if q]
-        if busy:
-            return self._pop(max(busy, key=lambda g: len(self.groups[g])))
-        return None
-
-    def _pop(self, group: tuple) -> tuple:
-        self.started.add(group)
-        job = self.groups[group].popleft()
-        if not self.groups[group]:
-            del self.groups[group]
-        return job
 
 
 class LocalExecutor:
@@ -271,7 +218,7 @@ class LocalExecutor:
         """Run ``(task, calibration)`` jobs; yield each result as its task finishes."""
         if not self._procs:
             self.start()
-        queue = _Queue(self.max_retries)
+        queue = JobQueue(self.max_retries)
         for task_id, (task, calibration) in enumerate(jobs):
             queue.push((task_id, task, calibration))
         deaths = 0  # deaths of processes without a task (while starting)

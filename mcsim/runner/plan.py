@@ -12,7 +12,7 @@ Three kinds of task, each naming everything a worker needs besides the scenario:
 * :class:`DigitalTask`: correct counts of the digital model on one shard (the baseline);
 * :class:`EvalTask`: correct counts of a block of chips of one point on one shard.
 
-Pure Python: no torch here.
+No torch at import time (the keyed hash of :func:`point_seed` imports it on first use).
 """
 from __future__ import annotations
 
@@ -33,25 +33,16 @@ __all__ = [
     "point_seed",
 ]
 
-_MASK64 = (1 << 64) - 1
-_GOLDEN, _M1, _M2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
-
-
-def _splitmix(z: int) -> int:
-    z = (z + _GOLDEN) & _MASK64
-    z = ((z ^ (z >> 30)) * _M1) & _MASK64
-    z = ((z ^ (z >> 27)) * _M2) & _MASK64
-    return z ^ (z >> 31)
-
-
 def point_seed(seed: int, point: int) -> int:
-    """The engine seed of sweep point ``point``: a stable hash of ``(seed, point)``, in [0, 2**63).
+    """The engine seed of sweep point ``point``: ``mcsim.engine.rng.derive(seed, point)`` (the
+    keyed hash of ``(seed, point)``) with the sign bit cleared, in [0, 2**63).
 
-    The same fold as ``mcsim.engine.rng.derive(seed, point)`` (SplitMix64), in plain integers,
-    with the sign bit cleared.
+    ``seed`` is taken modulo 2**64 (as the int64 with the same bits).
     """
-    k = (seed & _MASK64) ^ _splitmix(point & _MASK64)
-    return _splitmix(k) & ((1 << 63) - 1)
+    from mcsim.engine.rng import derive  # torch: on first use only
+
+    seed %= 1 << 64
+    return int(derive(seed - (1 << 64) if seed >= 1 << 63 else seed, point).item()) & ((1 << 63) - 1)
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,9 @@ import os
 import time
 from typing import Any, Iterable, Iterator, Optional
 
-from mcsim.runner.local import RunError, TaskError, _Queue, available_cores
+from mcsim.runner.local import available_cores
 from mcsim.runner.plan import Task
+from mcsim.runner.queue import JobQueue, RunError, TaskError
 
 __all__ = ["ConnectError", "RayExecutor", "check_address", "init_ray", "ray_env"]
 
@@ -273,7 +274,7 @@ class RayExecutor:
 
         if not self.actors:
             self.start()
-        queue = _Queue(self.max_retries)
+        queue = JobQueue(self.max_retries)
         refs: dict[int, Any] = {}  # id(calibration dict) -> (dict, its object ref): one put per point
         for task_id, (task, calibration) in enumerate(jobs):
             if calibration is not None:

@@ -1,39 +1,53 @@
-"""The result store: a Zarr (v3) group written through xarray, and its ledger of finished tasks.
+"""The result store: a Zarr (v3) store whose root is the labelled result, and a ledger beside it.
 
-Layout (``S...`` are the sweep dims of :func:`mcsim.sweep.expand`, e.g. ``sigma, mapping``, or
-``point`` for zipped keys; the sweep coordinates are stored as xarray coordinates)::
+``xr.open_zarr(path)`` gives the result dataset (consolidated metadata: one read, no warning).
+``S...`` are the sweep dims of :func:`mcsim.sweep.expand` (e.g. ``sigma, mapping``, or ``point``
+for zipped keys; the sweep values are coordinates)::
 
-    correct_top1, correct_top5   int32 (S..., trial, shard)  chunks (1..., trials_per_task, 1)
-    done                         bool  (S..., trial_block, shard)  chunks 1: the ledger
-    digital_correct_top1/_top5   int32 (shard,)  chunks 1
-    digital_done                 bool  (shard,)  chunks 1: the ledger of the digital baseline
-    shard_images                 int32 (shard,)  images per shard
-    calibrated                   bool  (S...)  the point's hardware needed a calibration
-    analog                       bool  (S..., layer)  the layer is analog at that point
+    root: the result
+    correct_top1, correct_top5   int64 (S..., trial)  images classified right by each chip
+    n_images                     int64 (S..., trial)  images evaluated so far (all, when complete)
+    top1, top5                   float64 (S..., trial)  correct / n_images; NaN where none yet
+    complete                     bool (S...)  every chip of the point saw every image
+    digital_top1, digital_top5   float64 ()  the digital model (NaN until its shards are done)
+    calibrated                   bool (S...)  the point's hardware needed a calibration
+    analog                       bool (S..., layer)  the layer is analog at that point
     x_range                      float64 (S..., layer)  input (DAC) range; NaN: none
-    input_signed                 int8  (S..., layer)  1/0; -1: none
-    adc_slices                   int8  (S..., layer)  weight slices with an ADC range (0: none)
+    input_signed                 int8 (S..., layer)  1/0; -1: none
+    adc_slices                   int8 (S..., layer)  weight slices with an ADC range (0: none)
     adc_lo, adc_hi               float64 (S..., layer, slice)  ADC range per slice; NaN: none
 
-Every evaluation task writes exactly one chunk of each count array (then its ledger chunk), so
-concurrent writers never share a chunk. The calibration arrays are written once, when every
-point is calibrated (they are cheap to redo), then the ``calibration_written`` attribute (the
-calibration's ledger). Attributes hold the scenario text and fingerprint, the layout (image
-count, batch, shard and trial-block sizes), versions, device, times and a log of the runs.
+    ledger/: what resume needs (``xr.open_zarr(path, group="ledger")``)
+    correct_top1, correct_top5   int32 (S..., trial, shard)  chunks (1..., trials_per_task, 1)
+    done                         bool (S..., trial_block, shard)  chunks 1
+    digital_correct_top1/_top5   int32 (shard,)  chunks 1
+    digital_done                 bool (shard,)  chunks 1
+    shard_images                 int32 (shard,)  images per shard
 
-The ledger is written after the counts: a task is done when its ledger entry is, and an
-interrupted run resumes with exactly the tasks whose entry is missing. Paths may be local paths
+A task is done when its ledger entry is. Every write covers whole chunks (zarr loses data when
+concurrent writes share a chunk): an evaluation task writes its own chunk of each ledger count
+array, then its own ``done`` chunk, then the result chunk of its point and trial block (counts
+summed over the shards done; chunks ``(1..., trials_per_task)``). The shards of a block share
+that result chunk: the driver, the store's only writer, writes results one at a time. The result
+arrays are a view of the ledger: a run recomputes them all when it opens a store to resume and
+when it finishes, so an interrupted store always opens with plain xarray, ``complete`` telling
+which points are done.
+The calibration arrays are written once, when every point is calibrated (they are cheap to redo),
+then the ``calibration_written`` attribute (the calibration's ledger).
+
+Attributes hold the scenario text and fingerprint, the layout (image count, batch, shard and
+trial-block sizes), the mcsim and torch versions and the device type that computed the numbers
+(a store is only resumed by the same ones), times and a log of the runs. Paths may be local paths
 or fsspec URLs; all I/O goes through xarray/zarr (and fsspec for the existence checks).
-
-:func:`open_result` sums the shards into the result dataset (accuracy per point and trial).
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
 import math
+import warnings
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Literal, Optional, get_args
 
 import numpy as np
 import xarray as xr
@@ -43,6 +57,7 @@ from mcsim.runner.plan import RunPlan
 from mcsim.scenario import Scenario
 
 __all__ = [
+    "LEDGER",
     "STORE_FORMAT",
     "ResultStore",
     "StoreError",
@@ -52,13 +67,12 @@ __all__ = [
     "store_path",
 ]
 
-STORE_FORMAT = 1  # bump when the layout changes
+STORE_FORMAT = 2  # bump when the layout changes (2: the result at the root, the ledger in ledger/)
+LEDGER = "ledger"  # the ledger's group
 COUNT_VARS = ("correct_top1", "correct_top5")
 DIGITAL_VARS = ("digital_correct_top1", "digital_correct_top5")
 CALIBRATION_VARS = ("calibrated", "analog", "x_range", "input_signed", "adc_slices", "adc_lo", "adc_hi")
-RESULT_CAL_VARS = ("x_range", "input_signed", "adc_lo", "adc_hi", "analog")
-_OPEN = dict(consolidated=False)
-_WRITE = dict(consolidated=False, zarr_format=3)
+_WRITE = dict(consolidated=False, zarr_format=3)  # metadata is consolidated once all of it is written
 
 
 class StoreError(Exception):
@@ -73,13 +87,21 @@ def now() -> str:
 # what is at a path
 
 
+#: What is at a store path: nothing, an empty folder, an mcsim store, another Zarr group, anything else.
+StoreKind = Literal["absent", "empty", "mcsim", "zarr", "other"]
+
+
 @dataclass(frozen=True)
 class StoreInfo:
-    """What is at a store path: ``kind`` is absent | empty | mcsim | zarr | other."""
+    """What is at a store path (``kind``), and the attributes of the Zarr group there."""
 
     path: str
-    kind: str
+    kind: StoreKind
     attrs: dict
+
+    def __post_init__(self):
+        if self.kind not in get_args(StoreKind):
+            raise ValueError(f"StoreInfo.kind: {self.kind!r} is not one of {', '.join(get_args(StoreKind))}")
 
     @property
     def fingerprint(self) -> Optional[str]:
@@ -159,41 +181,65 @@ def _merge_layers(lists: list[list[str]]) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------
+# the result as a view of the ledger
+
+
+def _summary(counts: dict, done: np.ndarray, shard_images: np.ndarray, trials_per_task: int) -> dict:
+    """The result arrays of ledger entries: ``counts[var]`` (..., trial, shard) and ``done``
+    (..., trial_block, shard) give counts, ``n_images``, accuracies (..., trial) and ``complete`` (...)."""
+    n_trials = counts[COUNT_VARS[0]].shape[-2]
+    done_trial = done[..., np.arange(n_trials) // trials_per_task, :]  # (..., trial, shard)
+    n_images = (done_trial * shard_images.astype(np.int64)).sum(-1)
+    out = {"n_images": n_images, "complete": done.all(axis=(-2, -1))}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for var in COUNT_VARS:
+            correct = (counts[var].astype(np.int64) * done_trial).sum(-1)
+            out[var] = correct
+            out[var.removeprefix("correct_")] = np.where(n_images > 0, correct / np.maximum(n_images, 1), np.nan)
+    return out
+
+
+def _digital_summary(counts: dict, done: np.ndarray, shard_images: np.ndarray) -> dict:
+    """``digital_top1``/``digital_top5`` over the digital shards done (NaN: none yet)."""
+    n = int((shard_images.astype(np.int64) * done).sum())
+    return {var.replace("_correct", ""): (int((counts[var].astype(np.int64) * done).sum()) / n if n else math.nan)
+            for var in DIGITAL_VARS}
+
+
+def _consolidate(path: str) -> None:
+    """Write the consolidated metadata (plain ``xr.open_zarr`` reads it without a warning)."""
+    with warnings.catch_warnings():  # zarr notes that consolidation is not in the v3 spec yet
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(path, zarr_format=3)
+
+
+# --------------------------------------------------------------------------------------
 # the store
 
 
 class ResultStore:
-    """An mcsim result store at ``path`` with the layout of ``plan``."""
+    """An mcsim result store at ``path`` with the layout of ``plan``.
+
+    The driver is its only writer. The ledger is read once (:meth:`ledger` loads it) and kept in
+    memory beside the store, so that each finished task updates its result chunk without reading
+    the other shards back.
+    """
 
     def __init__(self, path: str, plan: RunPlan):
         self.path = store_path(path)
         self.plan = plan
         self.dims = list(plan.sweep.dims)
         self.shape = tuple(plan.sweep.shape)
+        self._group = None  # the root group, opened for writing on first use
+        self._mirror: Optional[dict] = None  # the ledger's arrays, once read
 
     # ---- creation
 
     @classmethod
     def create(cls, path: str, scenario: Scenario, plan: RunPlan, *, overwrite: bool = False,
                extra_attrs: Optional[dict] = None) -> "ResultStore":
-        """Write the empty layout (counts of zero, an empty ledger) and the attributes."""
+        """Write the empty result, the empty ledger and the attributes."""
         store = cls(path, plan)
-        path = store.path
-        shards = plan.shards
-        n_shards, n_blocks, trials = len(shards), len(plan.trial_blocks), plan.trials
-        s_dims, s_shape = store.dims, store.shape
-        ones = (1,) * len(s_dims)
-        data = {}
-        for var in COUNT_VARS:
-            data[var] = (s_dims + ["trial", "shard"], np.zeros(s_shape + (trials, n_shards), np.int32))
-        data["done"] = (s_dims + ["trial_block", "shard"], np.zeros(s_shape + (n_blocks, n_shards), bool))
-        for var in DIGITAL_VARS:
-            data[var] = (["shard"], np.zeros(n_shards, np.int32))
-        data["digital_done"] = (["shard"], np.zeros(n_shards, bool))
-        data["shard_images"] = (["shard"], np.array([i1 - i0 for i0, i1 in shards], np.int32))
-        coords = dict(sweep_coords(plan))
-        coords["trial"] = ("trial", np.arange(trials, dtype=np.int64))
-        coords["shard"] = ("shard", np.arange(n_shards, dtype=np.int64))
         attrs = {
             "mcsim_store": STORE_FORMAT,
             "state": "creating",
@@ -206,29 +252,70 @@ class ResultStore:
                 "shard_size": plan.shard_size,
                 "trials": plan.trials,
                 "trials_per_task": plan.trials_per_task,
-                "dims": s_dims,
+                "dims": store.dims,
                 "coord_dims": dict(plan.sweep.coord_dims),
             },
             "created": now(),
             "runs": [],
             **(extra_attrs or {}),
         }
-        ds = xr.Dataset(data, coords=coords, attrs=attrs)
+        result, encoding = store._empty_result(attrs)
+        result.to_zarr(store.path, mode="w" if overwrite else "w-", encoding=encoding, **_WRITE)
+        ledger, encoding = store._empty_ledger()
+        ledger.to_zarr(store.path, group=LEDGER, mode="w-", encoding=encoding, **_WRITE)
+        _consolidate(store.path)
+        store.update_attrs(state="ready")
+        return store
+
+    def _empty_result(self, attrs: dict) -> tuple[xr.Dataset, dict]:
+        plan, s_dims, s_shape = self.plan, self.dims, self.shape
+        trials, ones = plan.trials, (1,) * len(self.dims)
+        per_trial = s_dims + ["trial"]
+        data = {
+            "correct_top1": (per_trial, np.zeros(s_shape + (trials,), np.int64)),
+            "correct_top5": (per_trial, np.zeros(s_shape + (trials,), np.int64)),
+            "n_images": (per_trial, np.zeros(s_shape + (trials,), np.int64)),
+            "top1": (per_trial, np.full(s_shape + (trials,), np.nan), {"long_name": "top-1 accuracy"}),
+            "top5": (per_trial, np.full(s_shape + (trials,), np.nan), {"long_name": "top-5 accuracy"}),
+            "complete": (s_dims, np.zeros(s_shape, bool)),
+            "digital_top1": ((), np.nan, {"long_name": "top-1 accuracy of the digital model"}),
+            "digital_top5": ((), np.nan, {"long_name": "top-5 accuracy of the digital model"}),
+        }
+        coords = dict(sweep_coords(plan))
+        coords["trial"] = ("trial", np.arange(trials, dtype=np.int64))
+        encoding = {var: {"chunks": ones + (plan.trials_per_task,)}
+                    for var in ("correct_top1", "correct_top5", "n_images", "top1", "top5")}
+        encoding["complete"] = {"chunks": ones}
+        return xr.Dataset(data, coords=coords, attrs=attrs), encoding
+
+    def _empty_ledger(self) -> tuple[xr.Dataset, dict]:
+        plan, s_dims, s_shape = self.plan, self.dims, self.shape
+        n_shards, n_blocks, ones = len(plan.shards), len(plan.trial_blocks), (1,) * len(self.dims)
+        data = {var: (s_dims + ["trial", "shard"], np.zeros(s_shape + (plan.trials, n_shards), np.int32))
+                for var in COUNT_VARS}
+        data["done"] = (s_dims + ["trial_block", "shard"], np.zeros(s_shape + (n_blocks, n_shards), bool))
+        for var in DIGITAL_VARS:
+            data[var] = (["shard"], np.zeros(n_shards, np.int32))
+        data["digital_done"] = (["shard"], np.zeros(n_shards, bool))
+        data["shard_images"] = (["shard"], np.array([i1 - i0 for i0, i1 in plan.shards], np.int32))
         encoding = {var: {"chunks": ones + (plan.trials_per_task, 1)} for var in COUNT_VARS}
         encoding["done"] = {"chunks": ones + (1, 1)}
         for var in DIGITAL_VARS + ("digital_done",):
             encoding[var] = {"chunks": (1,)}
-        ds.to_zarr(path, mode="w" if overwrite else "w-", encoding=encoding, **_WRITE)
-        store.update_attrs(state="ready")
-        return store
+        return xr.Dataset(data), encoding
 
     # ---- attributes
+
+    def _root(self):
+        if self._group is None:
+            self._group = zarr.open_group(self.path, mode="r+")
+        return self._group
 
     def attrs(self) -> dict:
         return dict(zarr.open_group(self.path, mode="r").attrs)
 
     def update_attrs(self, **values: Any) -> None:
-        zarr.open_group(self.path, mode="r+").attrs.update(values)
+        self._root().attrs.update(values)
 
     def record_run(self, entry: dict) -> None:
         """Add or replace (same ``started``) an entry of the ``runs`` attribute."""
@@ -237,13 +324,17 @@ class ResultStore:
 
     # ---- ledger
 
-    def _open(self) -> xr.Dataset:
-        return xr.open_zarr(self.path, **_OPEN)
+    def _ledger(self) -> dict:
+        if self._mirror is None:
+            group = zarr.open_group(self.path, mode="r")[LEDGER]
+            self._mirror = {name: np.asarray(group[name][...])
+                            for name in COUNT_VARS + DIGITAL_VARS + ("done", "digital_done", "shard_images")}
+        return self._mirror
 
     def ledger(self) -> tuple[np.ndarray, np.ndarray]:
         """(done (S..., trial_block, shard), digital_done (shard,)) as booleans."""
-        ds = self._open()
-        return ds["done"].values.astype(bool), ds["digital_done"].values.astype(bool)
+        m = self._ledger()
+        return m["done"].astype(bool), m["digital_done"].astype(bool)
 
     def has_calibration(self) -> bool:
         """The calibration arrays are completely written (their marker is set after them)."""
@@ -251,36 +342,71 @@ class ResultStore:
 
     # ---- writes
 
-    def _region(self, point: int) -> dict:
-        position = self.plan.sweep.points[point].position
-        return {d: slice(i, i + 1) for d, i in zip(self.dims, position)}
-
     def write_eval(self, result) -> None:
-        """Counts of one evaluation task, then its ledger entry."""
-        task = result.task
-        region = self._region(task.point)
-        lead = (1,) * len(self.dims)
-        counts = xr.Dataset({
-            var: (self.dims + ["trial", "shard"],
-                  np.asarray(getattr(result, var), dtype=np.int32).reshape(lead + (task.n_trials, 1)))
-            for var in COUNT_VARS
-        })
-        counts.to_zarr(self.path, mode="r+", region={**region, "trial": slice(task.t0, task.t1),
-                                                     "shard": slice(task.shard, task.shard + 1)}, **_OPEN)
-        ledger = xr.Dataset({"done": (self.dims + ["trial_block", "shard"], np.ones(lead + (1, 1), bool))})
-        ledger.to_zarr(self.path, mode="r+", region={**region, "trial_block": slice(task.block, task.block + 1),
-                                                     "shard": slice(task.shard, task.shard + 1)}, **_OPEN)
+        """Counts of one evaluation task, its ledger entry, then its point's result chunk."""
+        task, m = result.task, self._ledger()
+        pos = self.plan.sweep.points[task.point].position
+        ledger = self._root()[LEDGER]
+        for var in COUNT_VARS:
+            values = np.asarray(getattr(result, var), dtype=np.int32)
+            ledger[var][pos + (slice(task.t0, task.t1), task.shard)] = values
+            m[var][pos + (slice(task.t0, task.t1), task.shard)] = values
+        ledger["done"][pos + (task.block, task.shard)] = True
+        m["done"][pos + (task.block, task.shard)] = True
+        self._write_result(pos, task.block)
+
+    def _write_result(self, pos: tuple, block: int) -> None:
+        """Recompute the result chunk of one point and trial block from the ledger."""
+        m, tpt = self._ledger(), self.plan.trials_per_task
+        t0, t1 = self.plan.trial_blocks[block]
+        done = m["done"][pos][[block]]  # (1 block, shard)
+        counts = {var: m[var][pos][t0:t1] for var in COUNT_VARS}
+        summary = _summary(counts, done, m["shard_images"], tpt)
+        root = self._root()
+        for var in ("n_images",) + COUNT_VARS + ("top1", "top5"):
+            root[var][pos + (slice(t0, t1),)] = summary[var]
+        root["complete"][pos] = bool(m["done"][pos].all())
 
     def write_digital(self, result) -> None:
-        s = result.task.shard
-        counts = xr.Dataset({var: (["shard"], np.array([getattr(result, var.removeprefix("digital_"))], np.int32))
-                             for var in DIGITAL_VARS})
-        counts.to_zarr(self.path, mode="r+", region={"shard": slice(s, s + 1)}, **_OPEN)
-        xr.Dataset({"digital_done": (["shard"], np.ones(1, bool))}).to_zarr(
-            self.path, mode="r+", region={"shard": slice(s, s + 1)}, **_OPEN)
+        """Counts of one digital task, its ledger entry, then the digital accuracies."""
+        s, m = result.task.shard, self._ledger()
+        ledger = self._root()[LEDGER]
+        for var in DIGITAL_VARS:
+            value = int(getattr(result, var.removeprefix("digital_")))
+            ledger[var][s] = value
+            m[var][s] = value
+        ledger["digital_done"][s] = True
+        m["digital_done"][s] = True
+        self._write_digital_result()
+
+    def _write_digital_result(self) -> None:
+        m, root = self._ledger(), self._root()
+        counts = {var: m[var] for var in DIGITAL_VARS}
+        for var, value in _digital_summary(counts, m["digital_done"], m["shard_images"]).items():
+            root[var][()] = value
+
+    def refresh(self) -> None:
+        """Recompute every result array from the ledger (after an interruption, the result may
+        lag its ledger by the task being written)."""
+        m, root = self._ledger(), self._root()
+        summary = _summary({var: m[var] for var in COUNT_VARS}, m["done"], m["shard_images"],
+                           self.plan.trials_per_task)
+        for var, values in summary.items():
+            root[var][...] = values
+        self._write_digital_result()
 
     def write_calibration(self, results: list) -> None:
-        """The calibration of every point (results of the calibration tasks, any order)."""
+        """The calibration of every point (results of the calibration tasks, any order), then
+        its marker; the root's metadata is consolidated again (it has new arrays)."""
+        ds = self._calibration_dataset(results)
+        ds.attrs.update(self.attrs())  # an append replaces the group's attributes: keep them
+        ds.to_zarr(self.path, mode="a", **_WRITE)
+        _consolidate(self.path)
+        self._group = None  # reopen: the root has new arrays
+        self.update_attrs(calibration_written=now())  # the marker: every calibration array is complete
+
+    def _calibration_dataset(self, results: list) -> xr.Dataset:
+        """The calibration arrays (over the sweep dims, ``layer`` and ``slice``) of the results."""
         by_point = {r.task.point: r for r in results}
         missing = [p.index for p in self.plan.sweep.points if p.index not in by_point]
         if missing:
@@ -316,7 +442,7 @@ class ResultStore:
                     lo[pos + (j,)][: len(los)] = np.asarray(los, np.float64)
                     hi[pos + (j,)][: len(his)] = np.asarray(his, np.float64)
         s_dims = self.dims
-        ds = xr.Dataset(
+        return xr.Dataset(
             {
                 "calibrated": (s_dims, calibrated),
                 "analog": (s_dims + ["layer"], analog),
@@ -328,16 +454,13 @@ class ResultStore:
             },
             coords={"layer": ("layer", np.array(layers, dtype=object)),
                     "slice": ("slice", np.arange(n_slices, dtype=np.int64))},
-            attrs=self.attrs(),  # an append replaces the group's attributes: keep them
         )
-        ds.to_zarr(self.path, mode="a", **_WRITE)
-        self.update_attrs(calibration_written=now())  # the marker: every calibration array is complete
 
     def read_calibration(self) -> dict[int, Optional[dict]]:
         """Per point index, the calibration state to load into its converted model (None: none)."""
-        ds = self._open()
-        v = {k: ds[k].values for k in CALIBRATION_VARS}
-        layers = [str(x) for x in ds["layer"].values]
+        group = zarr.open_group(self.path, mode="r")
+        v = {k: np.asarray(group[k][...]) for k in CALIBRATION_VARS}
+        layers = [str(x) for x in np.asarray(group["layer"][...])]
         out: dict[int, Optional[dict]] = {}
         for p in self.plan.sweep.points:
             pos = p.position
@@ -366,62 +489,61 @@ class ResultStore:
 # the result
 
 
-def open_result(path: str, *, partial: bool = False) -> xr.Dataset:
-    """The result of a finished run at ``path``, in memory.
-
-    Dims: the sweep dims, ``trial`` (and ``layer``/``slice`` for calibration variables).
-    Variables: ``top1``, ``top5`` (fractions), ``correct_top1``, ``correct_top5``, ``n_images``,
-    ``digital_top1``, ``digital_top5``, and the calibration: ``x_range``, ``input_signed``,
-    ``adc_lo``, ``adc_hi``, ``analog``. Attributes: the scenario, its fingerprint, versions, device,
-    times. ``partial=True`` opens an unfinished store (accuracies over the images done so far,
-    NaN where none); otherwise an unfinished store raises :class:`StoreError`.
-    """
-    path = store_path(path)
-    info = inspect_store(path)
+def check_readable(info: StoreInfo) -> None:
+    """Raise :class:`StoreError` unless ``info`` is an mcsim store of this format, created whole."""
+    path = info.path
     if info.kind == "absent":
         raise StoreError(f"{path}: no result store there")
     if info.kind != "mcsim":
         raise StoreError(f"{path}: not an mcsim result store")
     if info.attrs.get("mcsim_store") != STORE_FORMAT:
         raise StoreError(f"{path}: store format {info.attrs.get('mcsim_store')} is not the format "
-                         f"{STORE_FORMAT} of this mcsim version")
+                         f"{STORE_FORMAT} of this mcsim version; run the scenario again with overwrite=True "
+                         "(CLI: --overwrite) to rewrite it")
     if info.attrs.get("state") == "creating":
         raise StoreError(f"{path}: the store was never completely created; run the scenario again")
-    raw = xr.open_zarr(path, **_OPEN).load()
-    layout = info.layout
-    tpt = int(layout["trials_per_task"])
-    done, digital_done = raw["done"].values.astype(bool), raw["digital_done"].values.astype(bool)
-    calibrated = bool(info.attrs.get("calibration_written")) and "x_range" in raw
-    complete = bool(done.all() and digital_done.all() and calibrated)
-    if not complete and not partial:
-        raise StoreError(
-            f"{path}: the run is not finished ({int(done.sum())} of {done.size} evaluation tasks, "
-            f"{int(digital_done.sum())} of {digital_done.size} digital tasks done"
-            f"{'' if calibrated else ', not calibrated'}); run the scenario again to finish it"
-        )
-    trial_blocks = np.arange(raw.sizes["trial"]) // tpt
-    done_trial = xr.DataArray(done[..., trial_blocks, :], dims=raw["correct_top1"].dims)  # (S..., trial, shard)
-    shard_images = raw["shard_images"].astype(np.int64)
-    n_images = (shard_images * done_trial).sum("shard")
-    out = xr.Dataset(attrs=dict(info.attrs))
-    for var in COUNT_VARS:
-        counts = (raw[var].astype(np.int64) * done_trial).sum("shard")
-        out[var] = counts
-        metric = var.removeprefix("correct_")
-        out[metric] = (counts / n_images.where(n_images > 0)).astype(np.float64)
-    out["n_images"] = n_images
-    n_digital = int((raw["shard_images"].values * digital_done).sum())
-    for var in DIGITAL_VARS:
-        c = int((raw[var].values.astype(np.int64) * digital_done).sum())
-        out[var.replace("_correct", "")] = c / n_digital if n_digital else math.nan
-    if calibrated:
-        for var in RESULT_CAL_VARS:
-            out[var] = raw[var]
-    out = out.drop_vars([c for c in ("shard", "trial_block") if c in out.coords])
+
+
+def open_result(path: str, *, partial: bool = False) -> xr.Dataset:
+    """The result of a run at ``path``, loaded into memory: ``xr.open_zarr(path)``, checked.
+
+    Args:
+        path: the result store (a local path or an fsspec URL).
+        partial: open an unfinished store too (accuracies over the images done so far, NaN
+            where none; ``complete`` tells which sweep points are done).
+
+    Returns:
+        The ``xarray.Dataset`` at the store's root. Dims: the sweep dims, ``trial`` (and
+        ``layer``/``slice`` for the calibration). Variables: ``top1``, ``top5`` (fractions),
+        ``correct_top1``, ``correct_top5``, ``n_images``, ``complete``, ``digital_top1``,
+        ``digital_top5``, and the calibration (``x_range``, ``input_signed``, ``adc_lo``,
+        ``adc_hi``, ``adc_slices``, ``analog``, ``calibrated``). Attributes: the scenario, its
+        fingerprint, versions, device, times, the log of the runs.
+
+    Raises:
+        StoreError: no mcsim store of this format at ``path``, or (unless ``partial``) an
+            unfinished run.
+
+    >>> ds = open_result("outputs/quickstart.zarr")  # doctest: +SKIP
+    >>> ds["top1"].mean("trial").sel(sigma=0.05)  # doctest: +SKIP
+    """
+    path = store_path(path)
+    info = inspect_store(path)
+    check_readable(info)
+    if not partial:
+        group = zarr.open_group(path, mode="r")
+        done = np.asarray(group[LEDGER]["done"][...])
+        digital_done = np.asarray(group[LEDGER]["digital_done"][...])
+        calibrated = bool(info.attrs.get("calibration_written"))
+        if not (done.all() and digital_done.all() and calibrated):
+            raise StoreError(
+                f"{path}: the run is not finished ({int(done.sum())} of {done.size} evaluation tasks, "
+                f"{int(digital_done.sum())} of {digital_done.size} digital tasks done"
+                f"{'' if calibrated else ', not calibrated'}); run the scenario again to finish it, "
+                "or open it with partial=True (CLI: --partial)"
+            )
+    out = xr.open_zarr(path).load()
     for name in list(out.coords):
         if out[name].dtype.kind == "T":  # numpy StringDType from zarr: plain str objects
             out = out.assign_coords({name: (out[name].dims, out[name].values.astype(object))})
-    out["top1"].attrs["long_name"] = "top-1 accuracy"
-    out["top5"].attrs["long_name"] = "top-5 accuracy"
-    out["digital_top1"].attrs["long_name"] = "top-1 accuracy of the digital model"
     return out
