@@ -20,7 +20,8 @@ MVM; ``pos`` output positions, tokens included; ``C_out`` columns, a differentia
 * ``array_g_v2 = sum(G * v**2)`` over every device read and every read: ``G`` the chip's programmed
   (and drifted) normalized conductances of all slices and device kinds (IR drop not included),
   ``v`` the normalized input (per bit, 0 or +-1, when bit-serial). One grouped convolution of
-  ``v**2`` (bit-serial: the count of set bits) with each row's conductance summed over the columns.
+  ``v**2`` (bit-serial: the count of set bits), summed over the call's images, with each row's
+  conductance summed over the columns.
 * ``digital_adds``: recombining the ``S * P * nb`` digitized terms of each output (``terms - 1``
   shift-and-adds); offset mapping: summing each plane's inputs over the ``K`` rows (``K - 1``) and the
   planes (``nb - 1``) per position and group, and one subtraction per output.
@@ -54,9 +55,9 @@ COUNTS = ("adc_conversions", "dac_pulses", "row_slots", "array_g_v2", "digital_a
 
 @dataclass
 class EnergyCounts:
-    """Counts per image: ``counts[name]`` is ``(T, L)`` for the model's chips and ``layers``
-    (analog and kept-digital Conv2d/Linear, in module order); ``adc_bits`` ``(L,)`` the resolution
-    each layer's conversions are priced at (0 for a digital layer)."""
+    """Counts per image (or summed over ``images``): ``counts[name]`` is ``(T, L)`` for the model's
+    chips and ``layers`` (analog and kept-digital Conv2d/Linear, in module order); ``adc_bits``
+    ``(L,)`` the resolution each layer's conversions are priced at (0 for a digital layer)."""
 
     chips: list[int]
     layers: list[str]
@@ -64,12 +65,16 @@ class EnergyCounts:
     adc_bits: np.ndarray
     images: int
 
+    def stacked(self) -> np.ndarray:
+        """The counts as one array ``(T, len(COUNTS), L)``."""
+        return np.stack([self.counts[k] for k in COUNTS], axis=1)
+
     def joules(self, energy: Energy) -> np.ndarray:
-        """Energy per image ``(T, 4)`` by component (``physics.energy.COMPONENTS``), in J."""
+        """Energy ``(T, 4)`` by component (``physics.energy.COMPONENTS``), in J."""
         return self.joules_per_layer(energy).sum(2)
 
     def joules_per_layer(self, energy: Energy) -> np.ndarray:
-        """Energy per image ``(T, 4, L)`` by component and layer, in J."""
+        """Energy ``(T, 4, L)`` by component and layer, in J."""
         c = self.counts
         fom = np.array([price.adc_conversion_energy(int(b), energy.adc_fom_j) if b else 0.0 for b in self.adc_bits])
         parts = [
@@ -104,9 +109,9 @@ class EnergyCounter:
         v = values.detach().double().cpu().numpy() if torch.is_tensor(values) else float(values)
         self.sums[name][rows, self._col[layer]] += v
 
-    def result(self) -> EnergyCounts:
-        """The counts per image so far."""
-        n = max(self.images, 1)
+    def result(self, *, per_image: bool = True) -> EnergyCounts:
+        """The counts so far, per image (or summed over the images seen: ``per_image=False``)."""
+        n = max(self.images, 1) if per_image else 1
         return EnergyCounts(
             list(self.chips), list(self.layers), {k: v / n for k, v in self.sums.items()},
             np.array([self.adc_bits[n_] for n_ in self.layers]), self.images,
@@ -122,16 +127,18 @@ class EnergyCounter:
         nb_adc = nb_in if bitserial and hw.input_accumulation == "digital" else 1
         self.adc_bits[layer.name] = hw.adc.bits if hw.adc.bits is not None else hw.energy.ideal_adc_bits
 
+        # Both sums are linear in the inputs: sum the call's images first, then one float64 (exact)
+        # convolution per chip on that one summed input.
         active, v2 = _drive(n, layer, p, bitserial)
-        ones = torch.ones(geo.groups, geo.cg, *geo.kernel, dtype=n.dtype, device=n.device)
-        pulses = layer._per_chip_conv(active, ones, None, geo.groups, shared=True)  # (Tc, r, g, H', W')
+        ones = torch.ones(geo.groups, geo.cg, *geo.kernel, dtype=torch.float64, device=n.device)
+        pulses = layer._per_chip_conv(active, ones, None, geo.groups, shared=True)  # (Tc, 1, g, H', W')
         g_v2 = layer._per_chip_conv(v2, self._row_conductance(layer), None, geo.groups)
-        pos = pulses.shape[1] * pulses[0, 0, 0].numel()  # output positions of the call, per chip
+        pos = n.shape[1] * pulses[0, 0, 0].numel()  # output positions of the call, per chip
 
         spans = _row_spans(layer)
-        self._add("dac_pulses", layer.name, chips, pulses.double().sum((1, 2, 3, 4)) * spans)
+        self._add("dac_pulses", layer.name, chips, pulses.sum((1, 2, 3, 4)) * spans)
         self._add("row_slots", layer.name, chips, pos * geo.groups * geo.rows * nb_in * spans)
-        self._add("array_g_v2", layer.name, chips, g_v2.double().sum((1, 2, 3, 4)))
+        self._add("array_g_v2", layer.name, chips, g_v2.sum((1, 2, 3, 4)))
         terms = layer.n_slices * part.parts * nb_adc
         self._add("adc_conversions", layer.name, chips, pos * geo.c_out * terms)
         adds, macs = pos * geo.c_out * (terms - 1), 0
@@ -150,8 +157,7 @@ class EnergyCounter:
             geo, tc = layer.geom, len(layer.ctx.chips)
             total = sum(x.double().sum(1) for x in g.values())  # (Tc, C_out, K)
             rows = total.view(tc, geo.groups, geo.ng, geo.rows).sum(2)
-            dtype = layer.digital_weight.dtype
-            self._rows_g[key] = rows.reshape(tc * geo.groups, geo.cg, *geo.kernel).to(dtype)
+            self._rows_g[key] = rows.reshape(tc * geo.groups, geo.cg, *geo.kernel)
         return self._rows_g[key]
 
     # ------------------------------------------------------------------ layers kept digital
@@ -168,12 +174,14 @@ class EnergyCounter:
 
 
 def _drive(n: torch.Tensor, layer: "AnalogLayer", p: "Pass", bitserial: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per input element: the pulses its row gets (set bits, or 1 if nonzero) and ``sum v**2`` over
-    its reads (bit-serial: the set bits again, ``v`` in {0, +-1}; analog: ``(n / n_max)**2``)."""
+    """Per input element, summed over the call's images ``(Tc, 1, C, H, W)`` float64: the pulses its
+    row gets (set bits, or 1 if nonzero) and ``sum v**2`` over its reads (bit-serial: the set bits
+    again, ``v`` in {0, +-1}; analog: ``(n / n_max)**2``). Sums of small integers: exact."""
     if bitserial:
-        bits = dac.bit_planes(n, layer.hw.input_bits, p.signed, dim=1).abs_().sum(1)
+        bits = dac.bit_planes(n, layer.hw.input_bits, p.signed, dim=1).abs_().sum((1, 2)).unsqueeze(1).double()
         return bits, bits
-    return (n != 0).to(n.dtype), (n / layer._input_scale(False)) ** 2
+    active = (n != 0).sum(1, keepdim=True).double()
+    return active, n.square().sum(1, keepdim=True).double() / layer._input_scale(False) ** 2
 
 
 def _row_spans(layer: "AnalogLayer") -> int:
@@ -191,6 +199,12 @@ def _counted_layers(model: "AnalogModel") -> list[tuple[str, nn.Module]]:
 
     kinds = (AnalogLayer, nn.Linear, nn.modules.conv._ConvNd)
     return [(n, m) for n, m in model.net.named_modules() if isinstance(m, kinds)]
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """The layers a converted ``model`` counts, from the digital model: its Conv and Linear modules
+    in module order (BatchNorm folding keeps their names)."""
+    return [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
 
 
 @contextmanager
