@@ -220,3 +220,54 @@ def test_differential_reads_less_array_energy_than_offset(workload):
     assert diff[2] < 0.75 * off[2], (diff, off)
     assert diff[0] == off[0]  # the same conversions
     assert diff.sum() < off.sum()  # and no digital offset term
+
+
+# ---------------------------------------------------------------------------------------- in the result
+def test_names_of_the_store_follow_the_engine():
+    from mcsim.engine import energy as engine_energy
+    from mcsim.runner import store
+
+    assert store.ENERGY_COUNTS == engine_energy.COUNTS
+    assert store.ENERGY_COMPONENTS == price.COMPONENTS
+
+
+def test_run_stores_energy_per_image_beside_accuracy(tmp_path):
+    from mcsim.api import run_scenario
+    from mcsim.data import evaluation_dataset
+    from mcsim.models import load_model
+    from mcsim.runner.plan import make_plan, point_seed
+    from mcsim.runner.store import ResultStore
+    from mcsim.scenario import load_scenario
+    from mcsim.sweep import expand
+    from runner_support import write_scenario
+
+    path = write_scenario(tmp_path, data={"limit": 100, "batch_size": 25},
+                          sweep={"zip": {"hardware.mapping": ["differential", "offset"], "hardware.adc.bits": [6, 8]}},
+                          trials=2, execution={"shard_images": 50, "trials_per_task": 2, "workers": 1})
+    sc = load_scenario(path)
+    ds = run_scenario(path, progress=False)
+    assert ds["energy_per_image"].dims == ("point", "trial", "component")
+    assert list(ds["component"].values) == ["adc", "dac", "array", "digital"]
+    assert ds["energy_counts"].dims == ("point", "trial", "count", "layer")
+    assert list(ds["layer"].values) == ["0", "3", "7"]
+    e = ds["energy_per_image"]
+    assert np.isfinite(e.values).all() and (e.sel(component="adc") > 0).all()
+    assert (e.sel(point=1, component="array") > e.sel(point=0, component="array")).all()  # offset: more current
+    # The stored counts (two shards of 50 images) are the engine's own on the same chips and images.
+    model, data = load_model(sc.model), evaluation_dataset(sc.data)
+    xs = torch.stack([torch.as_tensor(data[i][0]) for i in range(100)])
+    calibrations = ResultStore(sc.output, make_plan(sc, 100)).read_calibration()
+    for p, point in enumerate(expand(sc).points):
+        analog = convert(model, point.hardware, trials=2, seed=point_seed(sc.seed, p), device="cpu")
+        analog.load_calibration(calibrations[p])
+        with counting(analog) as counter:
+            for i in range(0, 100, 25):
+                analog(xs[i:i + 25], image_ids=torch.arange(i, i + 25))
+        r = counter.result()
+        np.testing.assert_allclose(ds["energy_counts"].isel(point=p).values, r.stacked(), rtol=1e-9)
+        np.testing.assert_allclose(e.isel(point=p).values, r.joules(point.hardware.energy), rtol=1e-9)
+    # energy: false stores no energy.
+    off = write_scenario(tmp_path, name="off.yaml", output=tmp_path / "off.zarr", data={"limit": 50, "batch_size": 25},
+                         sweep={}, trials=1, energy=False, execution={"shard_images": 50, "trials_per_task": 1, "workers": 1})
+    ds_off = run_scenario(off, progress=False)
+    assert "energy_per_image" not in ds_off and "top1" in ds_off
