@@ -88,6 +88,14 @@ class Programmed:
     alpha: Optional[torch.Tensor]  # (Tc,) drift compensation factors
     bias: Optional[torch.Tensor] = None  # conv bias (ADC code shift, or the layer's bias when folded)
 
+    def chip(self, c: int, tc: int) -> "Programmed":
+        """Chip ``c`` of the ``tc`` chips this block holds (views, chip-major)."""
+        def one(t):
+            return None if t is None else t.view(tc, -1, *t.shape[1:])[c]
+
+        return Programmed(one(self.weight), one(self.var), None if self.alpha is None else self.alpha[c : c + 1],
+                          one(self.bias))
+
 
 def _subsample(t: torch.Tensor) -> np.ndarray:
     flat = t.detach().flatten()
@@ -333,14 +341,23 @@ class AnalogLayer(nn.Module):
         u2 = self._noise_planes(n, u, p) if prog.var is not None else None
         if not p.split:
             return self._folded(u, u2, prog).flatten(0, 1)
-        k = self._columns(u, u2, prog)
-        z = self._recombine(self._digitize(k, p), bit_weights)
+        tc, out = len(self.ctx.chips), None
+        for c in range(tc):  # chip by chip: its column outputs stay in cache through the ADC and recombination
+            z = self._split_chip(u[c : c + 1], None if u2 is None else u2[c : c + 1], prog.chip(c, tc),
+                                 self.ctx.chips[c : c + 1], bit_weights, p)
+            if out is None:
+                out = z.new_empty(tc, *z.shape[1:])
+            torch.add(z, self.bias.view(self.geom.groups, self.geom.ng, 1, 1), out=out[c : c + 1])
+        return out.flatten(0, 1).flatten(1, 2)
+
+    def _split_chip(self, u, u2, prog: Programmed, chips, bit_weights: list[float], p: Pass) -> torch.Tensor:
+        """One chip's split pass, before the layer's bias: ``(1, r, g, N_g, H', W')``."""
+        z = self._recombine(self._digitize(self._columns(u, u2, prog, chips), p), bit_weights)
         if prog.alpha is not None:  # drift compensation rescales the analog outputs (section 4)
             z.mul_(prog.alpha.to(z.dtype).view(-1, 1, 1, 1, 1, 1))
         if self.hw.mapping == "offset":
             z.sub_(self._offset_term(u, bit_weights, p))
-        z.mul_(self.unit * (self.x_range or 1.0)).add_(self.bias.view(self.geom.groups, self.geom.ng, 1, 1))
-        return z.flatten(0, 1).flatten(1, 2)
+        return z.mul_(self.unit * (self.x_range or 1.0))
 
     # ------------------------------------------------------------------ the steps of a pass
     def _levels(self, x: torch.Tensor, p: Pass) -> torch.Tensor:
@@ -379,17 +396,18 @@ class AnalogLayer(nn.Module):
         if rows < floor:  # below these, oneDNN switches kernel by batch size and thread count
             inp = F.pad(inp, (0, 0) * (inp.dim() - 2) + (0, floor - rows))
         out = [F.conv2d(inp[c], w[c], b[c], groups=groups, **self.conv_args) for c in range(tc)]
-        return torch.stack(out)[:, :rows]
+        out = out[0].unsqueeze(0) if tc == 1 else torch.stack(out)
+        return out[:, :rows] if out.shape[1] > rows else out
 
     def _folded(self, u: torch.Tensor, u2: Optional[torch.Tensor], prog: Programmed) -> torch.Tensor:
         """The folded pass: one matmul per chip gives the layer's output ``(Tc, r, C_out, H', W')``."""
         out = self._per_chip_conv(u[:, 0], prog.weight, prog.bias, self.geom.groups)
         if u2 is not None:
             var = self._per_chip_conv(u2[:, 0], prog.var, None, self.geom.groups)
-            out += var.sqrt_().mul_(self._read_noise(1, out.shape[1], out[0, 0].numel()).view_as(var))
+            out += var.sqrt_().mul_(self._read_noise(self.ctx.chips, 1, out.shape[1], out[0, 0].numel()).view_as(var))
         return out
 
-    def _columns(self, u: torch.Tensor, u2: Optional[torch.Tensor], prog: Programmed) -> torch.Tensor:
+    def _columns(self, u: torch.Tensor, u2: Optional[torch.Tensor], prog: Programmed, chips) -> torch.Tensor:
         """Every column of every array, per input plane: ``(Tc, nb, r, g, P, S, N_g, H', W')`` ADC codes
         before rounding (raw outputs when calibrating), with read noise (section 4)."""
         geo, part = self.geom, self.part
@@ -404,7 +422,7 @@ class AnalogLayer(nn.Module):
         k = k.view(tc, nb, r, geo.groups, part.parts, self.n_slices, geo.ng, *k.shape[-2:])
         if u2 is not None:
             var = run(u2, prog.var).view_as(k)
-            k += var.sqrt_().mul_(self._read_noise(nb, r, var[0, 0, 0].numel()).view_as(var))
+            k += var.sqrt_().mul_(self._read_noise(chips, nb, r, var[0, 0, 0].numel()).view_as(var))
         return k
 
     def _digitize(self, k: torch.Tensor, p: Pass) -> tuple[torch.Tensor, list[float], list[float]]:
@@ -423,6 +441,14 @@ class AnalogLayer(nn.Module):
         digits (sections 3, 5, 6), summed in a fixed order: ``(Tc, r, g, N_g, H', W')``."""
         k, step, lo = digitized
         coef = self.coef.tolist()
+        offset = sum(bit_weights) * self.part.parts * sum(c * l for c, l in zip(coef, lo))
+        tc, nb = k.shape[:2]
+        if nb > 1 and self.hw.adc.bits is not None and self.hw.adc.bits + nb <= 24 and self.ctx.mode == "run":
+            # Integer codes: sum_b 2**b code_b is exact in float32 whatever the summation order, so one
+            # matrix-vector product over the bits replaces nb passes (bit weights are 2**b / n_max).
+            powers = torch.tensor([2.0**b for b in range(nb)], dtype=k.dtype, device=k.device)
+            k = torch.matmul(powers, k.view(tc, nb, -1)).view(tc, 1, *k.shape[2:])
+            bit_weights = bit_weights[:1]
         terms = [(b, q, s) for b in range(len(bit_weights)) for q in range(self.part.parts) for s in range(self.n_slices)]
         z = None
         for b, q, s in terms:
@@ -431,7 +457,7 @@ class AnalogLayer(nn.Module):
                 z = k[:, b, :, :, q, s].mul_(f) if len(terms) == 1 else k[:, b, :, :, q, s] * f
             else:
                 z.add_(k[:, b, :, :, q, s], alpha=f)
-        return z.add_(sum(bit_weights) * self.part.parts * sum(c * l for c, l in zip(coef, lo)))
+        return z.add_(offset)
 
     def _offset_term(self, u: torch.Tensor, bit_weights: list[float], p: Pass) -> torch.Tensor:
         """Offset mapping's digital ``G_zero * sum(v)`` per partition row set, in recombined digits
@@ -445,14 +471,14 @@ class AnalogLayer(nn.Module):
         w = torch.tensor(bit_weights, dtype=u.dtype, device=u.device).view(1, -1, 1, 1, 1, 1)
         return ((sv * w).sum(1) * (self.offset / self._input_scale(p.serial))).unsqueeze(3)
 
-    def _read_noise(self, nb: int, r: int, n: int) -> torch.Tensor:
-        """Read-noise normals ``(Tc, nb, r, n)``, streams keyed by chip, image, token and input bit."""
+    def _read_noise(self, chips: torch.Tensor, nb: int, r: int, n: int) -> torch.Tensor:
+        """Read-noise normals ``(len(chips), nb, r, n)``, streams keyed by chip, image, token and input bit."""
         ids = self.ctx.image_ids
         tokens = r // len(ids)  # a Linear fed (batch, tokens, features): each token is its own read
-        dev = self.ctx.chips.device
+        dev = chips.device
         keys = rng.derive(
             self.ctx.seed,
-            self.ctx.chips.view(-1, 1, 1),
+            chips.view(-1, 1, 1),
             self.key,
             _STREAM_READ,
             ids.to(dev).repeat_interleave(tokens).view(1, 1, -1),

@@ -29,8 +29,9 @@ def levels_(x: torch.Tensor, x_range: float, bits: int | None, signed: bool) -> 
 
 def bit_planes(n: torch.Tensor, bits: int, signed: bool, dim: int = 0) -> torch.Tensor:
     """Bit-serial inputs ``v_k`` (k = 0 least significant) stacked on a new dim ``dim``."""
-    mag = n.abs().to(torch.int32).unsqueeze(dim)
-    shifts = torch.arange(n_serial_bits(bits, signed), dtype=torch.int32, device=n.device)
+    itype = torch.uint8 if bits <= 8 else torch.int32  # narrow integers: a quarter of the memory traffic
+    mag = n.abs().to(itype).unsqueeze(dim)
+    shifts = torch.arange(n_serial_bits(bits, signed), dtype=itype, device=n.device)
     shifts = shifts.view(-1, *[1] * (n.dim() - dim))
     planes = ((mag >> shifts) & 1).to(n.dtype)
     return planes.mul_(torch.sign(n).unsqueeze(dim)) if signed else planes
