@@ -236,10 +236,33 @@ def apply_overrides(hardware: Hardware, overrides: Mapping[str, Any]) -> Hardwar
     """
     if not overrides:
         return hardware
-    data = hardware.model_dump()
+    design = overrides.get("hardware.design", hardware.design)
+    data = hardware.model_dump() if design == hardware.design else _explicit_settings(hardware)
     for key, value in overrides.items():
         _set_path(data, key, value)
     return Hardware.model_validate(data)
+
+
+def _explicit_settings(hardware: Hardware) -> dict:
+    """The settings ``hardware`` was given, without the ones its design preset supplied: a point that
+    sweeps ``hardware.design`` starts from its own preset, with the scenario's settings on top.
+    (A setting given explicitly with the old preset's value counts as the preset's.)"""
+    from mcsim.designs import DESIGNS
+
+    def strip(data: dict, preset: dict) -> dict:
+        out = {}
+        for key, value in data.items():
+            if isinstance(value, dict) and isinstance(preset.get(key), dict):
+                value = strip(value, preset[key])
+                if value:
+                    out[key] = value
+            elif key not in preset or preset[key] != value:
+                out[key] = value
+        return out
+
+    data = hardware.model_dump(exclude_unset=True)
+    preset = Hardware.model_validate(DESIGNS[hardware.design]).model_dump() if hardware.design else {}
+    return strip(data, preset)
 
 
 def _describe(overrides: Mapping[str, Any]) -> str:

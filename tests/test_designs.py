@@ -91,3 +91,17 @@ def test_study_sonos_fit():
     assert Hardware(error={"model": "sonos_tcas", "scale": 2}).error.scale == 2
     with pytest.raises(ValidationError, match="fitted sigma curve"):
         Hardware(error={"model": "sonos_tcas", "sigma": 0.1})
+
+
+def test_sweeping_the_design_applies_each_preset_under_the_scenario_settings():
+    from mcsim.sweep import apply_overrides
+
+    for base in (Hardware(read_noise={"model": "sonos"}), Hardware(design="A", adc={"bits": 6})):
+        for name in DESIGNS:
+            hw = apply_overrides(base, {"hardware.design": name})
+            own = {k: v for k, v in base.model_dump(exclude_unset=True).items() if k == "read_noise"}
+            expected = Hardware(design=name, **own, **({"adc": {"bits": 6}} if base.design else {}))
+            assert hw == expected, name
+    # Without a design override the point keeps the scenario's whole hardware.
+    hw = apply_overrides(Hardware(design="D"), {"hardware.adc.bits": 6})
+    assert (hw.mapping, hw.slices, hw.rows_max, hw.adc.bits) == ("offset", 8, 72, 6)
