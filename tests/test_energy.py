@@ -1,6 +1,7 @@
 """Energy per inference (docs/physics.md section 12): exact counts against hand-computed values, the
 array term against sum(G v**2) built from MODEL.md's mapping formulas, and the study's trade."""
 import math
+import re
 
 import numpy as np
 import pytest
@@ -231,21 +232,32 @@ def test_names_of_the_store_follow_the_engine():
     assert store.ENERGY_COMPONENTS == price.COMPONENTS
 
 
-def test_run_stores_energy_per_image_beside_accuracy(tmp_path):
+@pytest.fixture(scope="module")
+def energy_run(tmp_path_factory):
+    """The tiny study (digits-cnn): differential vs offset, 2 chips, two shards of 50 images; and
+    the same without energy."""
     from mcsim.api import run_scenario
+    from mcsim.scenario import load_scenario
+    from runner_support import write_scenario
+
+    d = tmp_path_factory.mktemp("energy")
+    path = write_scenario(d, data={"limit": 100, "batch_size": 25},
+                          sweep={"zip": {"hardware.mapping": ["differential", "offset"], "hardware.adc.bits": [6, 8]}},
+                          trials=2, execution={"shard_images": 50, "trials_per_task": 2, "workers": 1})
+    ds = run_scenario(path, progress=False)
+    off = write_scenario(d, name="off.yaml", output=d / "off.zarr", data={"limit": 50, "batch_size": 25},
+                         sweep={}, trials=1, energy=False, execution={"shard_images": 50, "trials_per_task": 1, "workers": 1})
+    return load_scenario(path), ds, d / "out.zarr", run_scenario(off, progress=False), d / "off.zarr"
+
+
+def test_run_stores_energy_per_image_beside_accuracy(energy_run):
     from mcsim.data import evaluation_dataset
     from mcsim.models import load_model
     from mcsim.runner.plan import make_plan, point_seed
     from mcsim.runner.store import ResultStore
-    from mcsim.scenario import load_scenario
     from mcsim.sweep import expand
-    from runner_support import write_scenario
 
-    path = write_scenario(tmp_path, data={"limit": 100, "batch_size": 25},
-                          sweep={"zip": {"hardware.mapping": ["differential", "offset"], "hardware.adc.bits": [6, 8]}},
-                          trials=2, execution={"shard_images": 50, "trials_per_task": 2, "workers": 1})
-    sc = load_scenario(path)
-    ds = run_scenario(path, progress=False)
+    sc, ds, store, ds_off, _ = energy_run
     assert ds["energy_per_image"].dims == ("point", "trial", "component")
     assert list(ds["component"].values) == ["adc", "dac", "array", "digital"]
     assert ds["energy_counts"].dims == ("point", "trial", "count", "layer")
@@ -256,7 +268,7 @@ def test_run_stores_energy_per_image_beside_accuracy(tmp_path):
     # The stored counts (two shards of 50 images) are the engine's own on the same chips and images.
     model, data = load_model(sc.model), evaluation_dataset(sc.data)
     xs = torch.stack([torch.as_tensor(data[i][0]) for i in range(100)])
-    calibrations = ResultStore(sc.output, make_plan(sc, 100)).read_calibration()
+    calibrations = ResultStore(str(store), make_plan(sc, 100)).read_calibration()
     for p, point in enumerate(expand(sc).points):
         analog = convert(model, point.hardware, trials=2, seed=point_seed(sc.seed, p), device="cpu")
         analog.load_calibration(calibrations[p])
@@ -266,8 +278,27 @@ def test_run_stores_energy_per_image_beside_accuracy(tmp_path):
         r = counter.result()
         np.testing.assert_allclose(ds["energy_counts"].isel(point=p).values, r.stacked(), rtol=1e-9)
         np.testing.assert_allclose(e.isel(point=p).values, r.joules(point.hardware.energy), rtol=1e-9)
-    # energy: false stores no energy.
-    off = write_scenario(tmp_path, name="off.yaml", output=tmp_path / "off.zarr", data={"limit": 50, "batch_size": 25},
-                         sweep={}, trials=1, energy=False, execution={"shard_images": 50, "trials_per_task": 1, "workers": 1})
-    ds_off = run_scenario(off, progress=False)
-    assert "energy_per_image" not in ds_off and "top1" in ds_off
+    assert "energy_per_image" not in ds_off and "top1" in ds_off  # energy: false stores none
+
+
+def test_report_and_plot_energy(energy_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from mcsim.cli import app
+
+    _, ds, store, _, off = energy_run
+    cli = CliRunner()
+    csv = tmp_path / "r.csv"
+    result = cli.invoke(app, ["report", str(store), "--energy", "--csv", str(csv)])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"energy per image in [pnum]?J", result.output) and "array" in result.output
+    import pandas as pd
+
+    df = pd.read_csv(csv)
+    total = ds["energy_per_image"].sum("component").mean("trial").values
+    np.testing.assert_allclose(df[df.metric == "top1"]["energy"].values, total, rtol=1e-12)
+    png = tmp_path / "e.png"
+    result = cli.invoke(app, ["plot", str(store), "--energy", "-o", str(png)])
+    assert result.exit_code == 0 and png.stat().st_size > 0, result.output
+    result = cli.invoke(app, ["report", str(off), "--energy"])
+    assert result.exit_code == 2 and "energy: false" in result.output
