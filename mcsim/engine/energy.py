@@ -239,3 +239,6 @@ def counting(model: "AnalogModel") -> Iterator[EnergyCounter]:
         ctx.energy = saved
         for h in handles:
             h.remove()
+
+
+count_energy = counting  # the public name (``mcsim.count_energy``)
