@@ -302,3 +302,24 @@ def test_report_and_plot_energy(energy_run, tmp_path):
     assert result.exit_code == 0 and png.stat().st_size > 0, result.output
     result = cli.invoke(app, ["report", str(off), "--energy"])
     assert result.exit_code == 2 and "energy: false" in result.output
+
+
+def test_grouped_conv_counts_and_array_term():
+    torch.manual_seed(8)
+    net = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1, groups=2))  # 2 groups: 3 columns on 18 rows each
+    x = torch.rand(2, 4, 5, 5)
+    hw = Hardware(mapping="offset", rows_max=10, input_mode="bitserial", input_accumulation="digital")
+    analog, r = _counts(net, hw, x)
+    c = {k: v[0, 0] for k, v in r.counts.items()}
+    pos, parts, nb = 25, 2, 8  # 2 channels of 9 rows per group: one channel per 10-row array
+    assert c["adc_conversions"] == pos * 6 * parts * nb
+    assert c["digital_adds"] == pos * 6 * (parts * nb - 1) + pos * (2 * (nb * 18 - 1) + 6)
+    assert c["row_slots"] == pos * 2 * 18 * nb
+    n, _ = _levels(x, analog.calibration()["0"]["x_range"], 8, False)
+    g = _expected_conductances(net[0].weight.detach(), hw)[0].sum(0)  # (6, 18)
+    expected = 0.0
+    for grp in range(2):
+        patches = F.unfold(_popcount(n[:, 2 * grp:2 * grp + 2]), 3, padding=1)  # (B, 18, 25)
+        expected += (patches * g[3 * grp:3 * grp + 3].sum(0).view(1, -1, 1)).sum().item()
+    assert r.counts["array_g_v2"][0, 0] == pytest.approx(expected / 2, rel=1e-9)
+    assert c["dac_pulses"] == F.unfold(_popcount(n), 3, padding=1).sum().item() / 2
