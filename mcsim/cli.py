@@ -204,13 +204,14 @@ def run(
 
 @app.command()
 def validate(scenario: Path = ScenarioArg) -> None:
-    """Check a scenario file and show its sweep; loads no model or data."""
-    with _Guard():
+    """Check a scenario file and show its sweep; loads no data, and the model only when per-layer
+    settings or a layer sweep need its layer names (a built-in trains then, once)."""
+    with _Guard(scenario):
+        from mcsim.runner.driver import sweep_plan
         from mcsim.scenario import load_scenario
-        from mcsim.sweep import expand
 
         sc = load_scenario(scenario)
-        plan = expand(sc)
+        plan = sweep_plan(sc)
         dims = " x ".join(f"{d} {n}" for d, n in zip(plan.dims, plan.shape)) or "no sweep"
         con = _console()
         con.print(f"{scenario}: valid scenario {sc.name!r} (fingerprint {sc.fingerprint[:12]})", markup=False)
@@ -284,8 +285,38 @@ def report(
         if energy:
             con.print(f"energy per image in {unit}, mean over trials (E std: over trials); first order, priced with "
                       "hardware.energy (docs/physics.md section 12)", markup=False)
+        _print_layer_ranking(con, ds)
         if csv is not None:
             con.print(f"wrote {csv}", markup=False)
+
+
+def _print_layer_ranking(con, ds) -> None:
+    """A layer sensitivity result: the layers ranked by the top-1 accuracy each costs."""
+    from rich.table import Table
+
+    from mcsim.report import layer_sensitivity, layer_sweep_mode
+
+    mode = layer_sweep_mode(ds)
+    if mode is None:
+        return
+    df = layer_sensitivity(ds, "top1")
+    labels = [c for c in df.columns if c not in ("rank", "layer", "mean", "se", "cost", "cost_se",
+                                                 "loss_vs_digital", "digital", "reference", "mode")]
+    cost = ("lost with only this layer analog (vs digital)" if mode == "only_analog"
+            else "recovered with only this layer ideal (vs every layer analog, top1 "
+                 f"{100 * df['reference'].iloc[0]:.2f}%)")
+    table = Table(title=f"layer sensitivity ({mode}): top1 accuracy {cost}, in %; +-: Monte Carlo "
+                  f"standard error std/sqrt({ds.sizes['trial']} trials)")
+    for name in labels:
+        table.add_column(name, no_wrap=True)
+    for head in ("rank", "layer", "top1", "cost"):
+        table.add_column(head, justify="right" if head != "layer" else "left", no_wrap=True)
+    for _, row in df.iterrows():
+        table.add_row(*[_fmt(row[n]) for n in labels], str(row["rank"]), str(row["layer"]),
+                      f"{100 * row['mean']:.2f} +- {100 * row['se']:.2f}",
+                      f"{100 * row['cost']:.2f} +- {100 * row['cost_se']:.2f}",
+                      end_section=row["rank"] == df["rank"].max() and bool(labels))
+    con.print(table)
 
 
 @app.command()

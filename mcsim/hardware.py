@@ -5,6 +5,9 @@ Every field is a physical or architectural choice of MODEL.md; defaults follow t
 """
 from __future__ import annotations
 
+import difflib
+import fnmatch
+import re
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -156,6 +159,12 @@ class Hardware(_Strict):
     cols_max: Optional[int] = Field(None, ge=1)
     analog_first_layer: bool = True
     analog_last_layer: bool = True
+    analog: bool = Field(True, description="the layer runs on crossbars; false keeps it digital (per layer, "
+                         "through `layers`; false for the whole chip keeps every layer digital)")
+    layers: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="per-layer overrides: module name or fnmatch glob -> partial hardware settings, "
+                    "nested ones merged key by key (see Hardware.for_layer)")
     adc: ADC = ADC()
     error: ProgrammingError = ProgrammingError()
     read_noise: ReadNoise = ReadNoise()
@@ -174,6 +183,35 @@ class Hardware(_Strict):
         return _merge(DESIGNS[name], data)
 
     @model_validator(mode="after")
+    def _layer_overrides(self):
+        # Each override must give valid hardware on top of this one; store it normalised (the
+        # validated values of the keys it sets), so that 0 and 0.0 fingerprint alike.
+        base = self.model_dump(exclude={"layers"})
+        normalised, problems = {}, []
+        for pattern, override in self.layers.items():
+            where = f"layers.{pattern}" if _PLAIN.match(pattern) else f"layers[{pattern!r}]"
+            if not isinstance(override, dict):
+                problems.append(f"{where}: a mapping of hardware settings, not {type(override).__name__}")
+                continue
+            banned = [k for k in ("layers", "design", "analog_first_layer", "analog_last_layer") if k in override]
+            if banned:
+                problems.append(f"{where}: {', '.join(banned)} cannot be set per layer")
+                continue
+            try:
+                hw = Hardware.model_validate(_merge(base, override))
+            except ValueError as err:  # pydantic's ValidationError is a ValueError
+                errors = err.errors() if hasattr(err, "errors") else [{"msg": str(err), "loc": ()}]
+                for e in errors:
+                    at = "".join(f".{part}" for part in e.get("loc", ()))
+                    problems.append(f"{where}{at}: {e['msg'].removeprefix('Value error, ')}")
+                continue
+            normalised[pattern] = _project(hw.model_dump(mode="json"), override)
+        if problems:
+            raise ValueError("\n".join(problems))
+        object.__setattr__(self, "layers", normalised)
+        return self
+
+    @model_validator(mode="after")
     def _consistent(self):
         if self.weight_bits is None:
             if self.slices != 1:
@@ -186,6 +224,30 @@ class Hardware(_Strict):
         if self.input_mode == "bitserial" and self.input_bits is None:
             raise ValueError("input_mode: bit-serial inputs need integer input_bits, not null")
         return self
+
+    def for_layer(self, name: str) -> "Hardware":
+        """The effective hardware of the layer named ``name`` (its module path in the model).
+
+        Every pattern of ``layers`` that matches ``name`` (``fnmatch``: ``*`` also matches dots,
+        so ``"layer4.*"`` covers ``layer4.0.conv1``) applies on top of this hardware, nested
+        settings merged key by key. Order: globs first, in the order written, then the exact
+        name: a later pattern wins over an earlier one, an exact name over every glob. The
+        result has no ``layers`` of its own.
+
+        >>> hw = Hardware(adc={"bits": 8}, layers={"*": {"adc": {"bits": 6}}, "fc": {"analog": False}})
+        >>> hw.for_layer("conv1").adc.bits, hw.for_layer("fc").analog, hw.for_layer("fc").adc.bits
+        (6, False, 6)
+        """
+        data = self.model_dump(exclude={"layers", "design"})
+        for pattern in matching_patterns(self.layers, name):
+            data = _merge(data, self.layers[pattern])
+        return Hardware.model_validate(data)
+
+    def resolve_layers(self, names: list[str]) -> dict[str, "Hardware"]:
+        """``{name: for_layer(name)}`` for the model's layers ``names``; raises
+        :class:`LayerNameError` for a pattern of ``layers`` that matches none of them."""
+        check_patterns(self.layers, names, "layers")
+        return {name: self.for_layer(name) for name in names}
 
     @property
     def magnitude_bits(self) -> int:
@@ -206,3 +268,44 @@ class Hardware(_Strict):
             and self.drift.time_s is None
             and self.parasitics.rp == 0
         )
+
+
+_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_GLOB_CHARS = set("*?[")
+
+
+class LayerNameError(ValueError):
+    """A per-layer pattern that names no layer of the model (the message lists close matches)."""
+
+
+def is_glob(pattern: str) -> bool:
+    return bool(_GLOB_CHARS & set(pattern))
+
+
+def matching_patterns(patterns, name: str) -> list[str]:
+    """The patterns that match ``name``, in the order they apply: globs as written, then the
+    exact name."""
+    globs = [p for p in patterns if is_glob(p) and fnmatch.fnmatchcase(name, p)]
+    return globs + ([name] if name in patterns else [])
+
+
+def check_patterns(patterns, names: list[str], field: str) -> None:
+    """Raise :class:`LayerNameError` naming ``field`` for each pattern that matches no name."""
+    problems = []
+    for pattern in patterns:
+        if any(fnmatch.fnmatchcase(n, pattern) for n in names) if is_glob(pattern) else pattern in names:
+            continue
+        close = difflib.get_close_matches(pattern, names, n=3, cutoff=0.5)
+        hint = (f"did you mean {', '.join(repr(c) for c in close)}?" if close
+                else f"the model's Conv2d/Linear layers: {', '.join(names) or 'none'}")
+        kind = "glob" if is_glob(pattern) else "layer name"
+        problems.append(f"{field}: {kind} {pattern!r} matches no Conv2d/Linear layer of the model ({hint})")
+    if problems:
+        raise LayerNameError("\n".join(problems))
+
+
+def _project(full: Any, shape: Any) -> Any:
+    """The values of ``full`` at the keys ``shape`` sets (nested dicts followed)."""
+    if isinstance(shape, dict) and isinstance(full, dict):
+        return {k: _project(full[k], v) for k, v in shape.items()}
+    return full

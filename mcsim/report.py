@@ -7,6 +7,10 @@ error, beside the chip-to-chip spread), and the digital model's accuracy.
 ``plot(ds, path)`` draws accuracy against the first numeric swept setting.
 ``summarize_energy(ds)`` gives the mean energy per image per sweep point (total and by component,
 docs/physics.md section 12), and ``plot_energy(ds, path)`` draws accuracy against it.
+
+A layer sensitivity sweep (dim ``target_layer``, :class:`mcsim.sweep.LayerSweep`) gets its own
+summary: ``layer_sensitivity(ds)`` ranks the layers by the accuracy each costs, with Monte Carlo
+errors ``std / sqrt(trials)``, and ``plot`` draws that ranking as bars.
 """
 from __future__ import annotations
 
@@ -17,8 +21,10 @@ from typing import Optional
 import numpy as np
 import xarray as xr
 
-__all__ = ["ENERGY_COLUMNS", "METRICS", "STAT_COLUMNS", "energy_unit", "plot", "plot_energy", "point_labels",
-           "summarize", "summarize_energy", "x_axis"]
+__all__ = ["ENERGY_COLUMNS", "METRICS", "STAT_COLUMNS", "energy_unit", "layer_sensitivity", "plot", "plot_energy",
+           "point_labels", "summarize", "summarize_energy", "x_axis"]
+
+LAYER_DIM, NO_LAYER = "target_layer", "(none)"  # as mcsim.sweep names them
 
 METRICS = ("top1", "top5")
 STAT_COLUMNS = ("mean", "std", "min", "p5", "p95", "se_binom")
@@ -165,6 +171,102 @@ def plot_energy(ds: xr.Dataset, path: str, metric: str = "top1", title: Optional
 
 
 # --------------------------------------------------------------------------------------
+# layer sensitivity
+
+
+def layer_sweep_mode(ds: xr.Dataset) -> Optional[str]:
+    """``only_analog`` / ``only_ideal`` for a layer sensitivity result, else None."""
+    if LAYER_DIM not in ds.dims:
+        return None
+    return (ds.attrs.get("layout") or {}).get("layer_sweep") or "only_analog"
+
+
+def _mc(acc: np.ndarray) -> tuple[float, float]:
+    """Mean over trials and its Monte Carlo standard error ``std / sqrt(trials)``."""
+    acc = acc.astype(float)
+    return float(np.mean(acc)), (float(np.std(acc, ddof=1)) / math.sqrt(acc.size) if acc.size > 1 else 0.0)
+
+
+def layer_sensitivity(ds: xr.Dataset, metric: str = "top1"):
+    """The layers ranked by the accuracy each costs, per point of the other sweep dims.
+
+    ``only_analog``: ``cost = digital - mean`` (the accuracy lost when only this layer is
+    analog). ``only_ideal``: ``cost = mean - mean[(none)]`` (the accuracy recovered when only this
+    layer is ideal, vs the chip with every layer analog). ``cost_se`` is the Monte Carlo standard
+    error (``std / sqrt(trials)``, combined in quadrature with the reference's for only_ideal);
+    rank 1 costs the most. Also ``loss_vs_digital = digital - mean`` for both modes.
+    """
+    import pandas as pd
+
+    mode = layer_sweep_mode(ds)
+    if mode is None:
+        raise ValueError(f"no layer sensitivity sweep in this result (no '{LAYER_DIM}' dim)")
+    digital = float(ds[f"digital_{metric}"].values)
+    others = [d for d in sweep_dims(ds) if d != LAYER_DIM]
+    labels = [n for n in point_labels(ds) if n != LAYER_DIM]
+    rows = []
+    for pos in itertools.product(*(range(ds.sizes[d]) for d in others)):
+        sub = ds.isel(dict(zip(others, pos)))
+        base = {n: _value(sub[n].values) for n in labels}
+        names = [str(v) for v in sub[LAYER_DIM].values]
+        stats = {n: _mc(sub[metric].isel({LAYER_DIM: i}).values) for i, n in enumerate(names)}
+        ref = stats.get(NO_LAYER)
+        group = []
+        for name in names:
+            if name == NO_LAYER:
+                continue
+            mean, se = stats[name]
+            if mode == "only_ideal":
+                cost, cost_se = mean - ref[0], math.hypot(se, ref[1])
+            else:
+                cost, cost_se = digital - mean, se
+            group.append({**base, "layer": name, "mean": mean, "se": se, "cost": cost, "cost_se": cost_se,
+                          "loss_vs_digital": digital - mean, "digital": digital,
+                          "reference": ref[0] if ref else digital, "mode": mode})
+        group.sort(key=lambda r: -r["cost"])
+        rows += [{"rank": i + 1, **r} for i, r in enumerate(group)]
+    return pd.DataFrame(rows)
+
+
+def plot_layer_sensitivity(ds: xr.Dataset, path: str, metric: str = "top1", title: Optional[str] = None) -> str:
+    """Horizontal bars of the accuracy each layer costs (:func:`layer_sensitivity`), the most
+    costly on top, with +-1 Monte Carlo standard error; one bar colour per point of the other dims."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    df = layer_sensitivity(ds, metric)
+    mode = df["mode"].iloc[0]
+    labels = [n for n in point_labels(ds) if n != LAYER_DIM]
+    groups = list(df.groupby(labels, sort=False)) if labels else [((), df)]
+    order = groups[0][1]["layer"].tolist()  # ranked by the first group
+    ys = np.arange(len(order))
+    height = 0.8 / len(groups)
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.35 * len(order) * max(1, len(groups) ** 0.5)))
+    for g, (key, sub) in enumerate(groups):
+        sub = sub.set_index("layer").loc[order]
+        key = key if isinstance(key, tuple) else (key,)
+        label = ", ".join(f"{n}={_fmt(v)}" for n, v in zip(labels, key)) or None
+        ax.barh(ys + (g - (len(groups) - 1) / 2) * height, 100 * sub["cost"], height=height,
+                xerr=100 * sub["cost_se"], capsize=3, label=label)
+    ax.set_yticks(ys, order)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", linewidth=0.8)
+    what = ("accuracy lost with only this layer analog (vs digital)" if mode == "only_analog"
+            else "accuracy recovered with only this layer ideal (vs all analog)")
+    ax.set_xlabel(f"{metric} {what}, % (+-1 MC s.e.)")
+    ax.set_title(title or f"{ds.attrs.get('name', '')}: layer sensitivity ({mode}), {ds.sizes['trial']} chips")
+    ax.grid(True, axis="x", alpha=0.3)
+    if len(groups) > 1:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------
 # plot
 
 
@@ -198,6 +300,8 @@ def plot(ds: xr.Dataset, path: str, metric: str = "top1", band: str = "std", tit
 
     if metric not in METRICS:
         raise ValueError(f"metric: {metric!r} is not one of {', '.join(METRICS)}")
+    if layer_sweep_mode(ds) is not None:
+        return plot_layer_sensitivity(ds, path, metric, title)
     acc = ds[metric]
     xdim, xcoord = x_axis(ds)
     others = [d for d in sweep_dims(ds) if d != xdim]

@@ -12,27 +12,44 @@ settings but 4 bits) and the result is validated by pydantic. A swept ``hardware
 sets every setting a design preset controls to its preset's value (whatever the scenario's hardware
 says; keys zipped beside it go on top), so ``zip: {hardware.design: [A, B, C]}`` compares the presets.
 
+Per-layer overrides are swept through ``hardware.layers``: the component after ``layers`` is a
+module name or glob (:meth:`mcsim.hardware.Hardware.for_layer`), plain when it is one word
+(``hardware.layers.fc.adc.bits``), else quoted in brackets, as module names hold dots
+(``hardware.layers["layer4.*"].adc.bits``, ``hardware.layers['stem.0'].analog``). Such a key's
+dim is named ``<pattern>.<last component>`` (``fc.bits``, ``layer4.*.bits``), so that it never
+clashes with the chip-wide setting.
+
+The layer sensitivity sweep (``sweep.layers``, :class:`LayerSweep`) adds a last dim
+``target_layer`` with one point per layer of the model: only that layer analog
+(``only_analog``; the others digital) or only that layer ideal (``only_ideal``; an ideal layer
+computes exactly the digital layer, so it is kept digital; a first point ``(none)`` has no layer
+ideal: the reference). The layers come from the model, so :func:`expand` needs their names
+(``layer_names``); the driver passes them once the model is loaded.
+
 No torch, ray or zarr here; nor :mod:`mcsim.scenario` (which imports this module).
 """
 from __future__ import annotations
 
 import copy
 import difflib
+import fnmatch
 import itertools
 import json
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Optional
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from mcsim.hardware import Hardware
+from mcsim.hardware import Hardware, check_patterns
 from mcsim.validation import ScenarioError, StrictModel, canonical_json, format_validation_error, model_behind
 
 if TYPE_CHECKING:
     from mcsim.scenario import Scenario
 
 __all__ = [
+    "LAYER_DIM",
+    "LayerSweep",
     "RESERVED_DIMS",
     "Sweep",
     "SweepPlan",
@@ -41,11 +58,14 @@ __all__ = [
     "dim_name",
     "dim_name_problems",
     "expand",
+    "key_parts",
     "normalized_sweep",
 ]
 
 #: Dimension names the result store uses itself; no sweep key may be named like them.
-RESERVED_DIMS = ("trial", "layer", "point")
+LAYER_DIM = "target_layer"  # the dim of the layer sensitivity sweep ("layer" is the calibration's)
+NO_LAYER = "(none)"  # only_ideal's reference point: no layer ideal
+RESERVED_DIMS = ("trial", "layer", "point", "slice", LAYER_DIM)
 POINT_DIM = "point"
 _MAX_POINT_ERRORS = 10
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -55,16 +75,54 @@ _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # the schema of the sweep
 
 
+_PLAIN_PART = re.compile(r"[A-Za-z0-9_*?-]+")
+_QUOTED_PART = re.compile(r"""\[(["'])(.+?)\1\]""")
+
+
+def key_parts(key: str) -> list[str]:
+    """The components of a sweep key: dot-separated words, or quoted strings in brackets
+    (``hardware.layers["layer4.*"].adc.bits`` -> ``hardware, layers, layer4.*, adc, bits``).
+    Raises ``ValueError`` for a malformed key."""
+    parts: list[str] = []
+    pos = 0
+    while pos < len(key):
+        if key[pos] == "[":
+            m = _QUOTED_PART.match(key, pos)
+        else:
+            if parts:
+                if key[pos] != ".":
+                    m = None
+                else:
+                    pos += 1
+                    m = _PLAIN_PART.match(key, pos)
+            else:
+                m = _PLAIN_PART.match(key, pos)
+        if m is None:
+            raise ValueError(f"not a valid sweep key at character {pos + 1}: use dotted names, and quote a "
+                             "layer name with dots in brackets: hardware.layers[\"layer4.*\"].adc.bits")
+        parts.append(m.group(2) if m.re is _QUOTED_PART else m.group(0))
+        pos = m.end()
+    return parts
+
+
 def _hardware_setting_problem(key: str) -> Optional[str]:
     """Why ``key`` is not a valid dotted path to a Hardware setting (None if it is)."""
-    parts = key.split(".")
-    if parts[0] != "hardware" or len(parts) < 2:
+    try:
+        parts = key_parts(key)
+    except ValueError as err:
+        return str(err)
+    if not parts or parts[0] != "hardware" or len(parts) < 2:
         return "sweep keys must be dotted paths into the hardware, starting with 'hardware.'"
-    if not all(_IDENT_RE.match(p) for p in parts[1:]):
-        return "not a valid dotted path"
     model: Optional[type[BaseModel]] = Hardware
     walked = ["hardware"]
+    pattern_next = False
     for i, part in enumerate(parts[1:]):
+        if pattern_next:  # a module name or glob of hardware.layers: its settings are Hardware's
+            walked.append(part if _IDENT_RE.match(part) else f"[{part!r}]")
+            model, pattern_next = Hardware, False
+            continue
+        if not _IDENT_RE.match(part):
+            return "not a valid dotted path"
         if model is None:
             return f"'{'.'.join(walked)}' is a single setting, not a group of settings"
         fields = list(model.model_fields)
@@ -73,13 +131,24 @@ def _hardware_setting_problem(key: str) -> Optional[str]:
             hint = f"did you mean '{'.'.join(walked + [close[0]])}'?" if close else f"known: {', '.join(fields)}"
             return f"unknown hardware setting '{part}' in '{'.'.join(walked)}' ({hint})"
         walked.append(part)
+        if model is Hardware and part == "layers":
+            pattern_next, model = True, None
+            continue
         model = model_behind(model.model_fields[part].annotation)
     return None
 
 
 def dim_name(key: str) -> str:
-    """The sweep dim/coordinate name of a sweep key: its last dotted component."""
-    return key.rsplit(".", 1)[-1]
+    """The sweep dim/coordinate name of a sweep key: its last component; through
+    ``hardware.layers``, ``<pattern>.<last component>`` (``hardware.layers.fc.adc.bits`` ->
+    ``fc.bits``; ``hardware.layers["stem.0"]`` -> ``stem.0``)."""
+    try:
+        parts = key_parts(key)
+    except ValueError:
+        return key.rsplit(".", 1)[-1]
+    if len(parts) >= 3 and parts[:2] == ["hardware", "layers"]:
+        return parts[2] if len(parts) == 3 else f"{parts[2]}.{parts[-1]}"
+    return parts[-1]
 
 
 def dim_name_problems(grid_keys: list[str], zip_keys: list[str]) -> list[str]:
@@ -104,16 +173,56 @@ def dim_name_problems(grid_keys: list[str], zip_keys: list[str]) -> list[str]:
     return problems
 
 
+class LayerSweep(StrictModel):
+    """The layer sensitivity sweep: one point per layer, as the last dim ``target_layer``.
+
+    ``only_analog``: the point's layer is analog, every other layer digital (the accuracy it
+    costs: the digital model's accuracy minus the point's). ``only_ideal``: the point's layer is
+    ideal (kept digital), every other layer analog; a first point ``(none)`` is the chip with no
+    layer ideal (the accuracy a layer costs: the point's accuracy minus ``(none)``'s).
+    ``include``/``exclude``: module names or fnmatch globs of the model's Conv2d/Linear layers.
+    """
+
+    mode: Literal["only_analog", "only_ideal"]
+    include: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    exclude: list[str] = Field(default_factory=list)
+
+    def select(self, names: list[str]) -> list[str]:
+        """The layers of ``names`` (model order) swept; raises ``LayerNameError`` for a pattern
+        that matches no layer, and ``ValueError`` when nothing is left."""
+        check_patterns(self.include, names, "sweep.layers.include")
+        check_patterns(self.exclude, names, "sweep.layers.exclude")
+        chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in self.include)
+                  and not any(fnmatch.fnmatchcase(n, p) for p in self.exclude)]
+        if not chosen:
+            raise ValueError("sweep.layers: include and exclude leave no layer to sweep")
+        return chosen
+
+    def point_hardware(self, hardware: Hardware, layer: str) -> Hardware:
+        """``hardware`` at the point of ``layer``: the mode's ``analog`` overrides on top of the
+        point's own layer overrides (``*`` moved last among the globs, the exact name applies after
+        every glob)."""
+        layers = dict(hardware.layers)
+        if self.mode == "only_analog":
+            layers["*"] = {**layers.pop("*", {}), "analog": False}
+            layers[layer] = {**layers.get(layer, {}), "analog": True}
+        elif layer != NO_LAYER:
+            layers[layer] = {**layers.get(layer, {}), "analog": False}
+        return hardware.model_copy(update={"layers": layers})
+
+
 class Sweep(StrictModel):
-    """Hardware settings swept: ``grid`` (cartesian product) and ``zip`` (lists taken together).
+    """Hardware settings swept: ``grid`` (cartesian product) and ``zip`` (lists taken together),
+    and the layer sensitivity sweep ``layers`` (:class:`LayerSweep`).
 
     Keys are dotted paths into the scenario starting with ``hardware.``. Each grid key gives a
     result dim named by its last component; zip keys share one dim named ``point``, each giving
-    a coordinate along it named by its last component.
+    a coordinate along it named by its last component. ``layers`` adds the last dim, ``target_layer``.
     """
 
     grid: dict[str, list] = Field(default_factory=dict)
     zip: dict[str, list] = Field(default_factory=dict)
+    layers: Optional[LayerSweep] = None
 
     @field_validator("grid", "zip", mode="before")
     @classmethod
@@ -152,7 +261,7 @@ class Sweep(StrictModel):
 
     @property
     def is_empty(self) -> bool:
-        return not self.grid and not self.zip
+        return not self.grid and not self.zip and self.layers is None
 
     def keys(self) -> list[str]:
         """All swept keys: grid keys then zip keys."""
@@ -210,7 +319,7 @@ class SweepPlan:
 
 
 def _set_path(data: dict, key: str, value: Any) -> None:
-    parts = key.split(".")
+    parts = key_parts(key)
     if parts[0] != "hardware" or len(parts) < 2:
         raise ValueError(f"{key}: sweep keys must start with 'hardware.'")
     node = data
@@ -226,7 +335,7 @@ def _set_path(data: dict, key: str, value: Any) -> None:
 
 def _get_path(data: dict, key: str) -> Any:
     node: Any = data
-    for part in key.split(".")[1:]:
+    for part in key_parts(key)[1:]:
         node = node[part]
     return node
 
@@ -275,8 +384,10 @@ def _describe(overrides: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={json.dumps(v, default=str)}" for k, v in overrides.items())
 
 
-def _build(hardware: Hardware, sweep: Sweep) -> tuple[SweepPlan, list[str]]:
-    """The plan (points whose hardware fails validation have hardware=None) and the problems."""
+def _build(hardware: Hardware, sweep: Sweep, targets: Optional[list[str]] = None) -> tuple[SweepPlan, list[str]]:
+    """The plan (points whose hardware fails validation have hardware=None) and the problems.
+
+    ``targets``: the layers of the layer sweep (its last dim), None without one."""
     grid_keys = list(sweep.grid)
     zip_keys = list(sweep.zip)
     n_zip = len(sweep.zip[zip_keys[0]]) if zip_keys else 0
@@ -295,6 +406,13 @@ def _build(hardware: Hardware, sweep: Sweep) -> tuple[SweepPlan, list[str]]:
             keys[dim_name(k)] = k
         coords[POINT_DIM] = list(range(n_zip))
         coord_dims[POINT_DIM] = POINT_DIM
+    if targets is not None:
+        if sweep.layers.mode == "only_ideal":
+            targets = [NO_LAYER] + list(targets)
+        dims.append(LAYER_DIM)
+        shape.append(len(targets))
+        coords[LAYER_DIM] = list(targets)
+        coord_dims[LAYER_DIM] = LAYER_DIM
 
     points: list[SweepPoint] = []
     failures: list[str] = []
@@ -306,13 +424,19 @@ def _build(hardware: Hardware, sweep: Sweep) -> tuple[SweepPlan, list[str]]:
             overrides[k] = copy.deepcopy(sweep.grid[k][position[d]])
             labels[dims[d]] = copy.deepcopy(sweep.grid[k][position[d]])
         if zip_keys:
-            j = position[-1]
+            j = position[len(grid_keys)]
             for k in zip_keys:
                 overrides[k] = copy.deepcopy(sweep.zip[k][j])
                 labels[dim_name(k)] = copy.deepcopy(sweep.zip[k][j])
             labels[POINT_DIM] = j
+        if targets is not None:
+            layer = targets[position[-1]]
+            labels[LAYER_DIM] = layer
+            overrides[f"sweep.layers.{sweep.layers.mode}"] = layer
         try:
-            hw = apply_overrides(hardware, overrides)
+            hw = apply_overrides(hardware, {k: v for k, v in overrides.items() if k.startswith("hardware")})
+            if targets is not None:
+                hw = Hardware.model_validate(sweep.layers.point_hardware(hw, layer).model_dump())
         except ValidationError as err:
             hw = None
             n_failed += 1
@@ -341,7 +465,7 @@ def normalized_sweep(hardware: Hardware, sweep: Sweep) -> Sweep:
     Raises ``ValueError`` with one line per problem (``Scenario`` validation turns it into
     field-path messages).
     """
-    if sweep.is_empty:
+    if not sweep.grid and not sweep.zip:
         return sweep
     plan, problems = _build(hardware, sweep)
     if problems:
@@ -386,12 +510,40 @@ def normalized_sweep(hardware: Hardware, sweep: Sweep) -> Sweep:
                 seen[c] = i
     if problems:
         raise ValueError("\n".join(problems))
-    return Sweep(grid=grid, zip=zipped)
+    return Sweep(grid=grid, zip=zipped, layers=sweep.layers)
 
 
-def expand(scenario: "Scenario") -> SweepPlan:
-    """All sweep points of ``scenario``, in C order over the dims."""
-    plan, problems = _build(scenario.hardware, scenario.sweep)
-    if problems:  # only possible for a scenario built without validation (model_construct)
+def needs_layer_names(scenario: "Scenario") -> bool:
+    """Whether expanding or checking ``scenario`` needs its model's layer names (a layer sweep,
+    or per-layer overrides whose patterns must match a layer)."""
+    sweep = scenario.sweep
+    return (sweep.layers is not None or bool(scenario.hardware.layers)
+            or any(key_parts(k)[:2] == ["hardware", "layers"] for k in sweep.keys()))
+
+
+def expand(scenario: "Scenario", layer_names: Optional[list[str]] = None) -> SweepPlan:
+    """All sweep points of ``scenario``, in C order over the dims.
+
+    ``layer_names``: the model's Conv2d/Linear layers (:func:`mcsim.engine.convert.crossbar_layers`),
+    required by a layer sweep (``sweep.layers``); when given, every point's per-layer patterns are
+    checked against them too. Raises ``ValueError`` (``LayerNameError`` for a pattern that matches no
+    layer) naming the field.
+    """
+    sweep = scenario.sweep
+    targets = None
+    if sweep.layers is not None:
+        if layer_names is None:
+            raise ValueError("sweep.layers: the layer sweep needs the model's layer names: pass layer_names "
+                             "(the runner loads the model for them)")
+        targets = sweep.layers.select(list(layer_names))
+    plan, problems = _build(scenario.hardware, sweep, targets)
+    if problems:  # a layer sweep's points (validated here), or a scenario built without validation
         raise ScenarioError(f"scenario {scenario.name!r}", problems)
+    if layer_names is not None:
+        seen = set()
+        for p in plan.points:
+            key = canonical_json(p.hardware.layers)
+            if key not in seen:
+                seen.add(key)
+                check_patterns(p.hardware.layers, list(layer_names), "hardware.layers")
     return plan

@@ -19,7 +19,7 @@ import torch.fx
 from torch import nn
 
 from mcsim.engine.layers import AnalogLayer, Context
-from mcsim.hardware import Hardware
+from mcsim.hardware import Hardware, check_patterns
 
 
 def pick_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -60,6 +60,31 @@ def execution_order(net: nn.Module, layers: list[tuple[str, nn.Module]]) -> list
     return sorted(layers, key=lambda item: rank.get(item[0], len(rank)))  # never called as modules: last
 
 
+def crossbar_layers(model: nn.Module) -> list[str]:
+    """The module paths of ``model``'s Conv2d and Linear layers, in registration order: the names
+    that ``hardware.layers`` patterns match."""
+    return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def layer_hardware(net: nn.Module, targets: list[tuple[str, nn.Module]], hardware: Hardware) -> dict[str, Hardware]:
+    """Each target layer's effective hardware (:meth:`Hardware.for_layer`), in the order of ``targets``.
+
+    ``analog_first_layer``/``analog_last_layer`` false are ``analog: false`` overrides of the first
+    and last layer the forward pass runs, under any override the user gives that exact name.
+    Raises :class:`~mcsim.hardware.LayerNameError` for a pattern that matches no target.
+    """
+    names = [n for n, _ in targets]
+    check_patterns(hardware.layers, names, "hardware.layers")
+    if not (hardware.analog_first_layer and hardware.analog_last_layer):
+        order = [n for n, _ in execution_order(net, targets)]
+        edges = ([] if hardware.analog_first_layer else order[:1]) + ([] if hardware.analog_last_layer else order[-1:])
+        layers = dict(hardware.layers)
+        for name in edges:
+            layers[name] = {"analog": False, **layers.get(name, {})}
+        hardware = hardware.model_copy(update={"layers": layers})
+    return {name: hardware.for_layer(name) for name in names}
+
+
 def _memory_budget(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -95,13 +120,15 @@ class AnalogModel(nn.Module):
         skipped = [n for n, m in self.net.named_modules() if isinstance(m, nn.modules.conv._ConvNd) and not isinstance(m, nn.Conv2d)]
         if skipped:
             warnings.warn(f"only Conv2d and Linear run on crossbars; these stay digital: {skipped}")
-        if not (hardware.analog_first_layer and hardware.analog_last_layer):
-            targets = execution_order(self.net, targets)
-            targets = targets[0 if hardware.analog_first_layer else 1 : None if hardware.analog_last_layer else -1]
-        self.layer_names: list[str] = []
+        #: every Conv2d/Linear's effective hardware (its ``analog`` says whether it is on crossbars)
+        self.layer_hardware = layer_hardware(self.net, targets, hardware)
+        self.layer_names: list[str] = []  # the analog layers, in registration order
         for name, module in targets:
+            hw = self.layer_hardware[name]
+            if not hw.analog:
+                continue
             parent, _, child = name.rpartition(".")
-            setattr(self.net.get_submodule(parent), child, AnalogLayer(module, hardware, name, self.ctx))
+            setattr(self.net.get_submodule(parent), child, AnalogLayer(module, hw, name, self.ctx))
             self.layer_names.append(name)
         self.net.to(self.device)
         for layer in self.analog_layers():
@@ -111,8 +138,8 @@ class AnalogModel(nn.Module):
         self._act_bytes: dict[tuple, int] = {}
         # Keep programmed chips between forward calls when they fit in half the budget: a task evaluates
         # many batches on the same chips. Per chip: weights per slice (and read-noise variances).
-        copies = hardware.slices * (2 if hardware.read_noise.model != "none" else 1)
-        chip_bytes = sum(4 * copies * layer.digital_weight.numel() for layer in self.analog_layers())
+        chip_bytes = sum(4 * layer.hw.slices * (2 if layer.hw.read_noise.model != "none" else 1)
+                         * layer.digital_weight.numel() for layer in self.analog_layers())
         self.ctx.cache = chip_bytes * len(chips) <= self.memory_budget // 2
 
     def analog_layers(self) -> list[AnalogLayer]:
@@ -136,7 +163,7 @@ class AnalogModel(nn.Module):
             finally:
                 for h in handles:
                     h.remove()
-            elements = max(peak[0], max(layer.probe_elements for layer in self.analog_layers()))
+            elements = max([peak[0]] + [layer.probe_elements for layer in self.analog_layers()])
             self._act_bytes[key] = 4 * elements * 3  # temporaries around each op
         return self._act_bytes[key]
 
@@ -171,8 +198,8 @@ class AnalogModel(nn.Module):
 
     # ------------------------------------------------------------------ calibration (MODEL.md 5, 7)
     def needs_calibration(self) -> bool:
-        hw = self.hardware
-        return hw.input_bits is not None or (hw.adc.bits is not None and hw.adc.range != "explicit")
+        return any(hw.input_bits is not None or (hw.adc.bits is not None and hw.adc.range != "explicit")
+                   for hw in (layer.hw for layer in self.analog_layers()))
 
     @torch.no_grad()
     def calibrate(self, batches: Iterable) -> dict:
@@ -197,10 +224,14 @@ class AnalogModel(nn.Module):
         for layer in layers:
             layer.finish_input_calibration()
             layer.clear_cache()
-        if self.hardware.adc.bits is not None and self.hardware.adc.range == "calibrated":
+        adc_layers = [layer for layer in layers if layer.hw.adc.bits is not None and layer.hw.adc.range == "calibrated"]
+        if adc_layers:
             one_pass("calibrate_adc")
             for layer in layers:
-                layer.finish_adc_calibration()
+                if layer in adc_layers:
+                    layer.finish_adc_calibration()
+                else:  # recorded in the pass, not needed: its ADC is ideal or its range not calibrated
+                    layer.clear_calibration_samples()
         return self.calibration()
 
     def calibration(self) -> dict:

@@ -36,10 +36,11 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mcsim.hardware import Energy
@@ -64,24 +65,34 @@ class EnergyCounts:
     counts: dict[str, np.ndarray]
     adc_bits: np.ndarray
     images: int
+    prices: list[Energy]  # each layer's hardware.energy (per-layer overrides applied)
 
     def stacked(self) -> np.ndarray:
         """The counts as one array ``(T, len(COUNTS), L)``."""
         return np.stack([self.counts[k] for k in COUNTS], axis=1)
 
-    def joules(self, energy: Energy) -> np.ndarray:
-        """Energy ``(T, 4)`` by component (``physics.energy.COMPONENTS``), in J."""
+    def joules(self, energy: Optional[Energy] = None) -> np.ndarray:
+        """Energy ``(T, 4)`` by component (``physics.energy.COMPONENTS``), in J: each layer priced
+        with its own ``hardware.energy``, or every layer with ``energy`` when given."""
         return self.joules_per_layer(energy).sum(2)
 
-    def joules_per_layer(self, energy: Energy) -> np.ndarray:
-        """Energy ``(T, 4, L)`` by component and layer, in J."""
+    def joules_per_layer(self, energy: Optional[Energy] = None) -> np.ndarray:
+        """Energy ``(T, 4, L)`` by component and layer, in J (prices as in :meth:`joules`)."""
         c = self.counts
-        fom = np.array([price.adc_conversion_energy(int(b), energy.adc_fom_j) if b else 0.0 for b in self.adc_bits])
+        prices = [energy or e for e in self.prices]
+
+        def per_layer(f):
+            return np.array([f(e) for e in prices], dtype=np.float64)
+
+        fom = np.array([price.adc_conversion_energy(int(b), e.adc_fom_j) if b else 0.0
+                        for b, e in zip(self.adc_bits, prices)])
         parts = [
             c["adc_conversions"] * fom,
-            price.dac_energy(c["dac_pulses"], energy.dac_pulse_j),
-            price.array_energy(c["array_g_v2"], energy.v_read, energy.t_read, energy.gmax_siemens),
-            price.digital_energy(c["digital_adds"], c["digital_macs"], energy.add_j, energy.mac_j),
+            price.dac_energy(c["dac_pulses"], per_layer(lambda e: e.dac_pulse_j)),
+            price.array_energy(c["array_g_v2"], per_layer(lambda e: e.v_read), per_layer(lambda e: e.t_read),
+                               per_layer(lambda e: e.gmax_siemens)),
+            price.digital_energy(c["digital_adds"], c["digital_macs"], per_layer(lambda e: e.add_j),
+                                 per_layer(lambda e: e.mac_j)),
         ]
         return np.stack(parts, axis=1)
 
@@ -92,6 +103,7 @@ class EnergyCounter:
 
     chips: list[int]
     layers: list[str]
+    prices: list[Energy]
     images: int = 0
     sums: dict[str, np.ndarray] = field(default_factory=dict)
     adc_bits: dict[str, int] = field(default_factory=dict)
@@ -114,7 +126,7 @@ class EnergyCounter:
         n = max(self.images, 1) if per_image else 1
         return EnergyCounts(
             list(self.chips), list(self.layers), {k: v / n for k, v in self.sums.items()},
-            np.array([self.adc_bits[n_] for n_ in self.layers]), self.images,
+            np.array([self.adc_bits[n_] for n_ in self.layers]), self.images, list(self.prices),
         )
 
     # ------------------------------------------------------------------ analog layers
@@ -131,14 +143,14 @@ class EnergyCounter:
         # convolution per chip on that one summed input.
         active, v2 = _drive(n, layer, p, bitserial)
         ones = torch.ones(geo.groups, geo.cg, *geo.kernel, dtype=torch.float64, device=n.device)
-        pulses = layer._per_chip_conv(active, ones, None, geo.groups, shared=True)  # (Tc, 1, g, H', W')
-        g_v2 = layer._per_chip_conv(v2, self._row_conductance(layer), None, geo.groups)
-        pos = n.shape[1] * pulses[0, 0, 0].numel()  # output positions of the call, per chip
+        pulses = F.conv2d(active, ones, None, groups=geo.groups, **layer.conv_args)  # (Tc, g, H', W')
+        g_v2 = _per_chip_conv(layer, v2, self._row_conductance(layer))
+        pos = n.shape[1] * pulses[0, 0].numel()  # output positions of the call, per chip
 
         spans = _row_spans(layer)
-        self._add("dac_pulses", layer.name, chips, pulses.sum((1, 2, 3, 4)) * spans)
+        self._add("dac_pulses", layer.name, chips, pulses.sum((1, 2, 3)) * spans)
         self._add("row_slots", layer.name, chips, pos * geo.groups * geo.rows * nb_in * spans)
-        self._add("array_g_v2", layer.name, chips, g_v2.sum((1, 2, 3, 4)))
+        self._add("array_g_v2", layer.name, chips, g_v2.sum((1, 2, 3)))
         terms = layer.n_slices * part.parts * nb_adc
         self._add("adc_conversions", layer.name, chips, pos * geo.c_out * terms)
         adds, macs = pos * geo.c_out * (terms - 1), 0
@@ -173,15 +185,23 @@ class EnergyCounter:
         self._add("digital_macs", name, chips, per_chip_rows * per_row)
 
 
+def _per_chip_conv(layer: "AnalogLayer", inp: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``inp (Tc, C, H, W)`` through each chip's own weights ``(Tc * g, C_g, kh, kw)`` (chip-major):
+    one grouped convolution with the chips as groups -> ``(Tc, g, H', W')``."""
+    tc, groups = inp.shape[0], layer.geom.groups
+    out = F.conv2d(inp.reshape(1, -1, *inp.shape[2:]), weight, None, groups=tc * groups, **layer.conv_args)
+    return out.view(tc, groups, *out.shape[2:])
+
+
 def _drive(n: torch.Tensor, layer: "AnalogLayer", p: "Pass", bitserial: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per input element, summed over the call's images ``(Tc, 1, C, H, W)`` float64: the pulses its
+    """Per input element, summed over the call's images ``(Tc, C, H, W)`` float64: the pulses its
     row gets (set bits, or 1 if nonzero) and ``sum v**2`` over its reads (bit-serial: the set bits
     again, ``v`` in {0, +-1}; analog: ``(n / n_max)**2``). Sums of small integers: exact."""
     if bitserial:
-        bits = dac.bit_planes(n, layer.hw.input_bits, p.signed, dim=1).abs_().sum((1, 2)).unsqueeze(1).double()
+        bits = dac.bit_planes(n, layer.hw.input_bits, p.signed, dim=1).abs_().sum((1, 2)).double()
         return bits, bits
-    active = (n != 0).sum(1, keepdim=True).double()
-    return active, n.square().sum(1, keepdim=True).double() / layer._input_scale(False) ** 2
+    active = (n != 0).sum(1).double()
+    return active, n.square().sum(1).double() / layer._input_scale(False) ** 2
 
 
 def _row_spans(layer: "AnalogLayer") -> int:
@@ -213,12 +233,14 @@ def counting(model: "AnalogModel") -> Iterator[EnergyCounter]:
 
     >>> with counting(analog) as counter:          # doctest: +SKIP
     ...     analog(images)
-    >>> counter.result().joules(analog.hardware.energy)  # (T, 4) J per image, by component
+    >>> counter.result().joules()  # (T, 4) J per image, by component
     """
     from mcsim.engine.layers import AnalogLayer
 
     layers = _counted_layers(model)
-    counter = EnergyCounter([int(c) for c in model.chips.tolist()], [n for n, _ in layers])
+    hw = getattr(model, "layer_hardware", {})
+    prices = [(m.hw if isinstance(m, AnalogLayer) else hw.get(n, model.hardware)).energy for n, m in layers]
+    counter = EnergyCounter([int(c) for c in model.chips.tolist()], [n for n, _ in layers], prices)
     ctx = model.ctx
 
     def images(_m, args):

@@ -2,7 +2,7 @@
 
 Activations carry the chips in the batch dim, ``(Tc * B, ...)`` chip-major. A layer programs each
 chip's devices (MODEL.md sections 2-4, 8), then runs each chip's array partitions and weight slices
-as one grouped convolution (a Linear is a 1x1 conv):
+as one grouped convolution (a Linear is a 1x1 conv), all chips of the block in one call:
 
 * **split** structure (a real ADC, or ADC calibration): output channels per (chip, group,
   partition) are ``(slice, column)``; each column output is digitized on its own (section 7), per
@@ -14,10 +14,12 @@ as one grouped convolution (a Linear is a 1x1 conv):
 Read noise is drawn in output space: a column's noise variance is ``sum_j v_j**2 var(dG_j)``
 (section 4), one extra convolution of ``v**2`` with the per-device variances.
 
-Determinism (section 9): a chip's outputs must not depend on the other chips of its block, although
-quantizers turn the last float bit into a level flip. The float kernels (oneDNN, cuDNN) pick their
-reduction order from the whole call's shape, so the matmuls run one call per chip: a chip's
-arithmetic then depends only on its own shapes (its batch of images), never on the block.
+Determinism (section 9): a chip's outputs must not depend on the other chips of its block, the batch
+or the thread count, although quantizers turn the last float bit into a level flip. The float
+kernels pick each output's summation order from the call's shape; above small floors of groups and
+images that order no longer depends on them, and every call is padded up to those floors
+(:meth:`AnalogLayer._grouped_conv`). Sums that must be exact are made of integers (input levels,
+ADC codes).
 """
 from __future__ import annotations
 
@@ -37,10 +39,9 @@ from mcsim.physics import adc, dac, devices, mapping, parasitics
 
 _SAMPLES_PER_BATCH = 2**18  # calibration values kept per layer and batch (strided subsample)
 _STREAM_PROGRAM, _STREAM_DRIFT, _STREAM_READ = 1, 11, 101
-# Smallest batch a chip's matmul runs at (zero rows pad it): oneDNN takes another kernel, and so another
-# summation order, for a single image, and for matrix-vector-like (1x1 spatial) calls below ~16 rows
-# when single-threaded. Padding keeps every chip on one kernel whatever the batch and thread count.
-_MIN_ROWS, _MIN_ROWS_GEMM = 2, 16
+# The canonical floors of a grouped convolution (see AnalogLayer._grouped_conv): images per call, images
+# per call when the output is a single pixel (a matrix product), and groups per call.
+_MIN_ROWS, _MIN_ROWS_GEMM, _MIN_GROUPS = 2, 16, 3
 
 
 Mode = Literal["run", "probe", "calibrate_inputs", "calibrate_adc"]
@@ -87,14 +88,6 @@ class Programmed:
     var: Optional[torch.Tensor]  # read-noise variances, same layout (None: no read noise)
     alpha: Optional[torch.Tensor]  # (Tc,) drift compensation factors
     bias: Optional[torch.Tensor] = None  # conv bias (ADC code shift, or the layer's bias when folded)
-
-    def chip(self, c: int, tc: int) -> "Programmed":
-        """Chip ``c`` of the ``tc`` chips this block holds (views, chip-major)."""
-        def one(t):
-            return None if t is None else t.view(tc, -1, *t.shape[1:])[c]
-
-        return Programmed(one(self.weight), one(self.var), None if self.alpha is None else self.alpha[c : c + 1],
-                          one(self.bias))
 
 
 def _subsample(t: torch.Tensor) -> np.ndarray:
@@ -340,89 +333,99 @@ class AnalogLayer(nn.Module):
         u, bit_weights = self._input_planes(n, p)
         u2 = self._noise_planes(n, u, p) if prog.var is not None else None
         if not p.split:
-            return self._folded(u, u2, prog).flatten(0, 1)
-        tc, out = len(self.ctx.chips), None
-        for c in range(tc):  # chip by chip: its column outputs stay in cache through the ADC and recombination
-            z = self._split_chip(u[c : c + 1], None if u2 is None else u2[c : c + 1], prog.chip(c, tc),
-                                 self.ctx.chips[c : c + 1], bit_weights, p)
-            if out is None:
-                out = z.new_empty(tc, *z.shape[1:])
-            torch.add(z, self.bias.view(self.geom.groups, self.geom.ng, 1, 1), out=out[c : c + 1])
-        return out.flatten(0, 1).flatten(1, 2)
-
-    def _split_chip(self, u, u2, prog: Programmed, chips, bit_weights: list[float], p: Pass) -> torch.Tensor:
-        """One chip's split pass, before the layer's bias: ``(1, r, g, N_g, H', W')``."""
-        z = self._recombine(self._digitize(self._columns(u, u2, prog, chips), p), bit_weights)
-        if prog.alpha is not None:  # drift compensation rescales the analog outputs (section 4)
-            z.mul_(prog.alpha.to(z.dtype).view(-1, 1, 1, 1, 1, 1))
-        if self.hw.mapping == "offset":
-            z.sub_(self._offset_term(u, bit_weights, p))
-        return z.mul_(self.unit * (self.x_range or 1.0))
+            z = self._folded(u, u2, prog)
+        else:
+            z = self._recombine(self._digitize(self._columns(u, u2, prog), p), bit_weights)
+            if prog.alpha is not None:  # drift compensation rescales the analog outputs (section 4)
+                z.mul_(prog.alpha.to(z.dtype).view(1, -1, 1, 1, 1, 1))
+            if self.hw.mapping == "offset":
+                z.sub_(self._offset_term(u, bit_weights, p))
+            z.mul_(self.unit * (self.x_range or 1.0)).add_(self.bias.view(self.geom.groups, self.geom.ng, 1, 1))
+        return z.transpose(0, 1).reshape(-1, self.geom.c_out, *z.shape[-2:])  # chip-major (Tc * r, C_out, H', W')
 
     # ------------------------------------------------------------------ the steps of a pass
+    # Activations inside a layer are image-major in memory, ``(r, Tc, ...)`` seen as ``(Tc, r, ...)``, so
+    # that every chip's channels sit side by side for one grouped convolution.
     def _levels(self, x: torch.Tensor, p: Pass) -> torch.Tensor:
-        """Section 5: integer DAC levels ``(Tc, r, C, H, W)``, in our own buffer (x may feed a residual)."""
+        """Section 5: integer DAC levels ``(Tc, r, C, H, W)`` in our own buffer (x may feed a residual),
+        laid out image-major in the same pass that copies them."""
         tc = len(self.ctx.chips)
-        n = x.reshape(tc, x.shape[0] // tc, *x.shape[1:]).clone()
+        r = x.shape[0] // tc
+        n = x.new_empty(r, tc, *x.shape[1:]).transpose(0, 1)
+        n.copy_(x.view(tc, r, *x.shape[1:]))
         return dac.levels_(n, self.x_range or 1.0, self.hw.input_bits, p.signed)
 
     def _input_planes(self, n: torch.Tensor, p: Pass) -> tuple[torch.Tensor, list[float]]:
-        """What drives the rows ``(Tc, nb, r, C, H, W)`` and each plane's weight in the recombination:
+        """What drives the rows, ``(nb, Tc, r, C, H, W)``, and each plane's weight in the recombination:
         one bit plane per MVM when bits are digitized apart (``sum_k 2**k y_k / n_max``), else the levels."""
         if not p.serial:
-            return n.unsqueeze(1), [1.0]
-        u = dac.bit_planes(n, self.hw.input_bits, p.signed, dim=1)
+            return n.unsqueeze(0), [1.0]
+        u = dac.bit_planes(n, self.hw.input_bits, p.signed)
         n_max = dac.max_level(self.hw.input_bits, p.signed)
-        return u, [2.0**k / n_max for k in range(u.shape[1])]
+        return u, [2.0**k / n_max for k in range(u.shape[0])]
 
     def _noise_planes(self, n: torch.Tensor, u: torch.Tensor, p: Pass) -> torch.Tensor:
         """``v**2`` per plane for the read-noise variance; with analog accumulation of bit-serial inputs
         each bit is its own read, so the bits' variances add with weights ``4**k``."""
         if not (p.bitserial and not p.serial):
             return u**2
-        planes = dac.bit_planes(n, self.hw.input_bits, p.signed, dim=1)
-        w4 = torch.tensor([4.0**k for k in range(planes.shape[1])], dtype=n.dtype, device=n.device)
-        return ((planes**2) * w4.view(1, -1, *[1] * (planes.dim() - 2))).sum(1, keepdim=True)
+        planes = dac.bit_planes(n, self.hw.input_bits, p.signed)
+        w4 = torch.tensor([4.0**k for k in range(planes.shape[0])], dtype=n.dtype, device=n.device)
+        return ((planes**2) * w4.view(-1, *[1] * (planes.dim() - 1))).sum(0, keepdim=True)
 
-    def _per_chip_conv(self, inp: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                       groups: int, shared: bool = False) -> torch.Tensor:
-        """``inp (Tc, N, C, H, W)`` through each chip's own weights (chip-major blocks of ``weight``;
-        ``shared``: one weight for all chips) -> ``(Tc, N, C_out, H', W')``. One call per chip, so a
-        chip's float arithmetic never depends on the block it is evaluated in (module docstring)."""
-        tc, rows = inp.shape[:2]
-        w = weight.unsqueeze(0).expand(tc, *weight.shape) if shared else weight.view(tc, -1, *weight.shape[1:])
-        b = bias.view(tc, -1) if bias is not None else [None] * tc
-        floor = _MIN_ROWS_GEMM if inp.shape[-2:] == (1, 1) else _MIN_ROWS
-        if rows < floor:  # below these, oneDNN switches kernel by batch size and thread count
-            inp = F.pad(inp, (0, 0) * (inp.dim() - 2) + (0, floor - rows))
-        out = [F.conv2d(inp[c], w[c], b[c], groups=groups, **self.conv_args) for c in range(tc)]
-        out = out[0].unsqueeze(0) if tc == 1 else torch.stack(out)
-        return out[:, :rows] if out.shape[1] > rows else out
+    def _grouped_conv(self, inp: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                      groups: int) -> torch.Tensor:
+        """``F.conv2d`` of ``inp (N, groups * C_g, H, W)`` in a canonical shape (determinism contract).
+
+        oneDNN picks its kernel, and so each output's summation order, from the call's shape. Measured
+        on its CPU kernels: with at least 3 groups and at least 2 images (16 when the output is one
+        pixel, a matrix product), a group's outputs are bit-identical whatever the group count, the
+        group's position, the batch and the thread count. Below those floors zero groups and zero
+        images pad the call; they cost only when a block holds fewer than 3 chips or images.
+        """
+        rows, cout = inp.shape[0], weight.shape[0]
+        floor = _MIN_ROWS_GEMM if inp.shape[-2:] == (1, 1) and weight.shape[-2:] == (1, 1) else _MIN_ROWS
+        if rows < floor:
+            inp = F.pad(inp, (0, 0, 0, 0, 0, 0, 0, floor - rows))
+        if groups < _MIN_GROUPS:
+            extra = _MIN_GROUPS - groups
+            inp = F.pad(inp, (0, 0, 0, 0, 0, extra * (inp.shape[1] // groups)))
+            weight = torch.cat([weight, weight.new_zeros(extra * (cout // groups), *weight.shape[1:])])
+            bias = None if bias is None else torch.cat([bias, bias.new_zeros(extra * (cout // groups))])
+            groups = _MIN_GROUPS
+        out = F.conv2d(inp, weight, bias, groups=groups, **self.conv_args)
+        return out[:rows, :cout] if out.shape[0] > rows or out.shape[1] > cout else out
 
     def _folded(self, u: torch.Tensor, u2: Optional[torch.Tensor], prog: Programmed) -> torch.Tensor:
-        """The folded pass: one matmul per chip gives the layer's output ``(Tc, r, C_out, H', W')``."""
-        out = self._per_chip_conv(u[:, 0], prog.weight, prog.bias, self.geom.groups)
+        """The folded pass: one grouped matmul gives the layer's output ``(r, Tc, g, N_g, H', W')``."""
+        geo, tc = self.geom, u.shape[1]
+
+        def run(planes, weight, bias=None):  # (Tc, r, C, H, W) image-major -> (r, Tc * C, H, W)
+            return self._grouped_conv(planes.transpose(0, 1).flatten(1, 2), weight, bias, tc * geo.groups)
+
+        out = run(u[0], prog.weight, prog.bias)
+        out = out.view(out.shape[0], tc, geo.groups, geo.ng, *out.shape[-2:])
         if u2 is not None:
-            var = self._per_chip_conv(u2[:, 0], prog.var, None, self.geom.groups)
-            out += var.sqrt_().mul_(self._read_noise(self.ctx.chips, 1, out.shape[1], out[0, 0].numel()).view_as(var))
+            var = run(u2[0], prog.var).view_as(out)
+            out += var.sqrt_().mul_(self._read_noise(1, out.shape[0], var[0, 0].numel()).view_as(var))
         return out
 
-    def _columns(self, u: torch.Tensor, u2: Optional[torch.Tensor], prog: Programmed, chips) -> torch.Tensor:
-        """Every column of every array, per input plane: ``(Tc, nb, r, g, P, S, N_g, H', W')`` ADC codes
+    def _columns(self, u: torch.Tensor, u2: Optional[torch.Tensor], prog: Programmed) -> torch.Tensor:
+        """Every column of every array, per input plane: ``(nb, r, Tc, g, P, S, N_g, H', W')`` ADC codes
         before rounding (raw outputs when calibrating), with read noise (section 4)."""
         geo, part = self.geom, self.part
-        tc, nb, r = u.shape[:3]
-        groups = geo.groups * part.parts
+        nb, tc, r = u.shape[:3]
+        groups = tc * geo.groups * part.parts
 
-        def run(planes, weight, bias=None):
-            inp = part.gather_inputs(planes.flatten(1, 2)).flatten(2, 4)  # (Tc, nb * r, g * P * Cp, H, W)
-            return self._per_chip_conv(inp, weight, bias, groups)
+        def run(planes, weight, bias=None):  # (nb, Tc, r, C, H, W) -> (nb * r, Tc * g * P * Cp, H, W)
+            inp = part.gather_inputs(planes).permute(0, 2, 1, 3, 4, 5, 6, 7).flatten(0, 1).flatten(1, 4)
+            return self._grouped_conv(inp, weight, bias, groups)
 
         k = run(u, prog.weight, prog.bias)
-        k = k.view(tc, nb, r, geo.groups, part.parts, self.n_slices, geo.ng, *k.shape[-2:])
+        k = k.view(nb, r, tc, geo.groups, part.parts, self.n_slices, geo.ng, *k.shape[-2:])
         if u2 is not None:
             var = run(u2, prog.var).view_as(k)
-            k += var.sqrt_().mul_(self._read_noise(chips, nb, r, var[0, 0, 0].numel()).view_as(var))
+            k += var.sqrt_().mul_(self._read_noise(nb, r, var[0, 0, 0].numel()).view_as(var))
         return k
 
     def _digitize(self, k: torch.Tensor, p: Pass) -> tuple[torch.Tensor, list[float], list[float]]:
@@ -438,52 +441,52 @@ class AnalogLayer(nn.Module):
 
     def _recombine(self, digitized, bit_weights: list[float]) -> torch.Tensor:
         """``z = sum over planes b, partitions p, slices s of w_b c_s (lo_s + step_s code)``, in recombined
-        digits (sections 3, 5, 6), summed in a fixed order: ``(Tc, r, g, N_g, H', W')``."""
+        digits (sections 3, 5, 6), summed in a fixed order: ``(r, Tc, g, N_g, H', W')``."""
         k, step, lo = digitized
         coef = self.coef.tolist()
         offset = sum(bit_weights) * self.part.parts * sum(c * l for c, l in zip(coef, lo))
-        tc, nb = k.shape[:2]
+        nb = k.shape[0]
         if nb > 1 and self.hw.adc.bits is not None and self.hw.adc.bits + nb <= 24 and self.ctx.mode == "run":
             # Integer codes: sum_b 2**b code_b is exact in float32 whatever the summation order, so one
             # matrix-vector product over the bits replaces nb passes (bit weights are 2**b / n_max).
             powers = torch.tensor([2.0**b for b in range(nb)], dtype=k.dtype, device=k.device)
-            k = torch.matmul(powers, k.view(tc, nb, -1)).view(tc, 1, *k.shape[2:])
+            k = torch.matmul(powers, k.reshape(nb, -1)).view(1, *k.shape[1:])  # k may be a strided view
             bit_weights = bit_weights[:1]
         terms = [(b, q, s) for b in range(len(bit_weights)) for q in range(self.part.parts) for s in range(self.n_slices)]
         z = None
         for b, q, s in terms:
             f = bit_weights[b] * coef[s] * step[s]
             if z is None:  # k is this layer's own buffer: scale the only term in place
-                z = k[:, b, :, :, q, s].mul_(f) if len(terms) == 1 else k[:, b, :, :, q, s] * f
+                z = k[b, :, :, :, q, s].mul_(f) if len(terms) == 1 else k[b, :, :, :, q, s] * f
             else:
-                z.add_(k[:, b, :, :, q, s], alpha=f)
+                z.add_(k[b, :, :, :, q, s], alpha=f)
         return z.add_(offset)
 
     def _offset_term(self, u: torch.Tensor, bit_weights: list[float], p: Pass) -> torch.Tensor:
-        """Offset mapping's digital ``G_zero * sum(v)`` per partition row set, in recombined digits
-        (section 3), ``(Tc, r, g, 1, H', W')``: the inputs summed over each array's rows, per plane."""
+        """Offset mapping's digital ``G_zero * sum(v)`` (section 3) in recombined digits, ``(r, Tc, g, 1,
+        H', W')``: the integer input levels summed over each array's rows (exact), per plane."""
         geo, part = self.geom, self.part
-        tc, nb, r = u.shape[:3]
-        ones = part.mask.to(u.dtype).unsqueeze(0).expand(geo.groups, -1, -1, -1, -1).flatten(0, 1)
-        inp = part.gather_inputs(u.flatten(1, 2)).flatten(2, 4)
-        sv = self._per_chip_conv(inp, ones, None, geo.groups * part.parts, shared=True)
-        sv = sv.view(tc, nb, r, geo.groups, part.parts, *sv.shape[-2:]).sum(4)
-        w = torch.tensor(bit_weights, dtype=u.dtype, device=u.device).view(1, -1, 1, 1, 1, 1)
-        return ((sv * w).sum(1) * (self.offset / self._input_scale(p.serial))).unsqueeze(3)
+        nb, tc, r = u.shape[:3]
+        ones = part.mask.to(u.dtype).unsqueeze(0).expand(tc * geo.groups, -1, -1, -1, -1).flatten(0, 1)
+        inp = part.gather_inputs(u).permute(0, 2, 1, 3, 4, 5, 6, 7).flatten(0, 1).flatten(1, 4)
+        sv = self._grouped_conv(inp, ones, None, tc * geo.groups * part.parts)
+        sv = sv.view(nb, r, tc, geo.groups, part.parts, *sv.shape[-2:]).sum(4)
+        w = torch.tensor(bit_weights, dtype=u.dtype, device=u.device).view(-1, 1, 1, 1, 1, 1)
+        return ((sv * w).sum(0) * (self.offset / self._input_scale(p.serial))).unsqueeze(3)
 
-    def _read_noise(self, chips: torch.Tensor, nb: int, r: int, n: int) -> torch.Tensor:
-        """Read-noise normals ``(len(chips), nb, r, n)``, streams keyed by chip, image, token and input bit."""
+    def _read_noise(self, nb: int, r: int, n: int) -> torch.Tensor:
+        """Read-noise normals ``(nb, r, Tc, n)``, streams keyed by chip, image, token and input bit."""
         ids = self.ctx.image_ids
         tokens = r // len(ids)  # a Linear fed (batch, tokens, features): each token is its own read
-        dev = chips.device
+        dev = self.ctx.chips.device
         keys = rng.derive(
             self.ctx.seed,
-            chips.view(-1, 1, 1),
+            self.ctx.chips.view(1, 1, -1),
             self.key,
             _STREAM_READ,
-            ids.to(dev).repeat_interleave(tokens).view(1, 1, -1),
-            torch.arange(tokens, device=dev).repeat(len(ids)).view(1, 1, -1),
-            torch.arange(nb, device=dev).view(1, -1, 1),
+            ids.to(dev).repeat_interleave(tokens).view(1, -1, 1),
+            torch.arange(tokens, device=dev).repeat(len(ids)).view(1, -1, 1),
+            torch.arange(nb, device=dev).view(-1, 1, 1),
         )
         return rng.normal(keys, n, self.digital_weight.dtype)
 
@@ -515,6 +518,10 @@ class AnalogLayer(nn.Module):
             lo.append(l)
             hi.append(h)
         self.adc_range = (lo, hi)
+
+    def clear_calibration_samples(self):
+        """Drop the samples a calibration pass recorded (a layer whose ADC needs no calibrated range)."""
+        self._samples.clear()
 
     def calibration_state(self) -> dict:
         return {"x_range": self.x_range, "signed": self.signed, "adc_range": self.adc_range}

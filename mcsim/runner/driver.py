@@ -38,7 +38,7 @@ from mcsim.runner.store import (
     store_path,
 )
 from mcsim.scenario import Scenario
-from mcsim.sweep import expand
+from mcsim.sweep import SweepPlan, expand, needs_layer_names
 
 __all__ = ["Executor", "ExecutorFactory", "Pending", "Prepared", "RunRecord", "SetupError", "prepare", "run"]
 
@@ -177,8 +177,31 @@ class Prepared:
         return self.overwrite or self.info.kind in ("absent", "empty") or self.info.attrs.get("state") == "creating"
 
 
+def model_layer_names(scenario: Scenario) -> list[str]:
+    """The model's Conv2d/Linear layers (loads the model: a built-in trains here, once)."""
+    from mcsim.engine.convert import crossbar_layers
+    from mcsim.models import load_model
+
+    return crossbar_layers(load_model(scenario.model))
+
+
+def sweep_plan(scenario: Scenario) -> SweepPlan:
+    """The sweep's points; a layer sweep, or per-layer overrides, load the model for its layer
+    names (the layer sweep's points are one per layer; every pattern must match a layer).
+    A pattern that matches no layer is a :class:`SetupError` naming the field."""
+    if not needs_layer_names(scenario):
+        return expand(scenario)
+    from mcsim.hardware import LayerNameError
+
+    try:
+        return expand(scenario, model_layer_names(scenario))
+    except LayerNameError as err:
+        raise SetupError(str(err)) from None
+
+
 def prepare(scenario: Scenario, *, output: Optional[str] = None, overwrite: bool = False) -> Prepared:
-    """Check the output and plan the work (no writes; loads the evaluation data set)."""
+    """Check the output and plan the work (no writes; loads the evaluation data set, and the model
+    when the sweep needs its layer names)."""
     path = store_path(output or scenario.output)
     info = check_output(path, scenario, overwrite)
     n_images = count_images(scenario)
@@ -187,7 +210,7 @@ def prepare(scenario: Scenario, *, output: Optional[str] = None, overwrite: bool
     if resume and int(layout.get("n_images", -1)) != n_images:
         raise StoreError(f"{path} was written over {layout.get('n_images')} evaluation images, but the data "
                          f"set now has {n_images}; {_AGAIN}")
-    plan = make_plan(scenario, n_images, expand(scenario),
+    plan = make_plan(scenario, n_images, sweep_plan(scenario),
                      shard_images=layout.get("shard_size"), trials_per_task=layout.get("trials_per_task"))
     return Prepared(path, info, plan, overwrite)
 

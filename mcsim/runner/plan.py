@@ -167,6 +167,8 @@ class RunPlan:
             size += (f" (execution.shard_images {self.shard_images_asked} rounded up to a multiple of the "
                      f"batch size {self.batch_size})")
         lines.append(f"image shards: {len(shards)} of {size}")
+        if "target_layer" in self.sweep.coords:
+            lines.append(f"layers swept (target_layer): {', '.join(self.sweep.coords['target_layer'])}")
         lines.append(
             f"tasks: {self.n_points} calibration, {len(shards)} digital baseline, "
             f"{self.n_points * len(blocks) * len(shards)} evaluation "

@@ -15,6 +15,10 @@ for zipped keys; the sweep values are coordinates)::
     energy_counts                float64 (S..., trial, count, layer)  the counts per image and layer
     calibrated                   bool (S...)  the point's hardware needed a calibration
     analog                       bool (S..., layer)  the layer is analog at that point
+    weight_bits, input_bits,     float64 (S..., layer)  the layer's effective resolution (per-layer
+      adc_bits                     overrides applied); NaN: continuous / ideal ADC / digital layer
+    layer_overrides              str (S..., layer)  JSON of the layer's settings that differ from the
+                                   point's chip ("{}": none; "": not a layer of the point)
     x_range                      float64 (S..., layer)  input (DAC) range; NaN: none
     input_signed                 int8 (S..., layer)  1/0; -1: none
     adc_slices                   int8 (S..., layer)  weight slices with an ADC range (0: none)
@@ -86,6 +90,7 @@ ENERGY_COUNTS = ("adc_conversions", "dac_pulses", "row_slots", "array_g_v2", "di
 ENERGY_COMPONENTS = ("adc", "dac", "array", "digital")
 DIGITAL_VARS = ("digital_correct_top1", "digital_correct_top5")
 CALIBRATION_VARS = ("calibrated", "analog", "x_range", "input_signed", "adc_slices", "adc_lo", "adc_hi")
+SETTING_VARS = ("weight_bits", "input_bits", "adc_bits")  # per layer, with layer_overrides
 _WRITE = dict(consolidated=False, zarr_format=3)  # metadata is consolidated once all of it is written
 
 
@@ -300,6 +305,8 @@ class ResultStore:
                 "dims": store.dims,
                 "coord_dims": dict(plan.sweep.coord_dims),
                 "energy_layers": store._energy_layers,
+                # the layer sensitivity sweep's mode (its dim: target_layer), None without one
+                "layer_sweep": scenario.sweep.layers.mode if scenario.sweep.layers is not None else None,
             },
             "created": now(),
             "runs": [],
@@ -503,9 +510,10 @@ class ResultStore:
         if missing:
             raise ValueError(f"calibration missing for sweep points {missing}")
         points = self.plan.sweep.points
-        layers = _merge_layers([self.energy_layers] + [by_point[p.index].layers for p in points])
+        layers = _merge_layers([self.energy_layers]
+                               + [list(by_point[p.index].settings) or by_point[p.index].layers for p in points])
         if self.energy_layers and layers != self.energy_layers:  # one `layer` dim for both
-            raise ValueError(f"analog layers {[n for n in layers if n not in self.energy_layers]} are not among "
+            raise ValueError(f"layers {[n for n in layers if n not in self.energy_layers]} are not among "
                              f"the model's Conv/Linear layers {self.energy_layers}")
         n_slices = max([len(st["adc_range"][0]) for r in results if r.state
                         for st in r.state.values() if st.get("adc_range") is not None] or [1])
@@ -517,9 +525,16 @@ class ResultStore:
         adc_slices = np.zeros(shape + (n_layers,), np.int8)
         lo = np.full(shape + (n_layers, n_slices), np.nan)
         hi = np.full(shape + (n_layers, n_slices), np.nan)
+        bits = {var: np.full(shape + (n_layers,), np.nan) for var in SETTING_VARS}
+        overrides = np.full(shape + (n_layers,), "", dtype=object)
         for p in points:
             r, pos = by_point[p.index], p.position
             calibrated[pos] = r.state is not None
+            for name, st in r.settings.items():
+                at = pos + (layers.index(name),)
+                overrides[at] = st["overrides"]
+                for var in SETTING_VARS:
+                    bits[var][at] = np.nan if st[var] is None else float(st[var])
             for name in r.layers:
                 j = layers.index(name)
                 analog[pos + (j,)] = True
@@ -545,6 +560,8 @@ class ResultStore:
                 "adc_slices": (s_dims + ["layer"], adc_slices),
                 "adc_lo": (s_dims + ["layer", "slice"], lo),
                 "adc_hi": (s_dims + ["layer", "slice"], hi),
+                **{var: (s_dims + ["layer"], bits[var]) for var in SETTING_VARS},
+                "layer_overrides": (s_dims + ["layer"], overrides),
             },
             coords={"layer": ("layer", np.array(layers, dtype=object)),
                     "slice": ("slice", np.arange(n_slices, dtype=np.int64))},
@@ -639,7 +656,8 @@ def open_result(path: str, *, partial: bool = False) -> xr.Dataset:
                 "or open it with partial=True (CLI: --partial)"
             )
     out = xr.open_zarr(path).load()
-    for name in list(out.coords):
+    for name in list(out.variables):
         if out[name].dtype.kind == "T":  # numpy StringDType from zarr: plain str objects
-            out = out.assign_coords({name: (out[name].dims, out[name].values.astype(object))})
+            values = (out[name].dims, out[name].values.astype(object))
+            out = out.assign_coords({name: values}) if name in out.coords else out.assign({name: values})
     return out

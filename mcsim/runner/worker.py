@@ -13,22 +13,23 @@ and the task's shard is evaluated in its global batches, passing the images' glo
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections import OrderedDict
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 import torch
 
 from mcsim.data import calibration_images, evaluation_dataset
-from mcsim.engine.convert import convert, pick_device
+from mcsim.engine.convert import convert, crossbar_layers, pick_device
 from mcsim.engine.energy import counting
 from mcsim.models import load_model
 from mcsim.runner.plan import CalibrationTask, DigitalTask, EvalTask, Task
 from mcsim.scenario import Scenario
-from mcsim.sweep import expand
+from mcsim.sweep import expand, needs_layer_names
 
 __all__ = ["CalibrationResult", "DigitalResult", "EnergySums", "EvalResult", "Worker", "TOPK"]
 
@@ -41,6 +42,8 @@ class CalibrationResult:
     layers: list[str]  # the point's analog layers, in model order
     state: Optional[dict]  # AnalogModel.calibration(), or None when the point needs none
     seconds: float
+    #: every Conv2d/Linear of the model (model order) -> its effective settings (:func:`layer_settings`)
+    settings: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,27 @@ class EnergySums:
 
     layers: list[str]  # the counted layers (analog and kept-digital Conv/Linear), in model order
     counts: np.ndarray  # (n_trials, len(engine.energy.COUNTS), n_layers) float64
-    joules: np.ndarray  # (n_trials, len(physics.energy.COMPONENTS)) float64, priced with the point's hardware.energy
+    joules: np.ndarray  # (n_trials, len(physics.energy.COMPONENTS)) float64, each layer at its hardware.energy
+
+
+def _diff(value, base):
+    """The parts of ``value`` (nested dicts) that differ from ``base``."""
+    if isinstance(value, dict) and isinstance(base, dict):
+        out = {k: _diff(v, base.get(k)) for k, v in value.items() if v != base.get(k)}
+        return {k: v for k, v in out.items() if v != {}}
+    return value
+
+
+def layer_settings(hw, chip) -> dict:
+    """What the result records of a layer whose effective hardware is ``hw`` on a point whose chip
+    is ``chip``: ``analog``, the ``weight_bits``/``input_bits``/``adc_bits`` it runs with (None:
+    continuous, ideal or digital) and ``overrides``, the JSON of its settings that differ from
+    the chip's."""
+    skip = {"layers", "design", "analog_first_layer", "analog_last_layer"}
+    diff = _diff(hw.model_dump(mode="json", exclude=skip), chip.model_dump(mode="json", exclude=skip))
+    on = hw.analog
+    return {"analog": on, "weight_bits": hw.weight_bits if on else None, "input_bits": hw.input_bits if on else None,
+            "adc_bits": hw.adc.bits if on else None, "overrides": json.dumps(diff, sort_keys=True)}
 
 
 def _correct(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,9 +114,9 @@ class Worker:
         if threads is not None:
             torch.set_num_threads(max(1, int(threads)))
         self.scenario = scenario
-        self.points = expand(scenario).points
         self.device = pick_device(scenario.execution.device)
         self.model = load_model(scenario.model)  # on CPU; convert moves its copy to the device
+        self.points = expand(scenario, crossbar_layers(self.model) if needs_layer_names(scenario) else None).points
         self.digital_model = self.model if self.device.type == "cpu" else copy.deepcopy(self.model).to(self.device)
         self.dataset = evaluation_dataset(scenario.data)
         self.n_images = len(self.dataset)
@@ -152,7 +175,9 @@ class Worker:
             if self._calibration_images is None:
                 self._calibration_images = calibration_images(self.scenario.data)
             state = analog.calibrate(self._calibration_images.split(self.scenario.data.batch_size))
-        return CalibrationResult(task, list(analog.layer_names), state, time.perf_counter() - start)
+        chip = self.points[task.point].hardware
+        settings = {name: layer_settings(hw, chip) for name, hw in analog.layer_hardware.items()}
+        return CalibrationResult(task, list(analog.layer_names), state, time.perf_counter() - start, settings)
 
     @torch.no_grad()
     def digital(self, task: DigitalTask) -> DigitalResult:
@@ -193,5 +218,5 @@ class Worker:
         energy = None
         if counter is not None:
             sums = counter.result(per_image=False)
-            energy = EnergySums(sums.layers, sums.stacked(), sums.joules(analog.hardware.energy))
+            energy = EnergySums(sums.layers, sums.stacked(), sums.joules())  # each layer at its own prices
         return EvalResult(task, top1.numpy(), top5.numpy(), task.n_images, time.perf_counter() - start, energy)
