@@ -323,3 +323,15 @@ def test_grouped_conv_counts_and_array_term():
         expected += (patches * g[3 * grp:3 * grp + 3].sum(0).view(1, -1, 1)).sum().item()
     assert r.counts["array_g_v2"][0, 0] == pytest.approx(expected / 2, rel=1e-9)
     assert c["dac_pulses"] == F.unfold(_popcount(n), 3, padding=1).sum().item() / 2
+
+
+def test_each_layer_is_priced_at_its_own_hardware_energy():
+    torch.manual_seed(9)
+    net = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+    x = torch.rand(4, 8)
+    hw = Hardware(layers={"2": {"energy": {"adc_fom_j": 1e-12}, "adc": {"bits": 6}}})
+    _, r = _counts(net, hw, x)
+    assert r.adc_bits.tolist() == [8, 6]
+    per_layer = r.joules_per_layer()[0, 0]  # ADC joules per layer
+    assert per_layer[0] == pytest.approx(6 * 10e-15 * 2**8) and per_layer[1] == pytest.approx(3 * 1e-12 * 2**6)
+    assert r.joules(Energy())[0, 0] == pytest.approx(6 * 10e-15 * 2**8 + 3 * 10e-15 * 2**6)  # one price for all
