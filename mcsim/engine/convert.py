@@ -18,7 +18,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from mcsim.engine.layers import AnalogLayer, Context
+from mcsim.engine.layers import AnalogLayer, Context, DigitalLayer
 from mcsim.hardware import Hardware, check_patterns
 
 
@@ -125,11 +125,11 @@ class AnalogModel(nn.Module):
         self.layer_names: list[str] = []  # the analog layers, in registration order
         for name, module in targets:
             hw = self.layer_hardware[name]
-            if not hw.analog:
-                continue
             parent, _, child = name.rpartition(".")
-            setattr(self.net.get_submodule(parent), child, AnalogLayer(module, hw, name, self.ctx))
-            self.layer_names.append(name)
+            layer = AnalogLayer(module, hw, name, self.ctx) if hw.analog else DigitalLayer(module, name)
+            setattr(self.net.get_submodule(parent), child, layer)
+            if hw.analog:
+                self.layer_names.append(name)
         self.net.to(self.device)
         for layer in self.analog_layers():
             layer.part.to(self.device)

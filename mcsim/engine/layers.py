@@ -90,6 +90,57 @@ class Programmed:
     bias: Optional[torch.Tensor] = None  # conv bias (ADC code shift, or the layer's bias when folded)
 
 
+def canonical_conv(inp: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], groups: int,
+                   conv_args: dict) -> torch.Tensor:
+    """``F.conv2d`` of ``inp (N, groups * C_g, H, W)`` in a canonical shape (determinism contract).
+
+    oneDNN picks its kernel, and so each output's summation order, from the call's shape. Measured
+    on its CPU kernels: with at least 3 groups (or one) and at least 2 images (16 when the output is
+    one pixel, a matrix product), a group's outputs are bit-identical whatever the group count, the
+    group's position, the batch and the thread count. Below those floors zero groups and zero images
+    pad the call; they cost only when a block holds fewer than 3 chips or images.
+    """
+    rows, cout = inp.shape[0], weight.shape[0]
+    floor = _MIN_ROWS_GEMM if inp.shape[-2:] == (1, 1) and weight.shape[-2:] == (1, 1) else _MIN_ROWS
+    if rows < floor:
+        inp = F.pad(inp, (0, 0, 0, 0, 0, 0, 0, floor - rows))
+    if 1 < groups < _MIN_GROUPS:
+        extra = _MIN_GROUPS - groups
+        inp = F.pad(inp, (0, 0, 0, 0, 0, extra * (inp.shape[1] // groups)))
+        weight = torch.cat([weight, weight.new_zeros(extra * (cout // groups), *weight.shape[1:])])
+        bias = None if bias is None else torch.cat([bias, bias.new_zeros(extra * (cout // groups))])
+        groups = _MIN_GROUPS
+    out = F.conv2d(inp, weight, bias, groups=groups, **conv_args)
+    return out[:rows, :cout] if out.shape[0] > rows or out.shape[1] > cout else out
+
+
+def _conv_args(module: nn.Conv2d | nn.Linear, name: str) -> dict:
+    if isinstance(module, nn.Linear):
+        return dict(stride=1, padding=0, dilation=1)
+    if module.padding_mode != "zeros":
+        raise ValueError(f"layer {name!r}: padding_mode {module.padding_mode!r} is not supported")
+    return dict(stride=module.stride, padding=module.padding, dilation=module.dilation)
+
+
+class DigitalLayer(nn.Module):
+    """A Conv2d or Linear kept digital (``analog: false``), run in the canonical shapes of
+    :func:`canonical_conv` so that it too gives each chip's images the same numbers in any block.
+    Its ``weight`` and ``bias`` stay readable for code that uses them directly."""
+
+    def __init__(self, module: nn.Conv2d | nn.Linear, name: str):
+        super().__init__()
+        self.linear = isinstance(module, nn.Linear)
+        self.conv_args = _conv_args(module, name)
+        self.groups = 1 if self.linear else module.groups
+        self.weight, self.bias = module.weight, module.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.linear:
+            return canonical_conv(x, self.weight, self.bias, self.groups, self.conv_args)
+        y = canonical_conv(x.reshape(-1, x.shape[-1], 1, 1), self.weight[:, :, None, None], self.bias, 1, self.conv_args)
+        return y.view(*x.shape[:-1], -1)
+
+
 def _subsample(t: torch.Tensor) -> np.ndarray:
     flat = t.detach().flatten()
     return flat[:: max(1, flat.numel() // _SAMPLES_PER_BATCH)].double().cpu().numpy()
@@ -112,15 +163,10 @@ class AnalogLayer(nn.Module):
         self.key = rng.name_key(name)
         w = module.weight.detach()
         self.linear = isinstance(module, nn.Linear)
+        self.conv_args = _conv_args(module, name)
+        groups = 1 if self.linear else module.groups
         if self.linear:
             w = w[:, :, None, None]
-            self.conv_args = dict(stride=1, padding=0, dilation=1)
-            groups = 1
-        else:
-            if module.padding_mode != "zeros":
-                raise ValueError(f"layer {name!r}: padding_mode {module.padding_mode!r} is not supported")
-            self.conv_args = dict(stride=module.stride, padding=module.padding, dilation=module.dilation)
-            groups = module.groups
         self.geom = Geometry(w.shape[1] * groups, w.shape[0], groups, tuple(w.shape[2:]))
         self.part = Partitioning(self.geom, hw.rows_max)
         self.register_buffer("digital_weight", w.clone())
@@ -340,7 +386,10 @@ class AnalogLayer(nn.Module):
                 z.mul_(prog.alpha.to(z.dtype).view(1, -1, 1, 1, 1, 1))
             if self.hw.mapping == "offset":
                 z.sub_(self._offset_term(u, bit_weights, p))
-            z.mul_(self.unit * (self.x_range or 1.0)).add_(self.bias.view(self.geom.groups, self.geom.ng, 1, 1))
+            z.mul_(self.unit * (self.x_range or 1.0))
+            bias = self.bias.view(self.geom.groups, self.geom.ng, 1, 1)  # added in the pass that lays out chip-major
+            zt = z.transpose(0, 1)
+            return torch.add(zt, bias, out=z.new_empty(zt.shape)).view(-1, self.geom.c_out, *z.shape[-2:])
         return z.transpose(0, 1).reshape(-1, self.geom.c_out, *z.shape[-2:])  # chip-major (Tc * r, C_out, H', W')
 
     # ------------------------------------------------------------------ the steps of a pass
@@ -352,8 +401,7 @@ class AnalogLayer(nn.Module):
         tc = len(self.ctx.chips)
         r = x.shape[0] // tc
         n = x.new_empty(r, tc, *x.shape[1:]).transpose(0, 1)
-        n.copy_(x.view(tc, r, *x.shape[1:]))
-        return dac.levels_(n, self.x_range or 1.0, self.hw.input_bits, p.signed)
+        return dac.levels(x.detach().view(tc, r, *x.shape[1:]), self.x_range or 1.0, self.hw.input_bits, p.signed, out=n)
 
     def _input_planes(self, n: torch.Tensor, p: Pass) -> tuple[torch.Tensor, list[float]]:
         """What drives the rows, ``(nb, Tc, r, C, H, W)``, and each plane's weight in the recombination:
@@ -375,26 +423,7 @@ class AnalogLayer(nn.Module):
 
     def _grouped_conv(self, inp: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                       groups: int) -> torch.Tensor:
-        """``F.conv2d`` of ``inp (N, groups * C_g, H, W)`` in a canonical shape (determinism contract).
-
-        oneDNN picks its kernel, and so each output's summation order, from the call's shape. Measured
-        on its CPU kernels: with at least 3 groups and at least 2 images (16 when the output is one
-        pixel, a matrix product), a group's outputs are bit-identical whatever the group count, the
-        group's position, the batch and the thread count. Below those floors zero groups and zero
-        images pad the call; they cost only when a block holds fewer than 3 chips or images.
-        """
-        rows, cout = inp.shape[0], weight.shape[0]
-        floor = _MIN_ROWS_GEMM if inp.shape[-2:] == (1, 1) and weight.shape[-2:] == (1, 1) else _MIN_ROWS
-        if rows < floor:
-            inp = F.pad(inp, (0, 0, 0, 0, 0, 0, 0, floor - rows))
-        if groups < _MIN_GROUPS:
-            extra = _MIN_GROUPS - groups
-            inp = F.pad(inp, (0, 0, 0, 0, 0, extra * (inp.shape[1] // groups)))
-            weight = torch.cat([weight, weight.new_zeros(extra * (cout // groups), *weight.shape[1:])])
-            bias = None if bias is None else torch.cat([bias, bias.new_zeros(extra * (cout // groups))])
-            groups = _MIN_GROUPS
-        out = F.conv2d(inp, weight, bias, groups=groups, **self.conv_args)
-        return out[:rows, :cout] if out.shape[0] > rows or out.shape[1] > cout else out
+        return canonical_conv(inp, weight, bias, groups, self.conv_args)
 
     def _folded(self, u: torch.Tensor, u2: Optional[torch.Tensor], prog: Programmed) -> torch.Tensor:
         """The folded pass: one grouped matmul gives the layer's output ``(r, Tc, g, N_g, H', W')``."""

@@ -19,12 +19,13 @@ def n_serial_bits(bits: int, signed: bool) -> int:
     return bits - 1 if signed else bits
 
 
-def levels_(x: torch.Tensor, x_range: float, bits: int | None, signed: bool) -> torch.Tensor:
-    """In place: integer levels ``n`` (continuous inputs: ``x / x_range`` unclipped, an ideal DAC)."""
+def levels(x: torch.Tensor, x_range: float, bits: int | None, signed: bool, *, out: torch.Tensor) -> torch.Tensor:
+    """Integer levels ``n`` written to ``out`` (continuous inputs: ``x / x_range`` unclipped, an ideal
+    DAC). ``out`` may have another memory layout than ``x``: the scaling pass also lays it out."""
     if bits is None:
-        return x.div_(x_range)
+        return torch.div(x, x_range, out=out)
     n_max = max_level(bits, signed)
-    return x.mul_(n_max / x_range).round_().clamp_(-n_max if signed else 0, n_max)
+    return torch.mul(x, n_max / x_range, out=out).round_().clamp_(-n_max if signed else 0, n_max)
 
 
 def bit_planes(n: torch.Tensor, bits: int, signed: bool, dim: int = 0) -> torch.Tensor:
