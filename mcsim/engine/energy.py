@@ -27,8 +27,8 @@ MVM; ``pos`` output positions, tokens included; ``C_out`` columns, a differentia
   planes (``nb - 1``) per position and group, and one subtraction per output.
   ``digital_macs``: offset mapping, scaling that input sum by ``G_zero`` (one per position and group).
 
-Layers kept digital (``analog_first_layer: false``, other convolutions) count ``digital_macs``: their
-output elements times the inputs feeding each. Bias, scaling, activations, pooling and residual
+Layers kept digital (``analog: false``, ``analog_first_layer: false``, other convolutions) count
+``digital_macs``: their output elements times the inputs feeding each. Bias, scaling, activations, pooling and residual
 additions are not counted (they are the same for every design).
 """
 from __future__ import annotations
@@ -176,12 +176,10 @@ class EnergyCounter:
     def digital(self, name: str, module: nn.Module, inp: torch.Tensor, out: torch.Tensor, chips: torch.Tensor) -> None:
         """Multiply-accumulates of a Conv/Linear kept digital, for the chip block ``chips``."""
         per_chip_rows = out.shape[0] // len(chips)
-        if isinstance(module, nn.Linear):
-            per_row = out[0].numel() * module.in_features
-        elif isinstance(module, nn.modules.conv._ConvTransposeNd):
+        if isinstance(module, nn.modules.conv._ConvTransposeNd):  # each input element feeds out/groups * taps
             per_row = inp[0].numel() * module.out_channels // module.groups * math.prod(module.kernel_size)
-        else:
-            per_row = out[0].numel() * module.in_channels // module.groups * math.prod(module.kernel_size)
+        else:  # Linear, Conv, DigitalLayer: each output element sums weight[0].numel() products
+            per_row = out[0].numel() * module.weight[0].numel()
         self._add("digital_macs", name, chips, per_chip_rows * per_row)
 
 
@@ -215,9 +213,9 @@ def _row_spans(layer: "AnalogLayer") -> int:
 
 
 def _counted_layers(model: "AnalogModel") -> list[tuple[str, nn.Module]]:
-    from mcsim.engine.layers import AnalogLayer
+    from mcsim.engine.layers import AnalogLayer, DigitalLayer
 
-    kinds = (AnalogLayer, nn.Linear, nn.modules.conv._ConvNd)
+    kinds = (AnalogLayer, DigitalLayer, nn.Linear, nn.modules.conv._ConvNd)
     return [(n, m) for n, m in model.net.named_modules() if isinstance(m, kinds)]
 
 
