@@ -31,6 +31,11 @@ class ADC(_Strict):
         None,
         description="explicit [lo, hi] in units of one Gmax device under full input voltage",
     )
+    slice_ranges: Literal["power_of_two", "independent"] = Field(
+        "power_of_two",
+        description="calibrated ranges of weight slices: differing only by powers of two (the study's "
+        "constraint: recombination is a shift), or calibrated independently per slice",
+    )
 
     @model_validator(mode="after")
     def _limits(self):
@@ -90,6 +95,21 @@ class Parasitics(_Strict):
 
     rp: float = Field(0.0, ge=0, description="wire segment resistance times Gmax")
     topology: Literal["columns", "grid"] = "columns"
+    rows: Literal["auto", "gated", "driven"] = Field(
+        "auto",
+        description="row circuit: gated (each input bit switches its row's device in or out; bit-serial "
+        "inputs only), driven (the DAC holds every row at its voltage), auto = gated for bit-serial "
+        "inputs on the column topology, driven otherwise",
+    )
+
+    @model_validator(mode="after")
+    def _rows(self):
+        if self.rows == "gated" and self.topology == "grid":
+            raise ValueError(
+                "parasitics.rows: gated rows are solved on the column-only topology; with "
+                "parasitics.topology 'grid' use parasitics.rows 'driven' (or 'auto')"
+            )
+        return self
 
 
 class Energy(_Strict):
@@ -223,6 +243,11 @@ class Hardware(_Strict):
             )
         if self.input_mode == "bitserial" and self.input_bits is None:
             raise ValueError("input_mode: bit-serial inputs need integer input_bits, not null")
+        if self.parasitics.rows == "gated" and self.input_mode != "bitserial":
+            raise ValueError(
+                "parasitics.rows: gated rows are switched by input bits and need input_mode 'bitserial'; "
+                "analog inputs drive their rows (parasitics.rows 'driven' or 'auto')"
+            )
         return self
 
     def for_layer(self, name: str) -> "Hardware":
@@ -248,6 +273,13 @@ class Hardware(_Strict):
         :class:`LayerNameError` for a pattern of ``layers`` that matches none of them."""
         check_patterns(self.layers, names, "layers")
         return {name: self.for_layer(name) for name in names}
+
+    @property
+    def gated_rows(self) -> bool:
+        """Whether rows are gated by the input bits (MODEL.md section 8): bit-serial inputs on the
+        column-only topology, unless ``parasitics.rows`` is 'driven'."""
+        par = self.parasitics
+        return self.input_mode == "bitserial" and par.topology == "columns" and par.rows != "driven"
 
     @property
     def magnitude_bits(self) -> int:

@@ -20,6 +20,7 @@ from torch import nn
 
 from mcsim.engine.layers import AnalogLayer, Context, DigitalLayer
 from mcsim.hardware import Hardware, check_patterns
+from mcsim.physics import devices
 
 
 def pick_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -107,6 +108,8 @@ class AnalogModel(nn.Module):
     ):
         super().__init__()
         self.hardware = hardware
+        for message in devices.hardware_warnings(hardware):
+            warnings.warn(message)
         self.device = pick_device(device)
         self.ctx = Context(seed=int(seed))
         chips = list(range(trials)) if isinstance(trials, int) else [int(t) for t in trials]

@@ -10,6 +10,9 @@ as one grouped convolution (a Linear is a 1x1 conv), all chips of the block in o
 * **folded** structure (an ideal ADC): partitions, slices, input bits and the offset mapping's
   ``G_zero * sum(x)`` are linear, so they are folded into one effective weight per chip before the
   matmul: one convolution, no cancellation of large terms in float32 (MODEL.md section 10).
+* **gated** rows (bit-serial inputs on resistive wires, section 8): the split structure whatever the
+  ADC, each column output of each bit plane from its own exact solve (:meth:`AnalogLayer._gated_columns`)
+  rather than a convolution; digitization, recombination and the offset term as above.
 
 Read noise is drawn in output space: a column's noise variance is ``sum_j v_j**2 var(dG_j)``
 (section 4), one extra convolution of ``v**2`` with the per-device variances.
@@ -18,7 +21,7 @@ Determinism (section 9): a chip's outputs must not depend on the other chips of 
 or the thread count, although quantizers turn the last float bit into a level flip. The float
 kernels pick each output's summation order from the call's shape; above small floors of groups and
 images that order no longer depends on them, and every call is padded up to those floors
-(:meth:`AnalogLayer._grouped_conv`). Sums that must be exact are made of integers (input levels,
+(:func:`canonical_conv`). Sums that must be exact are made of integers (input levels,
 ADC codes).
 """
 from __future__ import annotations
@@ -39,9 +42,20 @@ from mcsim.physics import adc, dac, devices, mapping, parasitics
 
 _SAMPLES_PER_BATCH = 2**18  # calibration values kept per layer and batch (strided subsample)
 _STREAM_PROGRAM, _STREAM_DRIFT, _STREAM_READ = 1, 11, 101
-# The canonical floors of a grouped convolution (see AnalogLayer._grouped_conv): images per call, images
+# The canonical floors of a grouped convolution (see canonical_conv): images per call, images
 # per call when the output is a single pixel (a matrix product), and groups per call.
 _MIN_ROWS, _MIN_ROWS_GEMM, _MIN_GROUPS = 2, 16, 3
+# Gated rows (section 8): bytes of unfolded bit patches and solved currents per chunk of images.
+_GATED_CHUNK_BYTES = 2**28  # larger chunks amortize the solver's per-call pattern tables
+# The solves' arithmetic. MODEL.md section 10 asks for float64 where drops are small differences of
+# large currents; the gated solver has no such cancellation (its transfer products are positive) and
+# float32 carries about 1e-6 relative error. Where outputs are digitized that is far below one ADC
+# step: measured on mnist-cnn's first layer (8-bit calibrated ADC, rp 1e-5 to 1e-3), float32 codes
+# differ from float64 codes by at most 8e-5 of a step (mean 1e-5) while the drops move them by 0.02
+# to 30 steps; about 1e-5 of the codes, those within that distance of a rounding boundary, flip by
+# one step. It halves the cost (the solves are 25-100 times a matmul), so digitized run passes use
+# float32; ADC calibration and ideal ADCs (undigitized outputs) solve in float64.
+_GATED_DTYPE, _GATED_DTYPE_DIGITIZED = torch.float64, torch.float32
 
 
 Mode = Literal["run", "probe", "calibrate_inputs", "calibrate_adc"]
@@ -78,6 +92,12 @@ class Pass:
     bitserial: bool  # bit-serial inputs (analog or digital accumulation)
     calibrating: bool  # the error-free ADC calibration pass
     signed: bool  # the DAC's signed levels
+    gated: bool = False  # gated rows with rp > 0: one exact solve per bit plane (section 8); implies split
+
+    @property
+    def planes(self) -> bool:
+        """Whether the rows are driven by bit planes (0/+-1) rather than integer levels."""
+        return self.serial or self.gated
 
 
 @dataclass
@@ -88,6 +108,27 @@ class Programmed:
     var: Optional[torch.Tensor]  # read-noise variances, same layout (None: no read noise)
     alpha: Optional[torch.Tensor]  # (Tc,) drift compensation factors
     bias: Optional[torch.Tensor] = None  # conv bias (ADC code shift, or the layer's bias when folded)
+    # Gated rows (section 8): every chip's arrays as circuits ``(Tc, g, P, rows, kinds * S * N_g)`` in
+    # physical row order (columns kind-major, then slice, then output), and per slice the code
+    # transform ``(scale, shift)`` (float64, (S,); shift None without digitization).
+    circuit: Optional[torch.Tensor] = None
+    codes: Optional[tuple[torch.Tensor, Optional[torch.Tensor]]] = None
+
+
+def power_of_two_ranges(lo: list[float], hi: list[float]) -> tuple[list[float], list[float]]:
+    """Section 7: slice ranges that differ only by powers of two, so that the digital recombination
+    stays a shift. The widest calibrated range is the reference; every slice gets it divided by the
+    largest power of two ``2**m`` (m >= 0) whose range still contains the slice's own calibrated
+    range (the reference itself when none does, e.g. a slice reaching below a positive ``lo``)."""
+    ref = max(range(len(lo)), key=lambda s: hi[s] - lo[s])
+    out_lo, out_hi = [], []
+    for l, h in zip(lo, hi):
+        m = 0
+        while m < 60 and lo[ref] / 2 ** (m + 1) <= l and hi[ref] / 2 ** (m + 1) >= h:
+            m += 1
+        out_lo.append(lo[ref] / 2**m)
+        out_hi.append(hi[ref] / 2**m)
+    return out_lo, out_hi
 
 
 def canonical_conv(inp: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], groups: int,
@@ -267,7 +308,8 @@ class AnalogLayer(nn.Module):
         var = None
         if not p.calibrating and hw.read_noise.model != "none":
             var = sum(devices.read_variance(x, hw.read_noise) for x in g.values())
-        if hw.parasitics.rp > 0:
+        circuit = self._circuits(g) if p.gated else None
+        if hw.parasitics.rp > 0 and not p.gated:
             g = self._effective({k: self.part.split(x) for k, x in g.items()})
             if not p.split:
                 g = {k: self.part.merge(x) for k, x in g.items()}
@@ -283,7 +325,17 @@ class AnalogLayer(nn.Module):
             var.reshape(shape).to(dtype) if var is not None else None,
             alpha,
             bias.reshape(-1).to(dtype) if bias is not None else None,
+            circuit,
+            self._slice_codes(p) if p.gated else None,
         )
+
+    def _circuits(self, g: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Section 8, gated rows: the conductances of every device kind and slice ``(Tc, S, C_out, K)``
+        as the columns of one circuit per (chip, group, partition): ``(Tc, g, P, rows, kinds * S * N_g)``,
+        rows in physical order (row 0 farthest from the ADC), in the programmed dtype."""
+        mats = [self.part.circuits(self.part.split(x)) for x in g.values()]  # (Tc, S, g, P, rows, N_g)
+        m = torch.stack(mats, 1)  # (Tc, kinds, S, g, P, rows, N_g)
+        return m.permute(0, 3, 4, 5, 1, 2, 6).flatten(-3).contiguous()
 
     def _split_weights(self, w, var, p: Pass):
         """Arrays ``(Tc, g, P, S, N_g, Cp, kh, kw)`` scaled to emit ADC codes (or raw y when calibrating)."""
@@ -293,13 +345,21 @@ class AnalogLayer(nn.Module):
             t = t.float() if t.dim() == 8 else self.part.split(t.float())  # ADC steps dwarf float32 rounding
             return t.permute(0, 2, 3, 1, 4, 5, 6, 7) * per_slice.view(-1, 1, 1, 1, 1).to(t)
 
-        cs = torch.full((self.n_slices,), 1 / self._input_scale(p.serial), dtype=torch.float64)
+        cs, code_shift = self._slice_codes(p)
         bias = None
-        if not p.calibrating and self.hw.adc.bits is not None:
-            code_scale, code_shift = adc.code_transform(*self._adc_limits(), self.hw.adc.bits)
-            cs = cs * code_scale
+        if code_shift is not None:
             bias = code_shift.view(-1, 1).expand(-1, geo.ng).reshape(1, -1).expand(tc * geo.groups * self.part.parts, -1)
         return arrange(w, cs), (arrange(var, cs**2) if var is not None else None), bias
+
+    def _slice_codes(self, p: Pass) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Per slice, ``code = scale * y_in + shift`` (float64, (S,)), ``y_in`` a column output for the
+        rows' drive (levels or bit planes): ADC codes before rounding, or raw column values (shift
+        None) when calibrating or with an ideal ADC."""
+        cs = torch.full((self.n_slices,), 1 / self._input_scale(p.planes), dtype=torch.float64)
+        if p.calibrating or self.hw.adc.bits is None:
+            return cs, None
+        code_scale, code_shift = adc.code_transform(*self._adc_limits(), self.hw.adc.bits)
+        return cs * code_scale, code_shift
 
     def _folded_weights(self, w, var, alpha, p: Pass):
         """One effective weight ``(Tc, C_out, K)`` per chip: slices recombined, drift compensated, the
@@ -352,20 +412,25 @@ class AnalogLayer(nn.Module):
     def _probe(self, x: torch.Tensor) -> torch.Tensor:
         """The digital output, noting the peak elements per (image, chip) an analog pass would hold."""
         y = self._digital(x)
-        split = self.hw.adc.bits is not None
+        split = self.hw.adc.bits is not None or self._gated()
         nb = dac.n_serial_bits(self.hw.input_bits, True) + 1 if self.hw.input_mode == "bitserial" else 1
         expand = (self.part.parts * self.part.cp / self.geom.cg if split else 1) * nb
         out_expand = (self.part.parts * (self.n_slices + 1) if split else 1) * nb
         self.probe_elements = max(self.probe_elements, int(x[0].numel() * expand + y[0].numel() * out_expand))
         return y
 
+    def _gated(self) -> bool:
+        """Gated rows with resistive wires (section 8); at rp = 0 the plain path is exact."""
+        return self.hw.gated_rows and self.hw.parasitics.rp > 0
+
     def _pass(self) -> Pass:
         hw = self.hw
         calibrating = self.ctx.mode == "calibrate_adc"
-        split = hw.adc.bits is not None or calibrating
+        gated = self._gated()
+        split = hw.adc.bits is not None or calibrating or gated  # gated bits never fold
         bitserial = hw.input_mode == "bitserial"
         serial = split and bitserial and hw.input_accumulation == "digital"
-        return Pass(split, serial, bitserial, calibrating, self.signed_inputs)
+        return Pass(split, serial, bitserial, calibrating, self.signed_inputs, gated)
 
     def _analog(self, x: torch.Tensor) -> torch.Tensor:
         """``(Tc * r, C, H, W)`` activations to the layer's outputs on every chip of the block."""
@@ -381,7 +446,11 @@ class AnalogLayer(nn.Module):
         if not p.split:
             z = self._folded(u, u2, prog)
         else:
-            z = self._recombine(self._digitize(self._columns(u, u2, prog), p), bit_weights)
+            if p.gated:
+                k, plane_weights = self._gated_columns(u, u2, bit_weights, prog, p)
+            else:
+                k, plane_weights = self._columns(u, u2, prog), bit_weights
+            z = self._recombine(self._digitize(k, p), plane_weights)
             if prog.alpha is not None:  # drift compensation rescales the analog outputs (section 4)
                 z.mul_(prog.alpha.to(z.dtype).view(1, -1, 1, 1, 1, 1))
             if self.hw.mapping == "offset":
@@ -406,7 +475,7 @@ class AnalogLayer(nn.Module):
     def _input_planes(self, n: torch.Tensor, p: Pass) -> tuple[torch.Tensor, list[float]]:
         """What drives the rows, ``(nb, Tc, r, C, H, W)``, and each plane's weight in the recombination:
         one bit plane per MVM when bits are digitized apart (``sum_k 2**k y_k / n_max``), else the levels."""
-        if not p.serial:
+        if not p.planes:
             return n.unsqueeze(0), [1.0]
         u = dac.bit_planes(n, self.hw.input_bits, p.signed)
         n_max = dac.max_level(self.hw.input_bits, p.signed)
@@ -414,7 +483,12 @@ class AnalogLayer(nn.Module):
 
     def _noise_planes(self, n: torch.Tensor, u: torch.Tensor, p: Pass) -> torch.Tensor:
         """``v**2`` per plane for the read-noise variance; with analog accumulation of bit-serial inputs
-        each bit is its own read, so the bits' variances add with weights ``4**k``."""
+        each bit is its own read, so the bits' variances add with weights ``4**k`` (gated rows, whose
+        planes are bits: ``(2**k / n_max)**2``)."""
+        if p.gated and not p.serial:
+            n_max = dac.max_level(self.hw.input_bits, p.signed)
+            w2 = torch.tensor([(2.0**k / n_max) ** 2 for k in range(u.shape[0])], dtype=u.dtype, device=u.device)
+            return (u**2 * w2.view(-1, *[1] * (u.dim() - 1))).sum(0, keepdim=True)
         if not (p.bitserial and not p.serial):
             return u**2
         planes = dac.bit_planes(n, self.hw.input_bits, p.signed)
@@ -457,12 +531,83 @@ class AnalogLayer(nn.Module):
             k += var.sqrt_().mul_(self._read_noise(nb, r, var[0, 0, 0].numel()).view_as(var))
         return k
 
+    def _gated_columns(self, u: torch.Tensor, u2: Optional[torch.Tensor], bit_weights: list[float],
+                       prog: Programmed, p: Pass) -> tuple[torch.Tensor, list[float]]:
+        """Section 8, gated rows: the columns of :meth:`_columns`, ``(nb', r, Tc, g, P, S, N_g, H', W')``,
+        each (chip, bit plane, image, position, column) from its own exact solve, and the planes'
+        weights in the recombination. With analog accumulation the bits' currents are weighted
+        ``2**k / n_max`` and summed before the one conversion (``nb' = 1``); with digital accumulation
+        each bit is a plane. Chips run one at a time (determinism), images in chunks (memory); the
+        solver's result for one vector depends on nothing else in its call.
+
+        Read noise is drawn from the devices' variances as in :meth:`_columns`, without the drops:
+        a first-order approximation (a device's noise current sees the same attenuation as its
+        signal, so it is slightly overestimated, docs/physics.md section 4)."""
+        geo, part = self.geom, self.part
+        nb, tc, r = u.shape[:3]
+        planes = nb if p.serial else 1
+        hp, wp = self._out_size(*u.shape[-2:])
+        k = u.new_empty(planes, r, tc, geo.groups, part.parts, self.n_slices, geo.ng, hp, wp)
+        per_image = nb * hp * wp * geo.groups * part.parts * (12 * part.cp * geo.taps + 24 * prog.circuit.shape[-1])
+        chunk = max(1, _GATED_CHUNK_BYTES // per_image)
+        for c in range(tc):
+            g = prog.circuit[c].to(self._gated_dtype(p))  # (g, P, rows, kinds * S * N_g)
+            for r0 in range(0, r, chunk):
+                y = self._gated_codes(u[:, c, r0 : r0 + chunk], g, bit_weights, prog, p)
+                k[:, r0 : r0 + chunk, c] = y.view(*y.shape[:-1], hp, wp)
+        if u2 is not None:
+            inp = part.gather_inputs(u2).permute(0, 2, 1, 3, 4, 5, 6, 7).flatten(0, 1).flatten(1, 4)
+            var = self._grouped_conv(inp, prog.var, None, tc * geo.groups * part.parts).view_as(k)
+            k += var.sqrt_().mul_(self._read_noise(planes, r, var[0, 0, 0].numel()).view_as(var))
+        return k, (bit_weights if p.serial else [1.0])
+
+    def _gated_codes(self, bits: torch.Tensor, g: torch.Tensor, bit_weights: list[float], prog: Programmed,
+                     p: Pass) -> torch.Tensor:
+        """One chip's bit planes ``(nb, rc, C, H, W)`` through its circuits ``g (g, P, rows, cols)``:
+        codes (or raw outputs) ``(nb', rc, g, P, S, N_g, H' * W')`` in the layer's dtype. Elementwise
+        steps are single roundings (no fused multiply-add), so a value never depends on the chunk."""
+        geo, part = self.geom, self.part
+        nb, rc = bits.shape[:2]
+        inp = part.gather_inputs(bits.flatten(0, 1))  # (nb * rc, g, P, Cp, H, W)
+        patches = F.unfold(inp.flatten(0, 2), geo.kernel, **self.conv_args).to(torch.int8)  # (nb rc g P, Cp kh kw, L)
+        patches = patches.view(nb * rc, geo.groups, part.parts, *patches.shape[-2:])
+        order = part.row_order.view(1, 1, part.parts, -1, 1).expand_as(patches)
+        vec = torch.gather(patches, 3, order).permute(1, 2, 0, 4, 3)  # (g, P, nb rc, L, rows), physical order
+        length = vec.shape[3]
+        cur = parasitics.gated_column_currents(g.unsqueeze(2), vec.flatten(2, 3), self.hw.parasitics.rp,
+                                               signed=p.signed, compute_dtype=g.dtype)
+        cur = cur.view(geo.groups, part.parts, nb, rc, length, len(self.kinds), self.n_slices, geo.ng).double()
+        y = cur[..., 0, :, :] - cur[..., 1, :, :] if self.hw.mapping == "differential" else cur[..., 0, :, :]
+        if not p.serial:  # analog accumulation: sum_k 2**k / n_max * I_k, bit by bit in a fixed order
+            acc = y[:, :, 0] * bit_weights[0]
+            for b in range(1, nb):
+                acc += y[:, :, b] * bit_weights[b]
+            y = acc.unsqueeze(2)
+        scale, shift = prog.codes
+        y = y * scale.to(y.device).view(-1, 1)
+        if shift is not None:
+            y += shift.to(y.device).view(-1, 1)
+        return y.permute(2, 3, 0, 1, 5, 6, 4).to(self.digital_weight.dtype)  # (nb', rc, g, P, S, N_g, L)
+
+    def _gated_dtype(self, p: Pass) -> torch.dtype:
+        digitized = self.hw.adc.bits is not None and not p.calibrating
+        return _GATED_DTYPE_DIGITIZED if digitized else _GATED_DTYPE
+
+    def _out_size(self, h: int, w: int) -> tuple[int, int]:
+        """Output spatial size of the conv on an ``h x w`` input."""
+        a = self.conv_args
+        pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+        (sh, sw), (ph, pw), (dh, dw) = pair(a["stride"]), pair(a["padding"]), pair(a["dilation"])
+        kh, kw = self.geom.kernel
+        return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+
     def _digitize(self, k: torch.Tensor, p: Pass) -> tuple[torch.Tensor, list[float], list[float]]:
         """Section 7, in place: ADC codes, with each slice's ``(step, lo)`` to read them back. When
         calibrating, records the raw outputs instead and reads them back as they are."""
-        if p.calibrating:
-            for s in range(self.n_slices):
-                self._record(f"adc_{s}", _subsample(k[:, :, :, :, :, s]))
+        if p.calibrating or self.hw.adc.bits is None:  # ideal ADC: only gated rows split without one
+            if p.calibrating:
+                for s in range(self.n_slices):
+                    self._record(f"adc_{s}", _subsample(k[:, :, :, :, :, s]))
             return k, [1.0] * self.n_slices, [0.0] * self.n_slices
         adc.codes_(k, self.hw.adc.bits)
         lo, hi = self._adc_limits()
@@ -501,7 +646,7 @@ class AnalogLayer(nn.Module):
         sv = self._grouped_conv(inp, ones, None, tc * geo.groups * part.parts)
         sv = sv.view(nb, r, tc, geo.groups, part.parts, *sv.shape[-2:]).sum(4)
         w = torch.tensor(bit_weights, dtype=u.dtype, device=u.device).view(-1, 1, 1, 1, 1, 1)
-        return ((sv * w).sum(0) * (self.offset / self._input_scale(p.serial))).unsqueeze(3)
+        return ((sv * w).sum(0) * (self.offset / self._input_scale(p.planes))).unsqueeze(3)
 
     def _read_noise(self, nb: int, r: int, n: int) -> torch.Tensor:
         """Read-noise normals ``(nb, r, Tc, n)``, streams keyed by chip, image, token and input bit."""
@@ -546,6 +691,8 @@ class AnalogLayer(nn.Module):
             l, h = adc.percentile_range(np.concatenate(self._samples.pop(f"adc_{k}")), self.hw.adc.percentile)
             lo.append(l)
             hi.append(h)
+        if self.hw.adc.slice_ranges == "power_of_two":
+            lo, hi = power_of_two_ranges(lo, hi)
         self.adc_range = (lo, hi)
 
     def clear_calibration_samples(self):

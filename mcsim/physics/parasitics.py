@@ -369,7 +369,8 @@ def gated_column_currents(G: Tensor, u: Tensor, rp: float, *, signed: Optional[b
         u = u.to(torch.int8)
     if u.shape[-1] != G.shape[-2]:
         raise ValueError(f"u has {u.shape[-1]} rows per vector but G has {G.shape[-2]} rows")
-    if bool(((u != 0) & (u.abs() != 1)).any()):
+    invalid = u.abs() > 1 if not u.is_floating_point() else (u != 0) & (u.abs() != 1)  # one pass for int bits
+    if bool(invalid.any()):
         raise ValueError("gated rows take bit planes: every entry of u must be -1, 0 or +1")
     has_negative = bool((u < 0).any())
     if signed is None:
