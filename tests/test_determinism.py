@@ -94,3 +94,16 @@ def test_quickstart_counts_do_not_depend_on_trials_per_task(tmp_path):
         path.write_text(yaml.safe_dump(scenario))
         results[per_task] = run_scenario(path, progress=False)["correct_top1"].load()
     assert results[20].equals(results[5]) and results[20].equals(results[1])
+
+
+def test_layers_kept_digital_keep_the_contract():
+    """The first and last layers kept digital run over every chip's images at once: a chip alone,
+    with few images, must still see the same numbers there."""
+    model, x = net()
+    hw = _hw(8).model_copy(update={"analog_first_layer": False, "analog_last_layer": False})
+    many = convert(model, hw, trials=4, seed=7, device="cpu")
+    many.calibrate([x])
+    full = many(x[:3], image_ids=torch.arange(3))
+    alone = convert(model, hw, trials=[2], seed=7, device="cpu")
+    alone.load_calibration(many.calibration())
+    assert torch.equal(torch.cat([alone(x[i : i + 1], image_ids=[i]) for i in range(3)], 1), full[[2]])

@@ -132,20 +132,21 @@ def power_of_two_ranges(lo: list[float], hi: list[float]) -> tuple[list[float], 
 
 
 def canonical_conv(inp: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], groups: int,
-                   conv_args: dict) -> torch.Tensor:
+                   conv_args: dict, *, grouped: bool = True) -> torch.Tensor:
     """``F.conv2d`` of ``inp (N, groups * C_g, H, W)`` in a canonical shape (determinism contract).
 
     oneDNN picks its kernel, and so each output's summation order, from the call's shape. Measured
-    on its CPU kernels: with at least 3 groups (or one) and at least 2 images (16 when the output is
-    one pixel, a matrix product), a group's outputs are bit-identical whatever the group count, the
-    group's position, the batch and the thread count. Below those floors zero groups and zero images
-    pad the call; they cost only when a block holds fewer than 3 chips or images.
+    on its CPU kernels: with at least 3 groups and at least 2 images (16 when the output is one
+    pixel, a matrix product), a group's outputs are bit-identical whatever the group count, the
+    group's position, the batch and the thread count; an ungrouped convolution (``grouped=False``:
+    a digital layer, every chip in its batch) needs only the image floor. Below those floors zero
+    groups and zero images pad the call; they cost only when a block holds fewer than 3 chips or images.
     """
     rows, cout = inp.shape[0], weight.shape[0]
     floor = _MIN_ROWS_GEMM if inp.shape[-2:] == (1, 1) and weight.shape[-2:] == (1, 1) else _MIN_ROWS
     if rows < floor:
         inp = F.pad(inp, (0, 0, 0, 0, 0, 0, 0, floor - rows))
-    if 1 < groups < _MIN_GROUPS:
+    if grouped and groups < _MIN_GROUPS:
         extra = _MIN_GROUPS - groups
         inp = F.pad(inp, (0, 0, 0, 0, 0, extra * (inp.shape[1] // groups)))
         weight = torch.cat([weight, weight.new_zeros(extra * (cout // groups), *weight.shape[1:])])
@@ -177,8 +178,9 @@ class DigitalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.linear:
-            return canonical_conv(x, self.weight, self.bias, self.groups, self.conv_args)
-        y = canonical_conv(x.reshape(-1, x.shape[-1], 1, 1), self.weight[:, :, None, None], self.bias, 1, self.conv_args)
+            return canonical_conv(x, self.weight, self.bias, self.groups, self.conv_args, grouped=self.groups > 1)
+        y = canonical_conv(x.reshape(-1, x.shape[-1], 1, 1), self.weight[:, :, None, None], self.bias, 1,
+                           self.conv_args, grouped=False)
         return y.view(*x.shape[:-1], -1)
 
 
