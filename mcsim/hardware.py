@@ -1,6 +1,6 @@
 """The hardware description: one pydantic schema for the Python API and the scenario YAML.
 
-Every field is a physical or architectural choice of MODEL.md; defaults follow the study
+Every field is a physical or architectural choice of docs/physics.md; defaults follow the study
 (Xiao et al. 2022). Invalid combinations fail at construction with a message naming the field.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ class _Strict(BaseModel):
 
 
 class ADC(_Strict):
-    """MODEL.md section 7."""
+    """docs/physics.md section 7."""
 
     bits: Optional[int] = Field(8, ge=1, le=24, description="ADC resolution; null = ideal ADC")
     range: Literal["calibrated", "max", "explicit"] = "calibrated"
@@ -50,7 +50,7 @@ class ADC(_Strict):
 
 
 class ProgrammingError(_Strict):
-    """MODEL.md section 4: one draw per chip."""
+    """docs/physics.md section 4: one draw per chip."""
 
     model: Literal["none", "independent", "proportional", "sonos", "sonos_tcas", "pcm", "rram"] = "none"
     sigma: float = Field(0.0, ge=0, description="relative sigma (independent, proportional)")
@@ -68,14 +68,14 @@ class ProgrammingError(_Strict):
 
 
 class ReadNoise(_Strict):
-    """MODEL.md section 4: drawn afresh at every MVM (every input bit when bit-serial)."""
+    """docs/physics.md section 4: drawn afresh at every MVM (every input bit when bit-serial)."""
 
     model: Literal["none", "independent", "proportional", "sonos"] = "none"
     sigma: float = Field(0.0, ge=0)
 
 
 class Drift(_Strict):
-    """MODEL.md section 4 (beyond the study): G(t) = G0 (t/t0)^-nu, nu ~ N(nu_mean, nu_std) per device."""
+    """docs/physics.md section 4 (beyond the study): G(t) = G0 (t/t0)^-nu, nu ~ N(nu_mean, nu_std) per device."""
 
     time_s: Optional[float] = Field(None, gt=0, description="time since programming; null = no drift")
     t0_s: float = Field(20.0, gt=0)
@@ -91,7 +91,7 @@ class Drift(_Strict):
 
 
 class Parasitics(_Strict):
-    """MODEL.md section 8."""
+    """docs/physics.md section 8."""
 
     rp: float = Field(0.0, ge=0, description="wire segment resistance times Gmax")
     topology: Literal["columns", "grid"] = "columns"
@@ -155,7 +155,7 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 class Hardware(_Strict):
-    """All analog settings of a simulated chip (MODEL.md sections 2-8).
+    """All analog settings of a simulated chip (docs/physics.md sections 2-8).
 
     ``design`` names one of the study's design points (:mod:`mcsim.designs`): its preset applies
     first, the other settings given go on top, nested ones merged key by key.
@@ -276,14 +276,14 @@ class Hardware(_Strict):
 
     @property
     def gated_rows(self) -> bool:
-        """Whether rows are gated by the input bits (MODEL.md section 8): bit-serial inputs on the
+        """Whether rows are gated by the input bits (docs/physics.md section 8): bit-serial inputs on the
         column-only topology, unless ``parasitics.rows`` is 'driven'."""
         par = self.parasitics
         return self.input_mode == "bitserial" and par.topology == "columns" and par.rows != "driven"
 
     @property
     def magnitude_bits(self) -> int:
-        """Bits stored in devices: |q| (differential) or the level u (offset); MODEL.md section 3."""
+        """Bits stored in devices: |q| (differential) or the level u (offset); docs/physics.md section 3."""
         return self.weight_bits - 1 if self.mapping == "differential" else self.weight_bits
 
     @property

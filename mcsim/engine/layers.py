@@ -1,7 +1,7 @@
 """The analog layer: one Conv2d or Linear evaluated for a block of chips at once.
 
 Activations carry the chips in the batch dim, ``(Tc * B, ...)`` chip-major. A layer programs each
-chip's devices (MODEL.md sections 2-4, 8), then runs each chip's array partitions and weight slices
+chip's devices (docs/physics.md sections 2-4, 8), then runs each chip's array partitions and weight slices
 as one grouped convolution (a Linear is a 1x1 conv), all chips of the block in one call:
 
 * **split** structure (a real ADC, or ADC calibration): output channels per (chip, group,
@@ -9,7 +9,7 @@ as one grouped convolution (a Linear is a 1x1 conv), all chips of the block in o
   input bit when inputs are bit-serial with digital accumulation (section 5), then recombined.
 * **folded** structure (an ideal ADC): partitions, slices, input bits and the offset mapping's
   ``G_zero * sum(x)`` are linear, so they are folded into one effective weight per chip before the
-  matmul: one convolution, no cancellation of large terms in float32 (MODEL.md section 10).
+  matmul: one convolution, no cancellation of large terms in float32 (docs/physics.md section 10).
 * **gated** rows (bit-serial inputs on resistive wires, section 8): the split structure whatever the
   ADC, each column output of each bit plane from its own exact solve (:meth:`AnalogLayer._gated_columns`)
   rather than a convolution; digitization, recombination and the offset term as above.
@@ -47,7 +47,7 @@ _STREAM_PROGRAM, _STREAM_DRIFT, _STREAM_READ = 1, 11, 101
 _MIN_ROWS, _MIN_ROWS_GEMM, _MIN_GROUPS = 2, 16, 3
 # Gated rows (section 8): bytes of unfolded bit patches and solved currents per chunk of images.
 _GATED_CHUNK_BYTES = 2**28  # larger chunks amortize the solver's per-call pattern tables
-# The solves' arithmetic. MODEL.md section 10 asks for float64 where drops are small differences of
+# The solves' arithmetic. docs/physics.md section 10 asks for float64 where drops are small differences of
 # large currents; the gated solver has no such cancellation (its transfer products are positive) and
 # float32 carries about 1e-6 relative error. Where outputs are digitized that is far below one ADC
 # step: measured on mnist-cnn's first layer (8-bit calibrated ADC, rp 1e-5 to 1e-3), float32 codes
@@ -239,6 +239,14 @@ class AnalogLayer(nn.Module):
         self._samples: dict[str, list] = {}
         self._cache: dict[tuple, Programmed] = {}
         self.probe_elements = 0  # peak elements per (image, chip) seen in the probe pass
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """No tensor: a caller that reads it would multiply digitally and bypass the arrays."""
+        raise RuntimeError(
+            f"layer {self.name!r} runs on crossbars and has no weight tensor: something reads its .weight "
+            "instead of calling it as a module (a functional call such as F.linear(x, layer.weight)). "
+            "mcsim keeps layers it finds used this way digital; please report this model")
 
     # ------------------------------------------------------------------ programming a block of chips
     def _keys(self, stream: int) -> torch.Tensor:
