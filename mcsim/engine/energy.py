@@ -220,9 +220,15 @@ def _counted_layers(model: "AnalogModel") -> list[tuple[str, nn.Module]]:
 
 
 def layer_names(model: nn.Module) -> list[str]:
-    """The layers a converted ``model`` counts, from the digital model: its Conv and Linear modules
-    in module order (BatchNorm folding keeps their names)."""
-    return [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    """The layers a converted ``model`` counts, from the digital model: the crossbar layers
+    (:func:`~mcsim.engine.convert.crossbar_layers`: Conv2d, Linear, attention's projections) in
+    module order, then any other convolution (kept digital)."""
+    from mcsim.engine.convert import crossbar_layers
+
+    names = crossbar_layers(model)
+    others = [n for n, m in model.named_modules()
+              if isinstance(m, nn.modules.conv._ConvNd) and not isinstance(m, nn.Conv2d) and n not in names]
+    return names + others
 
 
 @contextmanager

@@ -433,12 +433,13 @@ class ResultStore:
         task, energy = result.task, result.energy
         if energy is None:
             raise ValueError(f"task {task}: the store counts energy, the worker's result has none")
-        unknown = [n for n in energy.layers if n not in self.energy_layers]
-        if unknown:
+        known = [i for i, n in enumerate(energy.layers) if n in self.energy_layers]
+        unknown = [n for i, n in enumerate(energy.layers) if i not in known and np.any(energy.counts[..., i])]
+        if unknown:  # a module the converted model holds but never calls (counts 0) is left out
             raise ValueError(f"task {task}: energy counted for layers {unknown} the store does not know "
                              f"({self.energy_layers})")
         counts = np.zeros((task.n_trials, len(ENERGY_COUNTS), len(self.energy_layers)))
-        counts[..., [self.energy_layers.index(n) for n in energy.layers]] = energy.counts
+        counts[..., [self.energy_layers.index(energy.layers[i]) for i in known]] = energy.counts[..., known]
         at = pos + (slice(task.t0, task.t1), task.shard)
         for var, values in (("energy_counts", counts), ("energy_joules", np.asarray(energy.joules, np.float64))):
             ledger[var][at] = values
