@@ -112,6 +112,37 @@ class Parasitics(_Strict):
         return self
 
 
+class Energy(_Strict):
+    """First-order energy per inference (docs/physics.md section 12): the prices that turn the
+    engine's exact operation counts into joules. They never change an accuracy. Defaults are
+    order-of-magnitude figures, each with its source; override them for a given process.
+    """
+
+    # Walden FOM P / (fs * 2**ENOB). 10 fJ/step is a round value near the state of the art of
+    # published Nyquist ADCs at ~1 GS/s (B. Murmann, "ADC Performance Survey 1997-2023",
+    # github.com/bmurmann/ADC-survey): an 8-bit conversion then costs 2.56 pJ. The study's 8-bit
+    # 1 GHz ramp ADC (Xiao et al. 2022, Section 9) has no published per-conversion figure here.
+    adc_fom_j: float = Field(10e-15, gt=0, description="ADC Walden figure of merit, J per conversion step: E = adc_fom_j * 2**bits")
+    # An ideal ADC (adc.bits null) is not a circuit: its conversions are counted and charged as
+    # conversions at this resolution (the study's 8 bits), so designs compare on equal terms.
+    ideal_adc_bits: int = Field(8, ge=1, le=24, description="resolution charged per conversion of an ideal ADC (adc.bits null)")
+    # Row driver: charging one row line, C * V**2. Estimate (this project, 2026): a 40 nm line of
+    # ~256 cells at ~0.2 fF each (gate and wire) switched at 1.1 V is ~60 fJ; 50 fJ, order of
+    # magnitude only.
+    dac_pulse_j: float = Field(50e-15, ge=0, description="J per row-driver pulse (one row, one MVM or input bit)")
+    # SONOS read: the study's cell spans 0 to Imax = 1.6 uA (Xiao et al., IEEE CAS Magazine 22(4),
+    # 2022, p. 42, Fig. 20), in subthreshold with a small drain bias; 0.1 V is assumed here (not
+    # verified against the paper). Gmax = 1.6 uA / 0.1 V = 16 uS. Only Imax * V_read enters.
+    v_read: float = Field(0.1, gt=0, description="read voltage across a device at full input, V")
+    t_read: float = Field(10e-9, gt=0, description="integration time per MVM (per input bit when bit-serial), s; the study: 10 ns (Section 9)")
+    gmax_siemens: float = Field(16e-6, gt=0, description="physical Gmax, S (SONOS: 1.6 uA at 0.1 V)")
+    # M. Horowitz, "Computing's energy problem", ISSCC 2014 (45 nm): 32-bit integer add 0.1 pJ,
+    # 8-bit add 0.03 pJ, 8-bit multiply 0.2 pJ. Recombination accumulates 8-bit codes shifted by up
+    # to ~2**20 (32-bit adds); a kept-digital layer is an int8 multiply plus a 32-bit accumulate.
+    add_j: float = Field(0.1e-12, ge=0, description="J per digital add (Horowitz ISSCC 2014, 32-bit int add, 45 nm)")
+    mac_j: float = Field(0.3e-12, ge=0, description="J per digital MAC (Horowitz ISSCC 2014: 8-bit mult 0.2 pJ + 32-bit add 0.1 pJ)")
+
+
 def _merge(base: dict, over: dict) -> dict:
     """``over`` on top of ``base``, nested dicts merged key by key (settings objects count as the
     fields they set)."""
@@ -159,6 +190,7 @@ class Hardware(_Strict):
     read_noise: ReadNoise = ReadNoise()
     drift: Drift = Drift()
     parasitics: Parasitics = Parasitics()
+    energy: Energy = Energy()
 
     @model_validator(mode="before")
     @classmethod

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Literal, Optional
+from typing import Any, Iterator, Literal, Optional
 
 import numpy as np
 import torch
@@ -70,6 +70,7 @@ class Context:
     image_ids: Optional[torch.Tensor] = None  # (B,) global image indices (read-noise streams)
     mode: Mode = "run"  # probe: digital pass measuring sizes; calibrate_*: the two calibration passes
     cache: bool = True  # keep programmed chips between forward calls
+    energy: Optional[Any] = None  # an engine.energy.EnergyCounter while counting (opt-in), else None
 
     @contextmanager
     def switched(self, mode: Mode, chips: Optional[torch.Tensor] = None) -> Iterator["Context"]:
@@ -450,6 +451,8 @@ class AnalogLayer(nn.Module):
         p = self._pass()
         prog = self._programmed(p)
         n = self._levels(x, p)
+        if self.ctx.energy is not None and self.ctx.mode == "run":  # opt-in counting reads n, changes nothing
+            self.ctx.energy.analog(self, n, p)
         u, bit_weights = self._input_planes(n, p)
         u2 = self._noise_planes(n, u, p) if prog.var is not None else None
         if not p.split:
@@ -632,7 +635,7 @@ class AnalogLayer(nn.Module):
             # Integer codes: sum_b 2**b code_b is exact in float32 whatever the summation order, so one
             # matrix-vector product over the bits replaces nb passes (bit weights are 2**b / n_max).
             powers = torch.tensor([2.0**b for b in range(nb)], dtype=k.dtype, device=k.device)
-            k = torch.matmul(powers, k.view(nb, -1)).view(1, *k.shape[1:])
+            k = torch.matmul(powers, k.reshape(nb, -1)).view(1, *k.shape[1:])  # k may be a strided view
             bit_weights = bit_weights[:1]
         terms = [(b, q, s) for b in range(len(bit_weights)) for q in range(self.part.parts) for s in range(self.n_slices)]
         z = None
