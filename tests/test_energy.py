@@ -1,5 +1,5 @@
 """Energy per inference (docs/physics.md section 12): exact counts against hand-computed values, the
-array term against sum(G v**2) built from MODEL.md's mapping formulas, and the study's trade."""
+array term against sum(G v**2) built from docs/physics.md's mapping formulas, and the study's trade."""
 import math
 import re
 
@@ -24,7 +24,7 @@ def _counts(net, hw, x, trials=1, seed=0):
 
 
 def _levels(x, x_range, bits, signed):
-    """MODEL.md section 5, written out: integer input levels."""
+    """docs/physics.md section 5, written out: integer input levels."""
     n_max = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
     return torch.clamp(torch.round(x.double() / x_range * n_max), -n_max if signed else 0, n_max), n_max
 
@@ -110,7 +110,7 @@ def test_ideal_adc_is_charged_at_ideal_adc_bits():
 
 # ---------------------------------------------------------------------------------------- the array term
 def _expected_conductances(w, hw):
-    """MODEL.md sections 2-3 written out: per device kind, (S, C_out, K) normalized conductances."""
+    """docs/physics.md sections 2-3 written out: per device kind, (S, C_out, K) normalized conductances."""
     w = w.double().reshape(w.shape[0], -1)
     Q = 2 ** (hw.weight_bits - 1) - 1
     q = torch.clamp(torch.round(w / w.abs().max() * Q), -Q, Q)

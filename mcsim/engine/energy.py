@@ -5,7 +5,7 @@ analog layer report, on each evaluation call, the operations its physical design
 the engine's own geometry (partitions, slices, input bits) and the programmed chips. The counts
 are exact; :mod:`mcsim.physics.energy` prices them. Counting never changes an output: it reads the
 layer's quantized inputs, re-derives the chips' conductances from their keyed random streams (the
-same chips, MODEL.md section 9) and runs its own convolutions beside the layer's.
+same chips, docs/physics.md section 9) and runs its own convolutions beside the layer's.
 
 Per analog layer, image and chip (``P`` partitions, ``S`` slices, ``nb`` input bits applied one per
 MVM; ``pos`` output positions, tokens included; ``C_out`` columns, a differential pair being one):
