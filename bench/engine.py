@@ -21,9 +21,11 @@ system CPU time over the run (the target: system time under 15%).
     python bench/engine.py                           # ResNet18 at 112 and 224, the built-in CNN
     python bench/engine.py --models mnist-cnn --trials 4 --repeat 3   # quick
     python bench/engine.py --models resnet18-112 --configs a_differential_adc8
+    python bench/engine.py --models digits-vit digits-cnn --repeat 3   # a transformer beside a CNN
     python bench/engine.py --memory                  # ResNet50, batch 16, T=64: peak RSS
-Models: ``mnist-cnn`` (any built-in, batch 64), ``resnet18``/``resnet50``... (torchvision, random
-weights) at 224x224, or ``resnet18-112`` for another size (batch 8).
+Models: ``mnist-cnn`` (any built-in, batch 64; ``digits-vit`` is the built-in transformer),
+``resnet18``/``resnet50``... (torchvision, random weights) at 224x224, or ``resnet18-112`` for
+another size (batch 8).
 Targets (issue 14, T=8): (a) <= 1.3, (b) <= 5, (c) <= 10; parasitics <= 4x the same config without.
 Numbers from a machine shared with other jobs are noisy: read the range beside the median.
 """
@@ -94,7 +96,10 @@ def workload(name: str) -> Workload:
     from mcsim.models import load_model
     from mcsim.specs import ModelSpec
 
-    return Workload(name, load_model(ModelSpec(name=f"builtin:{name}")), (1, 28, 28), 64)
+    from mcsim.models import BUILTINS
+
+    side = 8 if BUILTINS[name].dataset == "digits" else 28
+    return Workload(name, load_model(ModelSpec(name=f"builtin:{name}")), (1, side, side), 64)
 
 
 # ------------------------------------------------------------------ timing

@@ -1,6 +1,6 @@
 """mcsim: Monte Carlo accuracy of neural networks on analog in-memory-computing chips.
 
-Public API: ``Hardware``, ``convert``, ``load_scenario``, ``run_scenario``, ``open_result``.
+Public API: ``Hardware``, ``convert``, ``count_energy``, ``load_scenario``, ``run_scenario``, ``open_result``.
 Heavy modules (torch, xarray) load on first use, so ``import mcsim`` stays light.
 """
 from importlib import import_module
@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Hardware": "mcsim.hardware",
     "convert": "mcsim.engine.convert",
+    "count_energy": "mcsim.engine.energy",
     "load_scenario": "mcsim.scenario",
     "run_scenario": "mcsim.api",
     "open_result": "mcsim.api",

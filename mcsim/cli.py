@@ -229,20 +229,33 @@ def report(
     store: str = StoreArg,
     csv: Optional[Path] = typer.Option(None, "--csv", help="also write the statistics to this CSV file"),
     partial: bool = typer.Option(False, "--partial", help="report an unfinished run (images done so far)"),
+    energy: bool = typer.Option(False, "--energy", help="add the mean energy per image, total and by component"),
 ) -> None:
     """Accuracy statistics over trials per sweep point: mean, std, min, 5th/95th percentile,
-    and the binomial standard error sqrt(p(1-p)/n) of the images."""
+    and the binomial standard error sqrt(p(1-p)/n) of the images; with --energy, the first-order
+    energy per image (mean over trials) and its components."""
     with _Guard():
         from rich.table import Table
 
         from mcsim.api import open_result
-        from mcsim.report import point_labels, summarize
+        import numpy as np
+        import pandas as pd
+
+        from mcsim.report import ENERGY_COLUMNS, energy_unit, has_energy, point_labels, summarize, summarize_energy
 
         ds = open_result(store, partial=partial)
         df = summarize(ds)
+        labels = point_labels(ds)
+        if energy:
+            if not has_energy(ds):
+                _fail(f"--energy: {store} has no energy (its scenario ran with energy: false); run it with "
+                      "energy: true", EXIT_BAD_INPUT)
+            per_point = summarize_energy(ds)[list(ENERGY_COLUMNS)]  # the points in summarize's order
+            per_row = per_point.iloc[np.arange(len(df)) // (len(df) // len(per_point))].reset_index(drop=True)
+            df = pd.concat([df.reset_index(drop=True), per_row], axis=1)
+            unit, factor = energy_unit(float(df["energy"].max()))
         if csv is not None:
             df.to_csv(csv, index=False)
-        labels = point_labels(ds)
         table = Table(title=f"{ds.attrs.get('name', store)}: accuracy in % over {ds.sizes['trial']} trials "
                       f"(chips), {int(ds['n_images'].max())} images; SE: binomial standard error of the mean")
         for name in labels:
@@ -250,11 +263,16 @@ def report(
         table.add_column("metric")
         for head in ("mean", "std", "min", "p5", "p95", "SE"):
             table.add_column(head, justify="right")
+        if energy:
+            table.add_column(f"E/image ({unit})", justify="right")
+            for head in ("E std", "ADC", "DAC", "array", "digital"):
+                table.add_column(head, justify="right")
         for i, row in df.iterrows():
             first = row["metric"] == df["metric"].iloc[0]
+            cells = [f"{factor * row[c]:.4g}" if first else "" for c in ENERGY_COLUMNS] if energy else []
             table.add_row(*[_fmt(row[name]) if first else "" for name in labels], row["metric"],
                           *[f"{100 * row[c]:.2f}" for c in ("mean", "std", "min", "p5", "p95", "se_binom")],
-                          end_section=not first)
+                          *cells, end_section=not first)
         con = _console()
         from rich.measure import Measurement
 
@@ -264,6 +282,9 @@ def report(
         con.print(table)
         con.print(f"digital model: top1 {100 * float(ds['digital_top1']):.2f}%, "
                   f"top5 {100 * float(ds['digital_top5']):.2f}%", markup=False)
+        if energy:
+            con.print(f"energy per image in {unit}, mean over trials (E std: over trials); first order, priced with "
+                      "hardware.energy (docs/physics.md section 12)", markup=False)
         _print_layer_ranking(con, ds)
         if csv is not None:
             con.print(f"wrote {csv}", markup=False)
@@ -306,23 +327,33 @@ def plot(
     metric: str = typer.Option("top1", "--metric", help="top1 or top5"),
     band: str = typer.Option("std", "--band", help="std (+-1 std) or percentile (5-95)"),
     partial: bool = typer.Option(False, "--partial", help="plot an unfinished run"),
+    energy: bool = typer.Option(False, "--energy",
+                                help="accuracy against energy per image, one point per sweep point"),
 ) -> None:
     """Plot accuracy against the first numeric swept setting, one line per value of the other
-    dims, with a band over trials and the digital accuracy dashed."""
+    dims, with a band over trials and the digital accuracy dashed. With --energy: accuracy against
+    the energy per image, one point per sweep point, error bars over the chips."""
     with _Guard():
         if metric not in ("top1", "top5"):
             _fail(f"--metric: {metric!r} is not top1 or top5", EXIT_BAD_INPUT)
         if band not in ("std", "percentile"):
             _fail(f"--band: {band!r} is not std or percentile", EXIT_BAD_INPUT)
         from mcsim.api import open_result
+        from mcsim.report import has_energy, plot_energy
         from mcsim.report import plot as draw
 
         ds = open_result(store, partial=partial)
+        if energy and not has_energy(ds):
+            _fail(f"--energy: {store} has no energy (its scenario ran with energy: false); run it with "
+                  "energy: true", EXIT_BAD_INPUT)
         if output is None:
             if "://" in store:
                 _fail("--output: give a PNG path for a remote store", EXIT_BAD_INPUT)
-            output = Path(store.rstrip("/").removesuffix(".zarr") + f".{metric}.png")
-        draw(ds, str(output), metric=metric, band=band)
+            output = Path(store.rstrip("/").removesuffix(".zarr") + f".{metric}{'.energy' if energy else ''}.png")
+        if energy:
+            plot_energy(ds, str(output), metric=metric)
+        else:
+            draw(ds, str(output), metric=metric, band=band)
         _console().print(f"wrote {output}", markup=False)
 
 

@@ -1,4 +1,4 @@
-"""The study's design points A-E as partial hardware settings (pure data; MODEL.md section 11).
+"""The study's design points A-E as partial hardware settings (pure data; docs/physics.md section 11).
 
 ``Hardware(design="A", adc={"bits": 10})`` applies a preset first and the explicit settings on top
 (nested settings merge key by key). Each preset states where its numbers come from.
@@ -15,7 +15,7 @@ presets were written. What is sourced:
 * page 42 (Fig. 20): the SONOS cell current spans 0 to Imax = 1.6 uA, an infinite on/off ratio;
 * the study's simulator (CrossSim v2) models SONOS programming error with the Xiao et al. TCAS-I
   2022 fit (``error.model: sonos_tcas``), and ResNet50 runs with 8-bit weights and activations;
-* design E has a full-precision ADC, one level for every possible column output (MODEL.md 11).
+* design E has a full-precision ADC, one level for every possible column output (docs/physics.md 11).
 
 Which of the proportional variants (rows per array, bits per cell, analog or digital accumulation)
 A and B are, and which offset points C-E take, is this module's reading, not the paper's: check

@@ -1,6 +1,6 @@
 """The hardware description: one pydantic schema for the Python API and the scenario YAML.
 
-Every field is a physical or architectural choice of MODEL.md; defaults follow the study
+Every field is a physical or architectural choice of docs/physics.md; defaults follow the study
 (Xiao et al. 2022). Invalid combinations fail at construction with a message naming the field.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ class _Strict(BaseModel):
 
 
 class ADC(_Strict):
-    """MODEL.md section 7."""
+    """docs/physics.md section 7."""
 
     bits: Optional[int] = Field(8, ge=1, le=24, description="ADC resolution; null = ideal ADC")
     range: Literal["calibrated", "max", "explicit"] = "calibrated"
@@ -50,7 +50,7 @@ class ADC(_Strict):
 
 
 class ProgrammingError(_Strict):
-    """MODEL.md section 4: one draw per chip."""
+    """docs/physics.md section 4: one draw per chip."""
 
     model: Literal["none", "independent", "proportional", "sonos", "sonos_tcas", "pcm", "rram"] = "none"
     sigma: float = Field(0.0, ge=0, description="relative sigma (independent, proportional)")
@@ -68,14 +68,14 @@ class ProgrammingError(_Strict):
 
 
 class ReadNoise(_Strict):
-    """MODEL.md section 4: drawn afresh at every MVM (every input bit when bit-serial)."""
+    """docs/physics.md section 4: drawn afresh at every MVM (every input bit when bit-serial)."""
 
     model: Literal["none", "independent", "proportional", "sonos"] = "none"
     sigma: float = Field(0.0, ge=0)
 
 
 class Drift(_Strict):
-    """MODEL.md section 4 (beyond the study): G(t) = G0 (t/t0)^-nu, nu ~ N(nu_mean, nu_std) per device."""
+    """docs/physics.md section 4 (beyond the study): G(t) = G0 (t/t0)^-nu, nu ~ N(nu_mean, nu_std) per device."""
 
     time_s: Optional[float] = Field(None, gt=0, description="time since programming; null = no drift")
     t0_s: float = Field(20.0, gt=0)
@@ -91,7 +91,7 @@ class Drift(_Strict):
 
 
 class Parasitics(_Strict):
-    """MODEL.md section 8."""
+    """docs/physics.md section 8."""
 
     rp: float = Field(0.0, ge=0, description="wire segment resistance times Gmax")
     topology: Literal["columns", "grid"] = "columns"
@@ -112,6 +112,37 @@ class Parasitics(_Strict):
         return self
 
 
+class Energy(_Strict):
+    """First-order energy per inference (docs/physics.md section 12): the prices that turn the
+    engine's exact operation counts into joules. They never change an accuracy. Defaults are
+    order-of-magnitude figures, each with its source; override them for a given process.
+    """
+
+    # Walden FOM P / (fs * 2**ENOB). 10 fJ/step is a round value near the state of the art of
+    # published Nyquist ADCs at ~1 GS/s (B. Murmann, "ADC Performance Survey 1997-2023",
+    # github.com/bmurmann/ADC-survey): an 8-bit conversion then costs 2.56 pJ. The study's 8-bit
+    # 1 GHz ramp ADC (Xiao et al. 2022, Section 9) has no published per-conversion figure here.
+    adc_fom_j: float = Field(10e-15, gt=0, description="ADC Walden figure of merit, J per conversion step: E = adc_fom_j * 2**bits")
+    # An ideal ADC (adc.bits null) is not a circuit: its conversions are counted and charged as
+    # conversions at this resolution (the study's 8 bits), so designs compare on equal terms.
+    ideal_adc_bits: int = Field(8, ge=1, le=24, description="resolution charged per conversion of an ideal ADC (adc.bits null)")
+    # Row driver: charging one row line, C * V**2. Estimate (this project, 2026): a 40 nm line of
+    # ~256 cells at ~0.2 fF each (gate and wire) switched at 1.1 V is ~60 fJ; 50 fJ, order of
+    # magnitude only.
+    dac_pulse_j: float = Field(50e-15, ge=0, description="J per row-driver pulse (one row, one MVM or input bit)")
+    # SONOS read: the study's cell spans 0 to Imax = 1.6 uA (Xiao et al., IEEE CAS Magazine 22(4),
+    # 2022, p. 42, Fig. 20), in subthreshold with a small drain bias; 0.1 V is assumed here (not
+    # verified against the paper). Gmax = 1.6 uA / 0.1 V = 16 uS. Only Imax * V_read enters.
+    v_read: float = Field(0.1, gt=0, description="read voltage across a device at full input, V")
+    t_read: float = Field(10e-9, gt=0, description="integration time per MVM (per input bit when bit-serial), s; the study: 10 ns (Section 9)")
+    gmax_siemens: float = Field(16e-6, gt=0, description="physical Gmax, S (SONOS: 1.6 uA at 0.1 V)")
+    # M. Horowitz, "Computing's energy problem", ISSCC 2014 (45 nm): 32-bit integer add 0.1 pJ,
+    # 8-bit add 0.03 pJ, 8-bit multiply 0.2 pJ. Recombination accumulates 8-bit codes shifted by up
+    # to ~2**20 (32-bit adds); a kept-digital layer is an int8 multiply plus a 32-bit accumulate.
+    add_j: float = Field(0.1e-12, ge=0, description="J per digital add (Horowitz ISSCC 2014, 32-bit int add, 45 nm)")
+    mac_j: float = Field(0.3e-12, ge=0, description="J per digital MAC (Horowitz ISSCC 2014: 8-bit mult 0.2 pJ + 32-bit add 0.1 pJ)")
+
+
 def _merge(base: dict, over: dict) -> dict:
     """``over`` on top of ``base``, nested dicts merged key by key (settings objects count as the
     fields they set)."""
@@ -124,7 +155,7 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 class Hardware(_Strict):
-    """All analog settings of a simulated chip (MODEL.md sections 2-8).
+    """All analog settings of a simulated chip (docs/physics.md sections 2-8).
 
     ``design`` names one of the study's design points (:mod:`mcsim.designs`): its preset applies
     first, the other settings given go on top, nested ones merged key by key.
@@ -159,6 +190,7 @@ class Hardware(_Strict):
     read_noise: ReadNoise = ReadNoise()
     drift: Drift = Drift()
     parasitics: Parasitics = Parasitics()
+    energy: Energy = Energy()
 
     @model_validator(mode="before")
     @classmethod
@@ -244,14 +276,14 @@ class Hardware(_Strict):
 
     @property
     def gated_rows(self) -> bool:
-        """Whether rows are gated by the input bits (MODEL.md section 8): bit-serial inputs on the
+        """Whether rows are gated by the input bits (docs/physics.md section 8): bit-serial inputs on the
         column-only topology, unless ``parasitics.rows`` is 'driven'."""
         par = self.parasitics
         return self.input_mode == "bitserial" and par.topology == "columns" and par.rows != "driven"
 
     @property
     def magnitude_bits(self) -> int:
-        """Bits stored in devices: |q| (differential) or the level u (offset); MODEL.md section 3."""
+        """Bits stored in devices: |q| (differential) or the level u (offset); docs/physics.md section 3."""
         return self.weight_bits - 1 if self.mapping == "differential" else self.weight_bits
 
     @property

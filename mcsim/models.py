@@ -96,6 +96,52 @@ def digits_cnn() -> nn.Module:
     )
 
 
+class EncoderBlock(nn.Module):
+    """Pre-norm transformer encoder block: x + MHA(LN(x)), then x + MLP(LN(x)) (as torchvision's ViT)."""
+
+    def __init__(self, dim: int, heads: int, mlp: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.ln_2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp), nn.GELU(), nn.Linear(mlp, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ln_1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class TinyViT(nn.Module):
+    """A small vision transformer: patch embedding (a strided conv) + learned position embedding ->
+    ``depth`` encoder blocks (nn.MultiheadAttention, LayerNorm, GELU MLP) -> LayerNorm -> mean over
+    tokens -> linear. On arrays: the patch conv, every attention projection, the MLPs and the head."""
+
+    def __init__(self, image: int, patch: int, dim: int, depth: int, heads: int, mlp: int, num_classes: int = 10,
+                 overlap: int = 0):
+        super().__init__()
+        # overlap > 0: each patch sees `overlap` pixels of its neighbours on every side (a conv stem)
+        self.patch = nn.Conv2d(1, dim, patch + 2 * overlap, patch, padding=overlap)
+        self.pos = nn.Parameter(0.02 * torch.randn(1, (image // patch) ** 2, dim))
+        self.blocks = nn.Sequential(*[EncoderBlock(dim, heads, mlp) for _ in range(depth)])
+        self.ln = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x).flatten(2).transpose(1, 2) + self.pos  # (B, tokens, dim)
+        return self.head(self.ln(self.blocks(x)).mean(1))
+
+
+def mnist_vit() -> nn.Module:
+    """1x28x28: 7x7 patches (16 tokens), width 64, 3 blocks of 4 heads, MLP 128."""
+    return TinyViT(image=28, patch=7, dim=64, depth=3, heads=4, mlp=128)
+
+
+def digits_vit() -> nn.Module:
+    """1x8x8: 2x2 patches seen through 4x4 windows (16 tokens), width 48, 2 blocks of 4 heads, MLP 96."""
+    return TinyViT(image=8, patch=2, dim=48, depth=2, heads=4, mlp=96, overlap=1)
+
+
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """How a built-in model is made; any change of it (or of the architecture) retrains."""
@@ -120,6 +166,7 @@ BUILTINS: dict[str, Recipe] = {
     "digits-cnn": Recipe(digits_cnn, "digits", epochs=30, lr=3e-3),
     "mnist-cnn": Recipe(mnist_cnn, "mnist5k", epochs=8, lr=2e-3),
     "mnist-resnet": Recipe(MnistResNet, "mnist5k", epochs=10, lr=5e-3, weight_decay=1e-4),
+    "digits-vit": Recipe(digits_vit, "digits", epochs=40, lr=3e-3, weight_decay=1e-4),
 }
 assert tuple(BUILTINS) == BUILTIN_MODELS, "mcsim.specs.BUILTIN_MODELS must list the recipes of BUILTINS"
 

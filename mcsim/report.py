@@ -5,6 +5,8 @@ min, 5th and 95th percentile over the trials (chips), the binomial standard erro
 ``sqrt(p (1 - p) / n)`` of the mean accuracy ``p`` over ``n`` images (the finite-image sampling
 error, beside the chip-to-chip spread), and the digital model's accuracy.
 ``plot(ds, path)`` draws accuracy against the first numeric swept setting.
+``summarize_energy(ds)`` gives the mean energy per image per sweep point (total and by component,
+docs/physics.md section 12), and ``plot_energy(ds, path)`` draws accuracy against it.
 
 A layer sensitivity sweep (dim ``target_layer``, :class:`mcsim.sweep.LayerSweep`) gets its own
 summary: ``layer_sensitivity(ds)`` ranks the layers by the accuracy each costs, with Monte Carlo
@@ -19,7 +21,8 @@ from typing import Optional
 import numpy as np
 import xarray as xr
 
-__all__ = ["METRICS", "STAT_COLUMNS", "layer_sensitivity", "plot", "point_labels", "summarize", "x_axis"]
+__all__ = ["ENERGY_COLUMNS", "METRICS", "STAT_COLUMNS", "energy_unit", "layer_sensitivity", "plot", "plot_energy",
+           "point_labels", "summarize", "summarize_energy", "x_axis"]
 
 LAYER_DIM, NO_LAYER = "target_layer", "(none)"  # as mcsim.sweep names them
 
@@ -78,6 +81,93 @@ def summarize(ds: xr.Dataset, metrics=METRICS):
                 "digital": float(ds[f"digital_{metric}"].values),
             })
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------
+# energy
+
+
+ENERGY_COLUMNS = ("energy", "energy_std", "energy_adc", "energy_dac", "energy_array", "energy_digital")
+
+
+def has_energy(ds: xr.Dataset) -> bool:
+    return "energy_per_image" in ds
+
+
+def _require_energy(ds: xr.Dataset) -> None:
+    if not has_energy(ds):
+        raise ValueError("this result has no energy (its scenario ran with energy: false, or before mcsim counted "
+                         "energy); run the scenario with energy: true to get it")
+
+
+def summarize_energy(ds: xr.Dataset):
+    """One row per sweep point: its labels, the mean over trials (chips) of the energy per image in J
+    (``energy``) and its std over trials (``energy_std``; only the array term and the activations
+    differ between chips), and the mean of each component (``energy_adc``, ``energy_dac``,
+    ``energy_array``, ``energy_digital``)."""
+    import pandas as pd
+
+    _require_energy(ds)
+    dims, labels = sweep_dims(ds), point_labels(ds)
+    e = ds["energy_per_image"]
+    rows = []
+    for pos in itertools.product(*(range(ds.sizes[d]) for d in dims)):
+        at = dict(zip(dims, pos))
+        point, per = ds.isel(at), e.isel(at)
+        total = per.sum("component").values.astype(float)
+        row = {name: _value(point[name].values) for name in labels}
+        row["energy"] = float(np.mean(total))
+        row["energy_std"] = float(np.std(total, ddof=1)) if total.size > 1 else 0.0
+        for c in per["component"].values:
+            row[f"energy_{c}"] = float(per.sel(component=c).mean("trial"))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def energy_unit(joules: float) -> tuple[str, float]:
+    """(unit, factor) that shows ``joules`` with a few digits before the point: pJ, nJ, uJ, mJ or J."""
+    for unit, factor in (("pJ", 1e12), ("nJ", 1e9), ("uJ", 1e6), ("mJ", 1e3)):
+        if abs(joules) * factor < 1e4:
+            return unit, factor
+    return "J", 1.0
+
+
+def plot_energy(ds: xr.Dataset, path: str, metric: str = "top1", title: Optional[str] = None) -> str:
+    """Accuracy against energy per image, one point per sweep point (mean over chips, error bars
+    +-1 std over chips on both axes), each labelled by its settings; the digital accuracy dashed.
+    Energy on a log axis. Writes ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if metric not in METRICS:
+        raise ValueError(f"metric: {metric!r} is not one of {', '.join(METRICS)}")
+    _require_energy(ds)
+    dims = sweep_dims(ds)
+    total = ds["energy_per_image"].sum("component")
+    acc = ds[metric]
+    multi = ds.sizes["trial"] > 1
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for pos in itertools.product(*(range(ds.sizes[d]) for d in dims)):
+        at = dict(zip(dims, pos))
+        e, a = total.isel(at), acc.isel(at)
+        x, y = float(e.mean()), float(a.mean())
+        xerr, yerr = (float(e.std(ddof=1)), float(a.std(ddof=1))) if multi else (0.0, 0.0)
+        label = ", ".join(_label(ds, d, i) for d, i in at.items()) or metric
+        ax.errorbar([x], [y], xerr=[xerr], yerr=[yerr], fmt="o", capsize=3, label=label)
+    digital = float(ds[f"digital_{metric}"].values)
+    ax.axhline(digital, color="black", linestyle="--", linewidth=1, label=f"digital ({digital:.3f})")
+    ax.set_xscale("log")
+    ax.set_xlabel("energy per image (J, first order: ADC + DAC + array + digital)")
+    ax.set_ylabel(f"{metric} accuracy")
+    ax.set_title(title or f"{ds.attrs.get('name', '')}: mean over {ds.sizes['trial']} chips, bars +-1 std")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 # --------------------------------------------------------------------------------------

@@ -93,6 +93,9 @@ class Scenario(StrictModel):
     hardware: Hardware = Hardware()
     sweep: Sweep = Sweep()
     trials: int = Field(ge=1, description="Monte Carlo trials per sweep point")
+    energy: bool = Field(
+        True, description="count each chip's operations and price the energy per image (docs/physics.md "
+                          "section 12; hardware.energy); false skips the counting (~5-15 % faster on the CPU)")
     execution: Execution = Execution()
     output: str = Field(
         min_length=1, description="result store: a path or an fsspec URL; default outputs/<name>.zarr"

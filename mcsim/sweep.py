@@ -8,7 +8,9 @@ component). ``plan.points`` lists every point in C order over ``plan.dims``, eac
 
 An override replaces the value at its dotted path in the hardware's nested settings (a dict
 value replaces the whole group: ``hardware.adc: [{bits: 4}]`` gives an ADC with default
-settings but 4 bits) and the result is validated by pydantic.
+settings but 4 bits) and the result is validated by pydantic. A swept ``hardware.design`` first
+sets every setting a design preset controls to its preset's value (whatever the scenario's hardware
+says; keys zipped beside it go on top), so ``zip: {hardware.design: [A, B, C]}`` compares the presets.
 
 Per-layer overrides are swept through ``hardware.layers``: the component after ``layers`` is a
 module name or glob (:meth:`mcsim.hardware.Hardware.for_layer`), plain when it is one word
@@ -346,9 +348,36 @@ def apply_overrides(hardware: Hardware, overrides: Mapping[str, Any]) -> Hardwar
     if not overrides:
         return hardware
     data = hardware.model_dump()
+    if "hardware.design" in overrides:
+        _set_design(data, overrides["hardware.design"])
     for key, value in overrides.items():
-        _set_path(data, key, value)
+        if key != "hardware.design":
+            _set_path(data, key, value)
     return Hardware.model_validate(data)
+
+
+def _design_paths(preset: dict, prefix: tuple = ()) -> list[tuple]:
+    return [p for k, v in preset.items()
+            for p in (_design_paths(v, prefix + (k,)) if isinstance(v, dict) else [prefix + (k,)])]
+
+
+def _set_design(data: dict, name: Optional[str]) -> None:
+    """A point that sweeps ``hardware.design``: every setting some design preset sets takes the
+    value of this point's preset (the schema default where it sets none; no preset: the
+    defaults), whatever the scenario's hardware says; the other settings stay. The scenario's text
+    writes every default out, so "settings the scenario gave" cannot be told from the rest: zip
+    another key beside the design to change a preset's setting per point."""
+    from mcsim.designs import DESIGNS
+
+    data["design"] = name
+    if name is not None and name not in DESIGNS:
+        return  # validation names the valid designs
+    own = Hardware.model_validate(DESIGNS[name] if name is not None else {}).model_dump()
+    for path in {p for preset in DESIGNS.values() for p in _design_paths(preset)}:
+        node, value = data, own
+        for part in path[:-1]:
+            node, value = node.setdefault(part, {}), value[part]
+        node[path[-1]] = copy.deepcopy(value[path[-1]])
 
 
 def _describe(overrides: Mapping[str, Any]) -> str:

@@ -1,6 +1,6 @@
-"""An independent, loop-based NumPy model of one analog Linear layer (MODEL.md sections 2-7).
+"""An independent, loop-based NumPy model of one analog Linear layer (docs/physics.md sections 2-7).
 
-Written from MODEL.md alone, sharing no code with mcsim's engine: plain float64 loops over
+Written from docs/physics.md alone, sharing no code with mcsim's engine: plain float64 loops over
 partitions, slices and input bits, no folding. Used by the tests as the reference.
 """
 import math

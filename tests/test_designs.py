@@ -91,3 +91,24 @@ def test_study_sonos_fit():
     assert Hardware(error={"model": "sonos_tcas", "scale": 2}).error.scale == 2
     with pytest.raises(ValidationError, match="fitted sigma curve"):
         Hardware(error={"model": "sonos_tcas", "sigma": 0.1})
+
+
+def test_sweeping_the_design_sets_every_preset_setting_and_keeps_the_others():
+    from mcsim.sweep import apply_overrides
+
+    bases = (Hardware(read_noise={"model": "sonos"}), Hardware(design="A", adc={"bits": 6}, read_noise={"model": "sonos"}),
+             Hardware(design="E", read_noise={"model": "sonos"}))
+    for base in bases:
+        for name in DESIGNS:
+            hw = apply_overrides(base, {"hardware.design": name})
+            # what the scenario's canonical text reloads to: every default written out
+            again = apply_overrides(Hardware.model_validate(base.model_dump()), {"hardware.design": name})
+            assert hw == again == Hardware(design=name, read_noise={"model": "sonos"}), (base.design, name)
+        with pytest.raises(ValidationError, match="design"):
+            apply_overrides(base, {"hardware.design": "F"})
+    # Keys zipped beside the design go on top of its preset.
+    hw = apply_overrides(Hardware(), {"hardware.design": "D", "hardware.adc.bits": 6})
+    assert (hw.mapping, hw.slices, hw.rows_max, hw.adc.bits, hw.adc.percentile) == ("offset", 8, 72, 6, 99.98)
+    # Without a design override a point keeps the scenario's whole hardware.
+    hw = apply_overrides(Hardware(design="D"), {"hardware.adc.bits": 6})
+    assert (hw.mapping, hw.slices, hw.rows_max, hw.adc.bits) == ("offset", 8, 72, 6)

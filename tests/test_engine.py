@@ -1,4 +1,4 @@
-"""The crossbar engine against independent references (MODEL.md section 10)."""
+"""The crossbar engine against independent references (docs/physics.md section 10)."""
 import numpy as np
 import pytest
 import torch
@@ -48,7 +48,7 @@ def test_ideal_hardware_reproduces_digital_logits(request, net, mapping):
 
 def _fake_quantized(model, analog):
     """A digital copy whose convs and linears use 8-bit weights and 8-bit inputs over the engine's
-    calibrated input ranges: written from MODEL.md sections 2 and 5, not from the engine."""
+    calibrated input ranges: written from docs/physics.md sections 2 and 5, not from the engine."""
     from mcsim.engine.convert import fold_batchnorm
 
     ref = fold_batchnorm(model)

@@ -17,7 +17,7 @@ def _layer(k=64, n=4, seed=0):
 
 
 def _conductances(w):
-    """Differential targets of continuous weights (MODEL.md section 3), float64."""
+    """Differential targets of continuous weights (docs/physics.md section 3), float64."""
     r = w / np.abs(w).max()
     return GMIN + (1 - GMIN) * np.maximum(r, 0), GMIN + (1 - GMIN) * np.maximum(-r, 0)
 
@@ -72,7 +72,7 @@ def test_proportional_sigma_function_matches_published_fits():
 
 
 def _column_current(g, v, rp):
-    """Nodal analysis of one column (MODEL.md section 8), stamped as a dense matrix.
+    """Nodal analysis of one column (docs/physics.md section 8), stamped as a dense matrix.
 
     Node k (row k) gets its device G_k from the input V_k; segments rp join k to k+1 and the last
     node to the virtual ground. Returns the current into the virtual ground."""

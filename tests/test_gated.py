@@ -1,4 +1,4 @@
-"""Gated rows (MODEL.md section 8): bit-serial inputs whose bits switch each row's device in or out.
+"""Gated rows (docs/physics.md section 8): bit-serial inputs whose bits switch each row's device in or out.
 
 The reference is a nodal analysis of each (input vector, column) written here from scratch: the
 column's nodes, one segment 1/rp between neighbours and one from the last node to ground, and one

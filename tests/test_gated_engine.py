@@ -1,6 +1,6 @@
-"""Gated rows in the engine (MODEL.md section 8) and power-of-two slice ADC ranges (section 7).
+"""Gated rows in the engine (docs/physics.md section 8) and power-of-two slice ADC ranges (section 7).
 
-The reference is written here from MODEL.md alone, sharing no code with the engine: im2col by
+The reference is written here from docs/physics.md alone, sharing no code with the engine: im2col by
 loops, channel-aligned partitions, and for every (image, position, partition, input bit, slice,
 device kind) a dense nodal analysis of each column holding only the rows whose bit is nonzero:
 node k joins node k+1 through 1/rp, the last node joins the virtual ground through 1/rp, and an

@@ -1,4 +1,4 @@
-"""Parasitic resistance (MODEL.md section 8) against an independent nodal analysis.
+"""Parasitic resistance (docs/physics.md section 8) against an independent nodal analysis.
 
 The reference builds the full conductance matrix of the physical circuit (physical units: segment
 conductance 1/rp, device conductances G, inputs as fixed potentials) with scipy.sparse stamps and

@@ -1,4 +1,4 @@
-"""How one layer's matrix is laid out on crossbar arrays (MODEL.md sections 1 and 6).
+"""How one layer's matrix is laid out on crossbar arrays (docs/physics.md sections 1 and 6).
 
 A conv with ``g`` groups is ``g`` matrices of shape ``(N_g, K)``, ``K = C_g * kh * kw`` (rows in
 torch's ``(channel, kh, kw)`` order); a Linear is a 1x1 conv. A matrix with more than ``rows_max``

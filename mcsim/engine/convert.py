@@ -1,15 +1,20 @@
 """From a trained torch model to its analog counterpart, evaluated for many chips at once.
 
-``convert(model, hardware, trials, seed)`` folds BatchNorm into the preceding convolutions
-(MODEL.md section 1), replaces every Conv2d and Linear by an :class:`AnalogLayer`, and returns an
+``convert(model, hardware, trials, seed)`` rewrites attention modules so that their projections are
+called as modules (:mod:`mcsim.engine.attention`), folds BatchNorm into the preceding convolutions
+(docs/physics.md section 1), replaces every Conv2d and Linear by an :class:`AnalogLayer`, and returns an
 :class:`AnalogModel` whose forward maps a batch ``(B, ...)`` to logits ``(T, B, classes)``. All other
-layers stay digital and see the chips as a larger batch ``(Tc * B, ...)``. Chips are processed in
-blocks sized to a memory budget, so peak memory stays bounded however many chips are asked for.
+layers stay digital and see the chips as a larger batch ``(Tc * B, ...)``; ``AnalogModel.digital_layers``
+lists the weight-carrying ones and why. Chips are processed in blocks sized to a memory budget, so
+peak memory stays bounded however many chips are asked for.
 """
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -18,9 +23,25 @@ import torch
 import torch.fx
 from torch import nn
 
+from mcsim.engine.attention import ATTENTION_MODULES, DIGITAL_ATTENTION, projection_names, rewrite_attention
 from mcsim.engine.layers import AnalogLayer, Context, DigitalLayer
 from mcsim.hardware import Hardware, check_patterns
 from mcsim.physics import devices
+
+
+class ConversionError(ValueError):
+    """A model mcsim cannot convert; the message names the module and why."""
+
+
+class _Tracer(torch.fx.Tracer):
+    """torch.fx's tracer, with mcsim's attention modules kept whole (their forward branches on arguments)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, ATTENTION_MODULES) or super().is_leaf_module(m, qualname)
+
+
+def _trace(net: nn.Module) -> torch.fx.GraphModule:
+    return torch.fx.GraphModule(net, _Tracer().trace(net), type(net).__name__)
 
 
 def pick_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -32,16 +53,17 @@ def pick_device(device: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` (eval mode) with every BatchNorm that follows a conv folded into it.
+def fold_batchnorm(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """A copy of ``model`` (eval mode; ``inplace``: the model itself) with every BatchNorm that follows
+    a conv folded into it.
 
     Uses torch.fx's conv-BN fusion; a model fx cannot trace keeps its BatchNorms digital (warned).
     """
-    model = copy.deepcopy(model).eval()
+    model = (model if inplace else copy.deepcopy(model)).eval()
     try:
         from torch.fx.experimental.optimization import fuse
 
-        return fuse(model)
+        return fuse(_trace(model), inplace=True, no_trace=True)
     except Exception as e:  # fx cannot trace data-dependent control flow
         warnings.warn(f"BatchNorm not folded (torch.fx could not trace the model: {e}); BN stays digital")
         return model
@@ -51,7 +73,7 @@ def execution_order(net: nn.Module, layers: list[tuple[str, nn.Module]]) -> list
     """``layers`` in the order the forward pass runs them (torch.fx), which need not be the order in
     which they were registered; registration order (warned) when fx cannot trace the model."""
     try:
-        graph = torch.fx.symbolic_trace(net).graph
+        graph = _Tracer().trace(net)
     except Exception as e:  # data-dependent control flow
         warnings.warn(f"analog_first_layer/analog_last_layer: torch.fx could not trace the model ({e}); "
                       "taking the first and last layers in registration order")
@@ -61,10 +83,84 @@ def execution_order(net: nn.Module, layers: list[tuple[str, nn.Module]]) -> list
     return sorted(layers, key=lambda item: rank.get(item[0], len(rank)))  # never called as modules: last
 
 
+_UNSUPPORTED = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.TransformerEncoder,
+                nn.TransformerDecoder, nn.Transformer)
+_WEIGHT_READ = re.compile(r"self\.(\w+)\.weight\b")
+_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.LocalResponseNorm,
+          nn.modules.instancenorm._InstanceNorm)
+
+
+def _check_supported(net: nn.Module) -> None:
+    for name, m in net.named_modules():
+        if isinstance(m, _UNSUPPORTED):
+            raise ConversionError(
+                f"module {name or '<root>'!r} is a torch.nn.{type(m).__name__}: its forward hands the weights of its "
+                "attention and feed-forward Linears to a fused kernel, so mcsim cannot put them on arrays; build the "
+                "blocks from nn.MultiheadAttention, nn.Linear and nn.LayerNorm instead (as builtin:digits-vit does)")
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_source(cls: type) -> str:
+    try:
+        return inspect.getsource(cls.forward)
+    except (OSError, TypeError):  # generated (torch.fx) or built-in code: the graph scan covers it
+        return ""
+
+
+def functional_uses(net: nn.Module) -> dict[str, tuple[str, str]]:
+    """The Conv2d and Linear layers of ``net`` whose ``.weight`` is read as a tensor (handed to a function)
+    instead of being called: name -> (type, who reads it). An analog layer has no weight tensor to hand
+    over, so these stay digital. Looks at the traced graph (before BatchNorm folding, which would turn
+    such a layer into a bare holder of its tensors) and at the source of every module's forward."""
+    layers = {n: type(m).__name__ for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    uses = {}
+    try:
+        graph = _Tracer().trace(net)
+    except Exception:  # untraceable: the source scan below still sees direct reads
+        graph = None
+    for node in graph.nodes if graph is not None else []:
+        owner, _, attr = str(node.target).rpartition(".")
+        if node.op == "get_attr" and attr == "weight" and owner in layers:
+            uses[owner] = (layers[owner], "the model's forward reads its .weight as a tensor (a functional call)")
+    for pname, parent in net.named_modules():
+        for child in set(_WEIGHT_READ.findall(_forward_source(type(parent)))):
+            full = f"{pname}.{child}" if pname else child
+            if full in layers:
+                uses[full] = (layers[full], f"{type(parent).__name__}.forward reads self.{child}.weight as a tensor "
+                                            "(a functional call)")
+    return uses
+
+
+def _digital_inventory(net: nn.Module, kept: dict[str, tuple[str, str]]) -> list[dict]:
+    """Every weight-carrying part of ``net`` that does not run on arrays, with the reason. ``kind``:
+    ``layer`` (a Conv/Linear kept digital), ``attention``, ``normalization`` or ``parameters``."""
+    out = [{"name": n, "type": t, "kind": "layer", "reason": r} for n, (t, r) in kept.items()]
+    for name, m in net.named_modules():
+        if isinstance(m, AnalogLayer) or name in kept:
+            continue
+        if isinstance(m, ATTENTION_MODULES):
+            out.append({"name": name, "type": type(m).__name__, "kind": "attention", "reason": DIGITAL_ATTENTION})
+        elif isinstance(m, _NORMS):
+            out.append({"name": name, "type": type(m).__name__, "kind": "normalization",
+                        "reason": "normalization (per-sample statistics, elementwise affine): digital"})
+        elif m._parameters and any(p is not None for p in m._parameters.values()):
+            params = ", ".join(k for k, p in m._parameters.items() if p is not None)
+            out.append({"name": name or "<root>", "type": type(m).__name__, "kind": "parameters",
+                        "reason": f"elementwise or additive parameters ({params}): digital"})
+    return out
+
+
 def crossbar_layers(model: nn.Module) -> list[str]:
     """The module paths of ``model``'s Conv2d and Linear layers, in registration order: the names
     that ``hardware.layers`` patterns match."""
-    return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    names, dropped = [], []
+    for n, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and not any(n.startswith(d) for d in dropped):
+            names.append(n)
+        added, gone = projection_names(m)  # what the attention rewrite adds and drops
+        names += [f"{n}.{p}" if n else p for p in added]
+        dropped += [f"{n}.{p}." if n else f"{p}." for p in gone]
+    return names
 
 
 def layer_hardware(net: nn.Module, targets: list[tuple[str, nn.Module]], hardware: Hardware) -> dict[str, Hardware]:
@@ -97,6 +193,21 @@ def _memory_budget(device: torch.device) -> int:
 
 
 class AnalogModel(nn.Module):
+    """A model on analog chips (build it with :func:`convert`).
+
+    Attributes:
+        layer_names: the module paths of the layers on arrays (every Conv2d and Linear, attention
+            projections included), in registration order.
+        digital_layers: every weight-carrying part that stays digital, as ``{"name", "type", "kind",
+            "reason"}``; ``kind`` is ``layer`` for a Conv/Linear kept digital (a functional use of its
+            weight, a non-2-D conv, ``analog_first_layer``/``analog_last_layer``), else ``attention``,
+            ``normalization`` or ``parameters`` (docs/physics.md section 1).
+        rewritten: the attention modules replaced by their mcsim equivalents (mcsim.engine.attention).
+
+    Raises:
+        ConversionError: a model that cannot be converted (the message names the module and why).
+    """
+
     def __init__(
         self,
         model: nn.Module,
@@ -116,23 +227,42 @@ class AnalogModel(nn.Module):
         if not chips or min(chips) < 0:
             raise ValueError("trials: need at least one chip, with non-negative indices")
         self.chips = torch.tensor(chips, dtype=torch.int64)
-        self.net = fold_batchnorm(model)
+        net = copy.deepcopy(model).eval()
+        _check_supported(net)
+        self.rewritten = rewrite_attention(net)  # attention modules whose projections are now modules
+        uses = functional_uses(net)
+        self.net = fold_batchnorm(net, inplace=True)
+        self.layer_names, self.digital_layers = self._replace(hardware, uses)
+        self._finish(hardware, chips, memory_budget)
+
+    def _replace(self, hardware: Hardware, uses: dict[str, tuple[str, str]]) -> tuple[list[str], list[dict]]:
+        """Put every Conv2d and Linear on arrays, except those kept digital (warned, with the reason)."""
         targets = [(n, m) for n, m in self.net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-        if not targets:
-            raise ValueError("the model has no Conv2d or Linear layer to put on crossbars")
-        skipped = [n for n, m in self.net.named_modules() if isinstance(m, nn.modules.conv._ConvNd) and not isinstance(m, nn.Conv2d)]
-        if skipped:
-            warnings.warn(f"only Conv2d and Linear run on crossbars; these stay digital: {skipped}")
+        if not targets and not uses:
+            raise ConversionError("the model has no Conv2d or Linear layer to put on crossbars")
+        kept = {n: (type(m).__name__, "only Conv2d and Linear run on crossbars") for n, m in self.net.named_modules()
+                if isinstance(m, nn.modules.conv._ConvNd) and not isinstance(m, nn.Conv2d)}
+        kept.update(uses)
+        if kept:  # not what the hardware asks for: say so
+            warnings.warn("these layers stay digital: " + "; ".join(f"{n} ({r})" for n, (_, r) in kept.items()))
         #: every Conv2d/Linear's effective hardware (its ``analog`` says whether it is on crossbars)
-        self.layer_hardware = layer_hardware(self.net, targets, hardware)
-        self.layer_names: list[str] = []  # the analog layers, in registration order
+        self.layer_hardware = layer_hardware(self.net, targets, hardware) if targets else {}
+        for name, m in targets:
+            if name not in kept and not self.layer_hardware[name].analog:
+                kept[name] = (type(m).__name__,
+                              "analog: false (hardware.layers, analog_first_layer or analog_last_layer)")
+        names = []
         for name, module in targets:
-            hw = self.layer_hardware[name]
             parent, _, child = name.rpartition(".")
-            layer = AnalogLayer(module, hw, name, self.ctx) if hw.analog else DigitalLayer(module, name)
+            if name in kept:  # canonical shapes here too (determinism); weight and bias stay readable
+                setattr(self.net.get_submodule(parent), child, DigitalLayer(module, name))
+                continue
+            layer = AnalogLayer(module, self.layer_hardware[name], name, self.ctx)
             setattr(self.net.get_submodule(parent), child, layer)
-            if hw.analog:
-                self.layer_names.append(name)
+            names.append(name)
+        return names, _digital_inventory(self.net, kept)
+
+    def _finish(self, hardware: Hardware, chips: list[int], memory_budget: Optional[int]) -> None:
         self.net.to(self.device)
         for layer in self.analog_layers():
             layer.part.to(self.device)
@@ -199,7 +329,7 @@ class AnalogModel(nn.Module):
             outs.append(out.view(len(chips), b, *out.shape[1:]))
         return torch.cat(outs)
 
-    # ------------------------------------------------------------------ calibration (MODEL.md 5, 7)
+    # ------------------------------------------------------------------ calibration (docs/physics.md 5, 7)
     def needs_calibration(self) -> bool:
         return any(hw.input_bits is not None or (hw.adc.bits is not None and hw.adc.range != "explicit")
                    for hw in (layer.hw for layer in self.analog_layers()))

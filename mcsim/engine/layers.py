@@ -1,7 +1,7 @@
 """The analog layer: one Conv2d or Linear evaluated for a block of chips at once.
 
 Activations carry the chips in the batch dim, ``(Tc * B, ...)`` chip-major. A layer programs each
-chip's devices (MODEL.md sections 2-4, 8), then runs each chip's array partitions and weight slices
+chip's devices (docs/physics.md sections 2-4, 8), then runs each chip's array partitions and weight slices
 as one grouped convolution (a Linear is a 1x1 conv), all chips of the block in one call:
 
 * **split** structure (a real ADC, or ADC calibration): output channels per (chip, group,
@@ -9,7 +9,7 @@ as one grouped convolution (a Linear is a 1x1 conv), all chips of the block in o
   input bit when inputs are bit-serial with digital accumulation (section 5), then recombined.
 * **folded** structure (an ideal ADC): partitions, slices, input bits and the offset mapping's
   ``G_zero * sum(x)`` are linear, so they are folded into one effective weight per chip before the
-  matmul: one convolution, no cancellation of large terms in float32 (MODEL.md section 10).
+  matmul: one convolution, no cancellation of large terms in float32 (docs/physics.md section 10).
 * **gated** rows (bit-serial inputs on resistive wires, section 8): the split structure whatever the
   ADC, each column output of each bit plane from its own exact solve (:meth:`AnalogLayer._gated_columns`)
   rather than a convolution; digitization, recombination and the offset term as above.
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Literal, Optional
+from typing import Any, Iterator, Literal, Optional
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ _STREAM_PROGRAM, _STREAM_DRIFT, _STREAM_READ = 1, 11, 101
 _MIN_ROWS, _MIN_ROWS_GEMM, _MIN_GROUPS = 2, 16, 3
 # Gated rows (section 8): bytes of unfolded bit patches and solved currents per chunk of images.
 _GATED_CHUNK_BYTES = 2**28  # larger chunks amortize the solver's per-call pattern tables
-# The solves' arithmetic. MODEL.md section 10 asks for float64 where drops are small differences of
+# The solves' arithmetic. docs/physics.md section 10 asks for float64 where drops are small differences of
 # large currents; the gated solver has no such cancellation (its transfer products are positive) and
 # float32 carries about 1e-6 relative error. Where outputs are digitized that is far below one ADC
 # step: measured on mnist-cnn's first layer (8-bit calibrated ADC, rp 1e-5 to 1e-3), float32 codes
@@ -70,6 +70,7 @@ class Context:
     image_ids: Optional[torch.Tensor] = None  # (B,) global image indices (read-noise streams)
     mode: Mode = "run"  # probe: digital pass measuring sizes; calibrate_*: the two calibration passes
     cache: bool = True  # keep programmed chips between forward calls
+    energy: Optional[Any] = None  # an engine.energy.EnergyCounter while counting (opt-in), else None
 
     @contextmanager
     def switched(self, mode: Mode, chips: Optional[torch.Tensor] = None) -> Iterator["Context"]:
@@ -136,8 +137,8 @@ def canonical_conv(inp: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
 
     oneDNN picks its kernel, and so each output's summation order, from the call's shape. Measured
     on its CPU kernels: with at least 3 groups and at least 2 images (16 when the output is one
-    pixel, a matrix product), a group's outputs are bit-identical whatever the group count, the
-    group's position, the batch and the thread count; an ungrouped convolution (``grouped=False``:
+    pixel, a matrix product), and the bias added after the kernel, a group's outputs are
+    bit-identical whatever the group count, the group's position, the batch and the thread count; an ungrouped convolution (``grouped=False``:
     a digital layer, every chip in its batch) needs only the image floor. Below those floors zero
     groups and zero images pad the call; they cost only when a block holds fewer than 3 chips or images.
     """
@@ -149,10 +150,12 @@ def canonical_conv(inp: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
         extra = _MIN_GROUPS - groups
         inp = F.pad(inp, (0, 0, 0, 0, 0, extra * (inp.shape[1] // groups)))
         weight = torch.cat([weight, weight.new_zeros(extra * (cout // groups), *weight.shape[1:])])
-        bias = None if bias is None else torch.cat([bias, bias.new_zeros(extra * (cout // groups))])
         groups = _MIN_GROUPS
-    out = F.conv2d(inp, weight, bias, groups=groups, **conv_args)
-    return out[:rows, :cout] if out.shape[0] > rows or out.shape[1] > cout else out
+    out = F.conv2d(inp, weight, None, groups=groups, **conv_args)
+    if out.shape[0] > rows or out.shape[1] > cout:
+        out = out[:rows, :cout].contiguous()
+    # The bias is added apart: inside the kernel, where it enters the sum depends on the kernel.
+    return out if bias is None else out.add_(bias.view(-1, 1, 1))
 
 
 def _conv_args(module: nn.Conv2d | nn.Linear, name: str) -> dict:
@@ -239,6 +242,14 @@ class AnalogLayer(nn.Module):
         self._cache: dict[tuple, Programmed] = {}
         self.probe_elements = 0  # peak elements per (image, chip) seen in the probe pass
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """No tensor: a caller that reads it would multiply digitally and bypass the arrays."""
+        raise RuntimeError(
+            f"layer {self.name!r} runs on crossbars and has no weight tensor: something reads its .weight "
+            "instead of calling it as a module (a functional call such as F.linear(x, layer.weight)). "
+            "mcsim keeps layers it finds used this way digital; please report this model")
+
     # ------------------------------------------------------------------ programming a block of chips
     def _keys(self, stream: int) -> torch.Tensor:
         return rng.derive(self.ctx.seed, self.ctx.chips, self.key, stream)
@@ -301,7 +312,7 @@ class AnalogLayer(nn.Module):
 
         split, real ADC: the conv outputs ADC codes ``(y - lo) / step`` (weights / step, bias -lo / step).
         split, calibrating: the conv outputs the raw column values y.
-        folded: the conv outputs the layer's final output (weights * unit * x_range, the layer's bias).
+        folded: the conv outputs the layer's output before its bias (weights * unit * x_range).
         Weights are chip-major: chip c owns a contiguous block of output channels.
         """
         hw = self.hw
@@ -374,7 +385,7 @@ class AnalogLayer(nn.Module):
             var = var * alpha.view(-1, 1, 1).to(var.dtype) ** 2 if var is not None else None
         w = (w - self.offset) * out_scale
         var = var * out_scale**2 if var is not None else None
-        return w, var, self.bias.expand(len(self.ctx.chips), -1)
+        return w, var, None  # the layer's bias is added after the matmul (AnalogLayer._analog)
 
     def _programmed(self, p: Pass) -> Programmed:
         key = (p, self.ctx.mode, tuple(self.ctx.chips.tolist()))
@@ -440,6 +451,8 @@ class AnalogLayer(nn.Module):
         p = self._pass()
         prog = self._programmed(p)
         n = self._levels(x, p)
+        if self.ctx.energy is not None and self.ctx.mode == "run":  # opt-in counting reads n, changes nothing
+            self.ctx.energy.analog(self, n, p)
         u, bit_weights = self._input_planes(n, p)
         u2 = self._noise_planes(n, u, p) if prog.var is not None else None
         if not p.split:
@@ -455,10 +468,9 @@ class AnalogLayer(nn.Module):
             if self.hw.mapping == "offset":
                 z.sub_(self._offset_term(u, bit_weights, p))
             z.mul_(self.unit * (self.x_range or 1.0))
-            bias = self.bias.view(self.geom.groups, self.geom.ng, 1, 1)  # added in the pass that lays out chip-major
-            zt = z.transpose(0, 1)
-            return torch.add(zt, bias, out=z.new_empty(zt.shape)).view(-1, self.geom.c_out, *z.shape[-2:])
-        return z.transpose(0, 1).reshape(-1, self.geom.c_out, *z.shape[-2:])  # chip-major (Tc * r, C_out, H', W')
+        zt = z.transpose(0, 1)  # the bias is added in the pass that lays out chip-major (Tc * r, C_out, H', W')
+        bias = self.bias.view(self.geom.groups, self.geom.ng, 1, 1)
+        return torch.add(zt, bias, out=z.new_empty(zt.shape)).view(-1, self.geom.c_out, *z.shape[-2:])
 
     # ------------------------------------------------------------------ the steps of a pass
     # Activations inside a layer are image-major in memory, ``(r, Tc, ...)`` seen as ``(Tc, r, ...)``, so
@@ -505,7 +517,7 @@ class AnalogLayer(nn.Module):
         def run(planes, weight, bias=None):  # (Tc, r, C, H, W) image-major -> (r, Tc * C, H, W)
             return self._grouped_conv(planes.transpose(0, 1).flatten(1, 2), weight, bias, tc * geo.groups)
 
-        out = run(u[0], prog.weight, prog.bias)
+        out = run(u[0], prog.weight)  # the layer's bias follows in the pass that lays out the output
         out = out.view(out.shape[0], tc, geo.groups, geo.ng, *out.shape[-2:])
         if u2 is not None:
             var = run(u2[0], prog.var).view_as(out)
@@ -623,7 +635,7 @@ class AnalogLayer(nn.Module):
             # Integer codes: sum_b 2**b code_b is exact in float32 whatever the summation order, so one
             # matrix-vector product over the bits replaces nb passes (bit weights are 2**b / n_max).
             powers = torch.tensor([2.0**b for b in range(nb)], dtype=k.dtype, device=k.device)
-            k = torch.matmul(powers, k.reshape(nb, -1)).view(1, *k.shape[1:])
+            k = torch.matmul(powers, k.reshape(nb, -1)).view(1, *k.shape[1:])  # k may be a strided view
             bit_weights = bit_weights[:1]
         terms = [(b, q, s) for b in range(len(bit_weights)) for q in range(self.part.parts) for s in range(self.n_slices)]
         z = None

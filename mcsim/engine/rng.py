@@ -1,4 +1,4 @@
-"""Random numbers keyed by what they describe: the only source of randomness (MODEL.md section 9).
+"""Random numbers keyed by what they describe: the only source of randomness (docs/physics.md section 9).
 
 Keys are derived from ``seed, chip, layer, stream`` (a layer by its module name, :func:`name_key`;
 for read noise also the image index, the token and the input bit) with SplitMix64 in integer tensor ops. Per-chip quantities (programming errors, drift)

@@ -1,4 +1,4 @@
-"""The ADC: MODEL.md section 7.
+"""The ADC: docs/physics.md section 7.
 
 ``y_q = lo + step * round((clip(y, lo, hi) - lo) / step)``, ``step = (hi - lo) / (2**bits - 1)``.
 Column outputs are in units of the current of one Gmax device under the full input voltage.

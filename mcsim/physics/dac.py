@@ -1,4 +1,4 @@
-"""Inputs (the DAC): MODEL.md section 5.
+"""Inputs (the DAC): docs/physics.md section 5.
 
 An activation ``x`` becomes a normalized voltage ``v = n / n_max`` in [-1, 1] (n an integer level
 over the layer's calibrated range), or, bit-serially, one binary (signed: +1/-1/0) vector per bit

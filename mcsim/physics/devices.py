@@ -1,4 +1,4 @@
-"""Device errors: MODEL.md section 4. Pure functions of normalized conductances (Gmax = 1).
+"""Device errors: docs/physics.md section 4. Pure functions of normalized conductances (Gmax = 1).
 
 Programming errors are drawn once per chip, read noise at every MVM (the engine draws it in
 output space from :func:`read_variance`), drift applies a per-device exponent ``nu``.

@@ -1,4 +1,4 @@
-"""Weights to conductances: MODEL.md sections 2 (quantization) and 3 (mapping, bit slicing).
+"""Weights to conductances: docs/physics.md sections 2 (quantization) and 3 (mapping, bit slicing).
 
 Conductances are normalized (Gmax = 1, Gmin = 1/on_off). A slice's device holds a digit
 ``d`` in ``0..L`` (``L = 2**b - 1``; ``L = 1`` for continuous weights) as
@@ -17,7 +17,7 @@ from mcsim.hardware import Hardware
 
 @dataclass(frozen=True)
 class SliceLayout:
-    """How the stored magnitude is cut into slices (MODEL.md section 3)."""
+    """How the stored magnitude is cut into slices (docs/physics.md section 3)."""
 
     slices: int
     bits_per_slice: int | None  # None: continuous weights

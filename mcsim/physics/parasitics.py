@@ -1,4 +1,4 @@
-"""Parasitic wire resistance as an effective conductance matrix (MODEL.md section 8).
+"""Parasitic wire resistance as an effective conductance matrix (docs/physics.md section 8).
 
 A crossbar with resistive wires is a linear network driven by the input voltages, so the column
 currents of an array are ``I_c = sum_j M[j, c] V_j`` for an effective conductance matrix ``M``
@@ -8,7 +8,7 @@ a bit-serial input).
 
 Units: ``Gmax = 1`` and ``rp = Rp * Gmax``, so one wire segment has resistance ``rp``. ``G`` has
 shape ``(..., N, C)``: N rows (inputs) by C columns, any leading batch dims; zero entries (padded
-rows without a device) are allowed. All solves run in float64 (MODEL.md section 10: float32 is off
+rows without a device) are allowed. All solves run in float64 (docs/physics.md section 10: float32 is off
 by about 1e-4 relative at small rp) and ``M`` comes back in ``G``'s dtype.
 
 Kirchhoff's equations multiplied by ``rp`` read ``(L + rp*diag(G)) v = rhs``, where ``L`` is the
@@ -126,7 +126,7 @@ def _wire(n: int, open_end: int, dim: int, like: Tensor) -> tuple[Tensor, Tensor
 # ---------------------------------------------------------------- column-only topology
 
 def column_transfer(G: Tensor, rp: float) -> Tensor:
-    """Effective conductances of the column-only topology (MODEL.md section 8).
+    """Effective conductances of the column-only topology (docs/physics.md section 8).
 
     Column c is a chain: node k (row k) receives ``G_k (V_k - v_k)`` from its device, one segment
     ``rp`` joins node k to node k+1 and one more joins node N-1 to the virtual ground, whose
@@ -147,7 +147,7 @@ def column_transfer(G: Tensor, rp: float) -> Tensor:
 
 # ---------------------------------------------------------------- gated rows (bit-serial inputs)
 #
-# A column with gated rows (MODEL.md section 8) is a ladder: walking from the far end (row 0) to the
+# A column with gated rows (docs/physics.md section 8) is a ladder: walking from the far end (row 0) to the
 # ADC, the part of the column already passed is a Norton source (current J into the node, internal
 # conductance Y). Crossing one wire segment rp and adding row k's device (conductance x = G_k |u_k|,
 # source current y = G_k u_k; x = y = 0 when the bit gates the row off) maps it to
@@ -329,7 +329,7 @@ def _gated_array(G: Tensor, u: Tensor, rp: float, signed: bool, max_bytes: int, 
 
 def gated_column_currents(G: Tensor, u: Tensor, rp: float, *, signed: Optional[bool] = None,
                           max_bytes: int = 2**28, compute_dtype: torch.dtype = torch.float64) -> Tensor:
-    """Exact column currents of the column-only topology with gated rows (MODEL.md section 8).
+    """Exact column currents of the column-only topology with gated rows (docs/physics.md section 8).
 
     Each input bit gates its row's select transistor: ``u_k = 0`` disconnects row k (its device
     neither injects nor loads the column), ``u_k = +1 / -1`` drives it at ``+V_read / -V_read``
@@ -348,7 +348,7 @@ def gated_column_currents(G: Tensor, u: Tensor, rp: float, *, signed: Optional[b
             decide.
         max_bytes: memory budget of the per-array pattern tables (the vectors are processed in
             cache-sized chunks).
-        compute_dtype: float64 (default, MODEL.md section 10). float32 halves the work's memory
+        compute_dtype: float64 (default, docs/physics.md section 10). float32 halves the work's memory
             traffic; its currents carry about 1e-6 relative error, so the drop itself is only
             resolved when it is well above that.
 
@@ -413,7 +413,7 @@ def _pair_arrays(G: Tensor, u: Tensor):
 
 def grid_transfer(G: Tensor, rp: float, *, tol: float = 1e-10, max_iter: int = 10000,
                   max_elements: int = 2 ** 26) -> Tensor:
-    """Effective conductances when row (input) lines are resistive too (MODEL.md section 8).
+    """Effective conductances when row (input) lines are resistive too (docs/physics.md section 8).
 
     Row i is driven by ``V_i`` at column 0's end through one segment ``rp`` to row node (i, 0),
     then one segment between row nodes (i, c) and (i, c+1); its far end (c = C-1) is open. Device
@@ -509,7 +509,7 @@ def _check_rp(rp: float) -> None:
 
 
 def effective_conductance(G: Tensor, rp: float, topology: str) -> Tensor:
-    """M to use in place of G for wire resistance ``rp`` (MODEL.md section 8).
+    """M to use in place of G for wire resistance ``rp`` (docs/physics.md section 8).
 
     ``topology`` is ``"columns"`` (column lines resistive; the study's main case) or ``"grid"``
     (row lines too). ``rp == 0`` returns ``G`` itself.

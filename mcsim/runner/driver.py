@@ -278,11 +278,22 @@ def open_store(scenario: Scenario, prep: Prepared) -> ResultStore:
     recomputed from its ledger, in case an interruption left them behind)."""
     if prep.fresh:
         return ResultStore.create(prep.path, scenario, prep.plan, extra_attrs=versions(),
-                                  overwrite=prep.info.kind not in ("absent", "empty"))
+                                  overwrite=prep.info.kind not in ("absent", "empty"),
+                                  energy_layers=energy_layers(scenario))
     store = ResultStore(prep.path, prep.plan)
     if not prep.complete:
         store.refresh()
     return store
+
+
+def energy_layers(scenario: Scenario) -> Optional[list[str]]:
+    """The layers whose energy a run counts (every Conv/Linear of the model); None: no counting."""
+    if not scenario.energy:
+        return None
+    from mcsim.engine.energy import layer_names
+    from mcsim.models import load_model
+
+    return layer_names(load_model(scenario.model))
 
 
 def announce(scenario: Scenario, prep: Prepared, left: Pending, on_event: EventSink) -> None:

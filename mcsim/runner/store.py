@@ -10,6 +10,9 @@ for zipped keys; the sweep values are coordinates)::
     top1, top5                   float64 (S..., trial)  correct / n_images; NaN where none yet
     complete                     bool (S...)  every chip of the point saw every image
     digital_top1, digital_top5   float64 ()  the digital model (NaN until its shards are done)
+    energy_per_image             float64 (S..., trial, component)  J per image: adc, dac, array, digital
+                                 (docs/physics.md section 12); NaN where none yet
+    energy_counts                float64 (S..., trial, count, layer)  the counts per image and layer
     calibrated                   bool (S...)  the point's hardware needed a calibration
     analog                       bool (S..., layer)  the layer is analog at that point
     weight_bits, input_bits,     float64 (S..., layer)  the layer's effective resolution (per-layer
@@ -27,6 +30,12 @@ for zipped keys; the sweep values are coordinates)::
     digital_correct_top1/_top5   int32 (shard,)  chunks 1
     digital_done                 bool (shard,)  chunks 1
     shard_images                 int32 (shard,)  images per shard
+    energy_counts                float64 (S..., trial, shard, count, layer)  sums over the shard's images
+    energy_joules                float64 (S..., trial, shard, component)  chunks (1..., trials_per_task, 1, all)
+
+The energy arrays exist when the scenario counts energy (``energy: true``); their ``layer`` dim is
+every Conv/Linear of the model (``layout.energy_layers``), analog or kept digital, and the
+calibration's ``layer`` dim is then the same list (``analog`` tells which are analog where).
 
 A task is done when its ledger entry is. Every write covers whole chunks (zarr loses data when
 concurrent writes share a chunk): an evaluation task writes its own chunk of each ledger count
@@ -74,6 +83,11 @@ __all__ = [
 STORE_FORMAT = 2  # bump when the layout changes (2: the result at the root, the ledger in ledger/)
 LEDGER = "ledger"  # the ledger's group
 COUNT_VARS = ("correct_top1", "correct_top5")
+ENERGY_VARS = ("energy_counts", "energy_joules")  # ledger
+# Names of the energy dims' entries: engine.energy.COUNTS and physics.energy.COMPONENTS (kept in
+# step by tests/test_energy.py; this module does not import the engine).
+ENERGY_COUNTS = ("adc_conversions", "dac_pulses", "row_slots", "array_g_v2", "digital_adds", "digital_macs")
+ENERGY_COMPONENTS = ("adc", "dac", "array", "digital")
 DIGITAL_VARS = ("digital_correct_top1", "digital_correct_top5")
 CALIBRATION_VARS = ("calibrated", "analog", "x_range", "input_signed", "adc_slices", "adc_lo", "adc_hi")
 SETTING_VARS = ("weight_bits", "input_bits", "adc_bits")  # per layer, with layer_overrides
@@ -204,6 +218,21 @@ def _summary(counts: dict, done: np.ndarray, shard_images: np.ndarray, trials_pe
     return out
 
 
+def _energy_summary(m: dict, done: np.ndarray, n_images: np.ndarray, trials_per_task: int) -> dict:
+    """Per image: the energy ledger ``(..., trial, shard, ...)`` summed over the shards done and
+    divided by the images done ``(..., trial)``; NaN where none."""
+    n_trials = m["energy_joules"].shape[-3]
+    done_trial = done[..., np.arange(n_trials) // trials_per_task, :]  # (..., trial, shard)
+    out = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for ledger_var, var, extra in (("energy_joules", "energy_per_image", 1), ("energy_counts", "energy_counts", 2)):
+            d = done_trial.reshape(done_trial.shape + (1,) * extra)
+            total = np.where(d, m[ledger_var], 0.0).sum(-1 - extra)
+            n = n_images.reshape(n_images.shape + (1,) * extra)
+            out[var] = np.where(n > 0, total / np.maximum(n, 1), np.nan)
+    return out
+
+
 def _digital_summary(counts: dict, done: np.ndarray, shard_images: np.ndarray) -> dict:
     """``digital_top1``/``digital_top5`` over the digital shards done (NaN: none yet)."""
     n = int((shard_images.astype(np.int64) * done).sum())
@@ -216,6 +245,12 @@ def _consolidate(path: str) -> None:
     with warnings.catch_warnings():  # zarr notes that consolidation is not in the v3 spec yet
         warnings.simplefilter("ignore")
         zarr.consolidate_metadata(path, zarr_format=3)
+
+
+def _energy_coords(layers: list[str]) -> dict:
+    return {"layer": ("layer", np.array(layers, dtype=object)),
+            "count": ("count", np.array(ENERGY_COUNTS, dtype=object)),
+            "component": ("component", np.array(ENERGY_COMPONENTS, dtype=object))}
 
 
 # --------------------------------------------------------------------------------------
@@ -237,14 +272,24 @@ class ResultStore:
         self.shape = tuple(plan.sweep.shape)
         self._group = None  # the root group, opened for writing on first use
         self._mirror: Optional[dict] = None  # the ledger's arrays, once read
+        self._energy_layers: Optional[list[str]] = None  # set by create, else read from the layout
+
+    @property
+    def energy_layers(self) -> list[str]:
+        """The layers of the energy counts; empty when the store does not count energy."""
+        if self._energy_layers is None:
+            self._energy_layers = list(self.attrs().get("layout", {}).get("energy_layers") or [])
+        return self._energy_layers
 
     # ---- creation
 
     @classmethod
     def create(cls, path: str, scenario: Scenario, plan: RunPlan, *, overwrite: bool = False,
-               extra_attrs: Optional[dict] = None) -> "ResultStore":
-        """Write the empty result, the empty ledger and the attributes."""
+               extra_attrs: Optional[dict] = None, energy_layers: Optional[list[str]] = None) -> "ResultStore":
+        """Write the empty result, the empty ledger and the attributes. ``energy_layers``: the
+        model's Conv/Linear layers, when the run counts energy (None: no energy arrays)."""
         store = cls(path, plan)
+        store._energy_layers = list(energy_layers or [])
         attrs = {
             "mcsim_store": STORE_FORMAT,
             "state": "creating",
@@ -259,6 +304,7 @@ class ResultStore:
                 "trials_per_task": plan.trials_per_task,
                 "dims": store.dims,
                 "coord_dims": dict(plan.sweep.coord_dims),
+                "energy_layers": store._energy_layers,
                 # the layer sensitivity sweep's mode (its dim: target_layer), None without one
                 "layer_sweep": scenario.sweep.layers.mode if scenario.sweep.layers is not None else None,
             },
@@ -293,6 +339,15 @@ class ResultStore:
         encoding = {var: {"chunks": ones + (plan.trials_per_task,)}
                     for var in ("correct_top1", "correct_top5", "n_images", "top1", "top5")}
         encoding["complete"] = {"chunks": ones}
+        if self._energy_layers:
+            n_layers, n_c, n_k = len(self._energy_layers), len(ENERGY_COMPONENTS), len(ENERGY_COUNTS)
+            data["energy_per_image"] = (per_trial + ["component"], np.full(s_shape + (trials, n_c), np.nan),
+                                        {"long_name": "energy per image", "units": "J"})
+            data["energy_counts"] = (per_trial + ["count", "layer"], np.full(s_shape + (trials, n_k, n_layers), np.nan),
+                                     {"long_name": "operations per image"})
+            coords.update(_energy_coords(self._energy_layers))
+            encoding["energy_per_image"] = {"chunks": ones + (plan.trials_per_task, n_c)}
+            encoding["energy_counts"] = {"chunks": ones + (plan.trials_per_task, n_k, n_layers)}
         return xr.Dataset(data, coords=coords, attrs=attrs), encoding
 
     def _empty_ledger(self) -> tuple[xr.Dataset, dict]:
@@ -309,6 +364,14 @@ class ResultStore:
         encoding["done"] = {"chunks": ones + (1, 1)}
         for var in DIGITAL_VARS + ("digital_done",):
             encoding[var] = {"chunks": (1,)}
+        if self._energy_layers:
+            n_layers, n_c, n_k = len(self._energy_layers), len(ENERGY_COMPONENTS), len(ENERGY_COUNTS)
+            base = s_dims + ["trial", "shard"]
+            shape = s_shape + (plan.trials, n_shards)
+            data["energy_counts"] = (base + ["count", "layer"], np.zeros(shape + (n_k, n_layers)))
+            data["energy_joules"] = (base + ["component"], np.zeros(shape + (n_c,)))
+            encoding["energy_counts"] = {"chunks": ones + (plan.trials_per_task, 1, n_k, n_layers)}
+            encoding["energy_joules"] = {"chunks": ones + (plan.trials_per_task, 1, n_c)}
         return xr.Dataset(data), encoding
 
     # ---- attributes
@@ -334,8 +397,9 @@ class ResultStore:
     def _ledger(self) -> dict:
         if self._mirror is None:
             group = zarr.open_group(self.path, mode="r")[LEDGER]
-            self._mirror = {name: np.asarray(group[name][...])
-                            for name in COUNT_VARS + DIGITAL_VARS + ("done", "digital_done", "shard_images")}
+            names = COUNT_VARS + DIGITAL_VARS + ("done", "digital_done", "shard_images")
+            names += ENERGY_VARS if self.energy_layers else ()
+            self._mirror = {name: np.asarray(group[name][...]) for name in names}
         return self._mirror
 
     def ledger(self) -> tuple[np.ndarray, np.ndarray]:
@@ -358,9 +422,28 @@ class ResultStore:
             values = np.asarray(getattr(result, var), dtype=np.int32)
             ledger[var][pos + (slice(task.t0, task.t1), task.shard)] = values
             m[var][pos + (slice(task.t0, task.t1), task.shard)] = values
+        if self.energy_layers:
+            self._write_energy(result, pos, ledger, m)
         ledger["done"][pos + (task.block, task.shard)] = True
         m["done"][pos + (task.block, task.shard)] = True
         self._write_result(pos, task.block)
+
+    def _write_energy(self, result, pos: tuple, ledger, m: dict) -> None:
+        """A task's energy sums into its ledger chunk, its layers placed by name."""
+        task, energy = result.task, result.energy
+        if energy is None:
+            raise ValueError(f"task {task}: the store counts energy, the worker's result has none")
+        known = [i for i, n in enumerate(energy.layers) if n in self.energy_layers]
+        unknown = [n for i, n in enumerate(energy.layers) if i not in known and np.any(energy.counts[..., i])]
+        if unknown:  # a module the converted model holds but never calls (counts 0) is left out
+            raise ValueError(f"task {task}: energy counted for layers {unknown} the store does not know "
+                             f"({self.energy_layers})")
+        counts = np.zeros((task.n_trials, len(ENERGY_COUNTS), len(self.energy_layers)))
+        counts[..., [self.energy_layers.index(energy.layers[i]) for i in known]] = energy.counts[..., known]
+        at = pos + (slice(task.t0, task.t1), task.shard)
+        for var, values in (("energy_counts", counts), ("energy_joules", np.asarray(energy.joules, np.float64))):
+            ledger[var][at] = values
+            m[var][at] = values
 
     def _write_result(self, pos: tuple, block: int) -> None:
         """Recompute the result chunk of one point and trial block from the ledger."""
@@ -372,6 +455,10 @@ class ResultStore:
         root = self._root()
         for var in ("n_images",) + COUNT_VARS + ("top1", "top5"):
             root[var][pos + (slice(t0, t1),)] = summary[var]
+        if self.energy_layers:
+            ledger = {var: m[var][pos][t0:t1] for var in ENERGY_VARS}
+            for var, values in _energy_summary(ledger, done, summary["n_images"], tpt).items():
+                root[var][pos + (slice(t0, t1),)] = values
         root["complete"][pos] = bool(m["done"][pos].all())
 
     def write_digital(self, result) -> None:
@@ -400,6 +487,11 @@ class ResultStore:
                            self.plan.trials_per_task)
         for var, values in summary.items():
             root[var][...] = values
+        if self.energy_layers:
+            energy = _energy_summary({var: m[var] for var in ENERGY_VARS}, m["done"], summary["n_images"],
+                                     self.plan.trials_per_task)
+            for var, values in energy.items():
+                root[var][...] = values
         self._write_digital_result()
 
     def write_calibration(self, results: list) -> None:
@@ -419,7 +511,11 @@ class ResultStore:
         if missing:
             raise ValueError(f"calibration missing for sweep points {missing}")
         points = self.plan.sweep.points
-        layers = _merge_layers([list(by_point[p.index].settings) or by_point[p.index].layers for p in points])
+        layers = _merge_layers([self.energy_layers]
+                               + [list(by_point[p.index].settings) or by_point[p.index].layers for p in points])
+        if self.energy_layers and layers != self.energy_layers:  # one `layer` dim for both
+            raise ValueError(f"layers {[n for n in layers if n not in self.energy_layers]} are not among "
+                             f"the model's Conv/Linear layers {self.energy_layers}")
         n_slices = max([len(st["adc_range"][0]) for r in results if r.state
                         for st in r.state.values() if st.get("adc_range") is not None] or [1])
         shape, n_layers = self.shape, len(layers)
@@ -533,7 +629,9 @@ def open_result(path: str, *, partial: bool = False) -> xr.Dataset:
         ``layer``/``slice`` for the calibration). Variables: ``top1``, ``top5`` (fractions),
         ``correct_top1``, ``correct_top5``, ``n_images``, ``complete``, ``digital_top1``,
         ``digital_top5``, and the calibration (``x_range``, ``input_signed``, ``adc_lo``,
-        ``adc_hi``, ``adc_slices``, ``analog``, ``calibrated``). Attributes: the scenario, its
+        ``adc_hi``, ``adc_slices``, ``analog``, ``calibrated``); when the scenario counts energy,
+        ``energy_per_image`` (J, along ``component``) and ``energy_counts`` (along ``count``,
+        ``layer``). Attributes: the scenario, its
         fingerprint, versions, device, times, the log of the runs.
 
     Raises:

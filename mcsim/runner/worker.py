@@ -16,6 +16,7 @@ import copy
 import json
 import time
 from collections import OrderedDict
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -24,12 +25,13 @@ import torch
 
 from mcsim.data import calibration_images, evaluation_dataset
 from mcsim.engine.convert import convert, crossbar_layers, pick_device
+from mcsim.engine.energy import counting
 from mcsim.models import load_model
 from mcsim.runner.plan import CalibrationTask, DigitalTask, EvalTask, Task
 from mcsim.scenario import Scenario
 from mcsim.sweep import expand, needs_layer_names
 
-__all__ = ["CalibrationResult", "DigitalResult", "EvalResult", "Worker", "TOPK"]
+__all__ = ["CalibrationResult", "DigitalResult", "EnergySums", "EvalResult", "Worker", "TOPK"]
 
 TOPK = 5  # the second accuracy metric: top-5 (top-k with k = min(5, classes))
 
@@ -60,6 +62,16 @@ class EvalResult:
     correct_top5: np.ndarray
     n_images: int
     seconds: float
+    energy: Optional["EnergySums"] = None  # when the scenario counts energy
+
+
+@dataclass(frozen=True)
+class EnergySums:
+    """Energy counts of a task's chips, summed over its images (docs/physics.md section 12)."""
+
+    layers: list[str]  # the counted layers (analog and kept-digital Conv/Linear), in model order
+    counts: np.ndarray  # (n_trials, len(engine.energy.COUNTS), n_layers) float64
+    joules: np.ndarray  # (n_trials, len(physics.energy.COMPONENTS)) float64, each layer at its hardware.energy
 
 
 def _diff(value, base):
@@ -197,9 +209,14 @@ class Worker:
         analog = self._analog
         top1 = torch.zeros(task.n_trials, dtype=torch.int64)
         top5 = torch.zeros(task.n_trials, dtype=torch.int64)
-        for b0, (x, y) in self.batches(task.i0, task.i1):
-            ids = torch.arange(b0, b0 + len(y), dtype=torch.int64)
-            c1, c5 = _correct(analog(x, image_ids=ids), y)
-            top1 += c1
-            top5 += c5
-        return EvalResult(task, top1.numpy(), top5.numpy(), task.n_images, time.perf_counter() - start)
+        with counting(analog) if self.scenario.energy else nullcontext() as counter:
+            for b0, (x, y) in self.batches(task.i0, task.i1):
+                ids = torch.arange(b0, b0 + len(y), dtype=torch.int64)
+                c1, c5 = _correct(analog(x, image_ids=ids), y)
+                top1 += c1
+                top5 += c5
+        energy = None
+        if counter is not None:
+            sums = counter.result(per_image=False)
+            energy = EnergySums(sums.layers, sums.stacked(), sums.joules())  # each layer at its own prices
+        return EvalResult(task, top1.numpy(), top5.numpy(), task.n_images, time.perf_counter() - start, energy)
