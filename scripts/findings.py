@@ -1103,8 +1103,7 @@ def discussion(results: dict) -> str:
   the MNIST ResNet the advantage does not shrink measurably down to a ratio of 10, so this is not reproduced at
   this scale (the study-scale scenario asks it of ResNet50).
 * **Design points A-E.** Their parameters are mcsim/designs.py's reading of the study, unverified against its
-  Tables 3-4; `hardware.design` cannot be swept today (a sweep value lands on top of the fully dumped base
-  hardware, whose explicit settings override the preset), so scenario 06 spells the designs out.
+  Tables 3-4; scenario 06 spells their settings out (a zip over `hardware.design` gives the same chips).
 * **Deterministic experiments.** The ADC, parasitics and bit-serial sweeps have no random device errors, so they
   use one chip per point and their only error is the binomial image error.
 """
