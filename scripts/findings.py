@@ -49,7 +49,7 @@ TOLERANCE = 0.02  # "tolerated": mean accuracy within 2 percentage points of the
 
 # What the paper says, beside each finding. Only the study's abstract could be retrieved as text
 # (the magazine's page 26, and arXiv 2109.01262); where a statement comes from elsewhere (the
-# project's reading of the paper in MODEL.md, or the project's issue quoting it) it says so.
+# project's reading of the paper in docs/physics.md, or the project's issue quoting it) it says so.
 # Tables 4 and 5 (the design points' accuracies) were not available: no number of theirs is quoted.
 PAPER = {
     "proportional": ("The study's abstract: for ResNet50 on ImageNet, the resilience to cell programming "
@@ -61,14 +61,14 @@ PAPER = {
                 "multiple devices\" (bit slicing)."),
     "adc": ("The abstract lists ADC resolution among the non-idealities that proportionality makes the chip "
             "more resilient to. For the offset-subtraction cores, the project's reading of the study's "
-            "Section 9 (MODEL.md section 11; the page's text was not available here to quote) is: offset "
+            "Section 9 (docs/physics.md section 11; the page's text was not available here to quote) is: offset "
             "needs *at most 144 rows and at most 2 bits per cell* to reach high accuracy with 8-bit ADCs, "
             "which is why the study evaluates offset only at 72 or 144 rows with 1 or 2 bits per cell."),
     "parasitics": ("The abstract lists array parasitic resistance among the non-idealities that "
                    "proportionality makes the chip more resilient to. The project's issue quotes the paper: "
                    "\"the effect of parasitic resistance varies considerably with bit position\", the low "
                    "bits suffering most (with gated rows a low-order input bit switches on more rows; "
-                   "MODEL.md section 8). That page's text was not available here to check the quote."),
+                   "docs/physics.md section 8). That page's text was not available here to check the quote."),
     "on_off": ("Not available as text here. The project's reading (issue 10): proportionality, and with it "
                "the differential mapping's advantage, needs a high on/off ratio, since with a finite ratio a "
                "zero weight is no longer zero current. The study's SONOS cell has an infinite ratio "
@@ -849,7 +849,7 @@ moderate error (largest sigma tolerated, state-independent error, as brackets de
 {", ".join(f"{m} {k} slice{'s' if k > 1 else ''} {tol[(m, k)].short()}" for m, k in tol)}; the unsliced brackets are
 finding 1's, whose scenario measures that same chip with more chips and from sigma 0.01 up; this scenario's own
 runs of it give {", ".join(f"{m} {own1[m].short()}" for m in own1)}, {agree}), while slices of
-several bits can be *worse* than none. This is the slicing arithmetic of MODEL.md section 3: a slice of b bits
+several bits can be *worse* than none. This is the slicing arithmetic of docs/physics.md section 3: a slice of b bits
 stores its digit with an error of sigma (2^b − 1) digit units, scaled by 2^(b k) on recombination, so a device's
 error, in units of the weight's LSB, adds up to sigma sqrt(sum_k (2^b − 1)^2 4^(b k)) per weight and device kind:
 127 sigma unsliced (differential), 74 sigma for seven 1-bit slices, but 240 sigma for two 4-bit slices and 198
@@ -989,13 +989,13 @@ Digital model: {pct(digital(ds))} %.
 
 ![accuracy vs ADC bits for the input schemes](findings_05_bitserial_accumulation.png)
 
-**Paper.** The study's text on input-bit accumulation was not available here; MODEL.md section 11 records that
+**Paper.** The study's text on input-bit accumulation was not available here; docs/physics.md section 11 records that
 its offset cores use digital input-bit accumulation and its proportional cores either. This section is mcsim's
 own measurement, not a claim checked against the paper.
 
 Bit-serial inputs accumulated in analog are digitized once, like analog inputs, and give
 {'exactly the same accuracy at every ADC resolution' if same else 'a different accuracy'} (without read noise the
-accumulated charge is the analog input's current, MODEL.md section 5). Digitizing every input bit (digital
+accumulated charge is the analog input's current, docs/physics.md section 5). Digitizing every input bit (digital
 accumulation, 8x the ADC conversions) changes what the ADC sees: each conversion is a bit plane's column output,
 with the range shared by all bits and calibrated on them. For this network the offset mapping {better} by it: at
 {gain[0]} bits, {gain[1].fmt()} against analog accumulation. This is workload-dependent: on the MNIST ResNet
@@ -1065,7 +1065,7 @@ the SONOS error adds anything. An offset core digitizes every input bit of every
 weights a slice-and-bit output by up to 2^14 (levels 2^(b k) times input bits 2^j), so the values the 99.98 % range
 clips (and each conversion's rounding) land on the result magnified; the proportional cores digitize the analog
 accumulation (A) or the bits of one whole-weight column (B). Whether this matches the study (which reports its offset
-cores near digital accuracy with 8-bit ADCs, per MODEL.md section 11) cannot be checked without its Tables 4-5;
+cores near digital accuracy with 8-bit ADCs, per docs/physics.md section 11) cannot be checked without its Tables 4-5;
 `adc.slice_ranges: independent` (per-slice ranges instead of power-of-two ones) is the first thing to try. With
 {int(ds['n_images'].max())} test images a design within 2 points of digital is not "clearly" within by 2 SE; the
 full-scale scenario has 1,000 images and 100 chips.
@@ -1093,7 +1093,7 @@ def discussion(results: dict) -> str:
 * **Weight bit slicing (finding 2).** mcsim reproduces "buys little" for the differential mapping under
   state-proportional error and "cannot rescue" at large error, but for moderate state-independent error one-bit
   slices do buy a clear gain, while 2 and 4 slices of a 7-bit magnitude can lose (the top slice wastes range);
-  this follows from the slicing arithmetic of MODEL.md section 3 (see finding 2).
+  this follows from the slicing arithmetic of docs/physics.md section 3 (see finding 2).
 * **Parasitics and input scheme (finding 4).** With voltage-driven rows mcsim's column is linear in the input
   voltages, so bit-serial inputs cannot change the IR-drop error; with gated rows (the study's cell, the default for
   bit-serial inputs since `parasitics.rows` exists) they do, and finding 4 measures by how much.
@@ -1117,7 +1117,7 @@ This page is generated by `scripts/findings.py` (do not edit by hand): it runs t
 Xiao et al., "On the Accuracy of Analog Neural Network Inference Accelerators" (IEEE Circuits and Systems
 Magazine 22(4), 2022) that concern the accelerator design, on small MNIST networks. Each finding puts the
 paper's own statement (**Paper.**, quoted where its text was available, which here is only the abstract;
-otherwise paraphrased from the project's MODEL.md and said so) beside what mcsim measures (**mcsim**). A claim is
+otherwise paraphrased from the project's docs/physics.md and said so) beside what mcsim measures (**mcsim**). A claim is
 called reproduced only where both agree; the study ran ResNet50 on ImageNet, these runs MNIST networks, so
 agreement means the same ordering, never the same numbers.
 
