@@ -112,14 +112,9 @@ def test_layers_kept_digital_keep_the_contract():
 def test_trained_cnn_offset_chip_alone_equals_chip_among_twenty():
     """The case the quickstart caught: mnist-cnn's first layer (one input channel, a bias) took
     another kernel, and added its bias elsewhere in the sum, at 20 groups than at 3."""
-    from mcsim.data import calibration_images, load_split
-    from mcsim.models import load_model
-    from mcsim.specs import DataSpec, ModelSpec
+    from workloads import mnist_cnn
 
-    model = load_model(ModelSpec(name="builtin:mnist-cnn"))
-    test = load_split(DataSpec(name="mnist5k"), "test")
-    x = torch.stack([test[i][0] for i in range(250)])
-    cal = calibration_images(DataSpec(name="mnist5k", calibration={"split": "train", "count": 200}))
+    model, x, _, cal = mnist_cnn(images=250, calibration=200)
     hw = Hardware(mapping="offset", adc={"bits": 8}, error={"model": "proportional", "sigma": 0.1})
     many = convert(model, hw, trials=20, seed=123, device="cpu")
     many.calibrate([cal])

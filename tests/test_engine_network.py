@@ -4,19 +4,12 @@ import pytest
 import torch
 
 from mcsim import Hardware, convert
-from mcsim.data import calibration_images, load_split
-from mcsim.models import load_model
-from mcsim.specs import DataSpec, ModelSpec
+from workloads import mnist_cnn
 
 
 @pytest.fixture(scope="module")
 def workload():
-    model = load_model(ModelSpec(name="builtin:mnist-cnn"))
-    test = load_split(DataSpec(name="mnist5k"), "test")
-    xs = torch.stack([test[i][0] for i in range(400)])
-    ys = torch.tensor([test[i][1] for i in range(400)])
-    cal = calibration_images(DataSpec(name="mnist5k", calibration={"split": "train", "count": 200}))
-    return model, xs, ys, cal
+    return mnist_cnn(images=400, calibration=200)
 
 
 def _accuracy(workload, hw, trials):

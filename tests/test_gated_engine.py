@@ -261,16 +261,9 @@ def test_convert_warns_for_a_device_fit_outside_its_range():
 
 @pytest.fixture(scope="module")
 def workload():
-    from mcsim.data import calibration_images, load_split
-    from mcsim.models import load_model
-    from mcsim.specs import DataSpec, ModelSpec
+    from workloads import mnist_cnn
 
-    model = load_model(ModelSpec(name="builtin:mnist-cnn"))
-    test = load_split(DataSpec(name="mnist5k"), "test")
-    xs = torch.stack([test[i][0] for i in range(200)])
-    ys = torch.tensor([test[i][1] for i in range(200)])
-    cal = calibration_images(DataSpec(name="mnist5k", calibration={"split": "train", "count": 100}))
-    return model, xs, ys, cal
+    return mnist_cnn(images=200, calibration=100)
 
 
 def _logits(workload, **hw):
