@@ -514,8 +514,8 @@ class AnalogLayer(nn.Module):
         """The folded pass: one grouped matmul gives the layer's output ``(r, Tc, g, N_g, H', W')``."""
         geo, tc = self.geom, u.shape[1]
 
-        def run(planes, weight, bias=None):  # (Tc, r, C, H, W) image-major -> (r, Tc * C, H, W)
-            return self._grouped_conv(planes.transpose(0, 1).flatten(1, 2), weight, bias, tc * geo.groups)
+        def run(planes, weight):  # (Tc, r, C, H, W) image-major -> (r, Tc * C, H, W)
+            return self._grouped_conv(planes.transpose(0, 1).flatten(1, 2), weight, None, tc * geo.groups)
 
         out = run(u[0], prog.weight)  # the layer's bias follows in the pass that lays out the output
         out = out.view(out.shape[0], tc, geo.groups, geo.ng, *out.shape[-2:])
