@@ -23,7 +23,7 @@ import sys
 import time
 import warnings
 
-MAX_PARAMS = 150_000_000  # beyond this the float64 device targets do not fit a small machine's memory
+MAX_PARAMS = int(float(os.environ.get("ZOO_MAX_PARAMS", 150e6)))  # default skips the largest: memory, hours
 NOISY = dict(error={"model": "proportional", "sigma": 0.05}, weight_bits=8, input_bits=8, adc={"bits": 8})
 IDEAL = dict(weight_bits=None, input_bits=None, adc={"bits": None})
 
