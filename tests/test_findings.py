@@ -11,7 +11,10 @@ and the binomial error of its finite image set:
 """
 from __future__ import annotations
 
+import importlib.util
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,6 +167,21 @@ def test_finding4_gated_rows_make_bit_serial_differ(tmp_path):
     se = math.hypot(sa, sg)
     assert abs(ma - mg) > 3 * se, (f"gated bit-serial {mg:.3f} vs analog inputs {ma:.3f}: "
                                    f"|margin| {abs(ma - mg):.3f} is not above 3 SE = {3 * se:.3f}")
+
+
+def test_finding4_low_input_bits_lose_most_current(monkeypatch):
+    """(4, bit position) On gated rows a low-order input bit switches on more rows, so its columns
+    lose more current to the wires: the measurement behind docs/findings.md's bit-position table
+    (the trained CNN's classifier, real MNIST activations, exact solves), at 100 images."""
+    spec = importlib.util.spec_from_file_location("findings", Path(__file__).parents[1] / "scripts" / "findings.py")
+    findings = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "findings", findings)  # its dataclasses look themselves up there
+    spec.loader.exec_module(findings)
+    bits = findings.bit_position_drops(1e-4, images=100)
+    lost, active = [b["lost"] for b in bits], [b["active"] for b in bits]
+    assert all(a > b for a, b in zip(active, active[1:]))
+    assert all(a > b for a, b in zip(lost, lost[1:])), lost
+    assert lost[0] > 3 * lost[-1]
 
 
 def test_finding5_differential_leads_even_at_on_off_10(tmp_path):

@@ -5,7 +5,13 @@ column's nodes, one segment 1/rp between neighbours and one from the last node t
 conductance G_k from node k to a source at u_k for every row whose bit is nonzero. scipy.sparse
 stamps the matrix and spsolve solves it; the current into ground is v_{N-1} / rp, and the IR drop
 (the current lost to the wires, sum_k G_k |u_k| v_k) comes straight from the node potentials.
+
+Every test runs both ways of taking the row products: the CPU's compiled scan and the tree of
+tensor operations that other devices use.
 """
+import functools
+import sys
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -16,6 +22,14 @@ import mcsim.physics.parasitics as parasitics
 from mcsim.physics.parasitics import column_transfer, gated_column_currents
 
 RPS = [1e-6, 1e-4, 1e-2, 1e-1]
+
+
+@pytest.fixture(params=["scan", "tree"], autouse=True)
+def method(request, monkeypatch):
+    """This module's ``gated_column_currents`` with the method fixed."""
+    monkeypatch.setattr(sys.modules[__name__], "gated_column_currents",
+                        functools.partial(parasitics.gated_column_currents, method=request.param))
+    return request.param
 
 
 def nodal_gated(g: np.ndarray, u: np.ndarray, rp: float) -> tuple[float, float]:
@@ -128,8 +142,9 @@ def test_broadcasting_chunking_and_block_size_are_bit_identical(monkeypatch):
     assert out.shape == (2, 3, 4, 6)
     for c, i, b in np.ndindex(2, 3, 4):
         assert torch.equal(out[c, i, b], gated_column_currents(G[c, 0, 0], U[0, i, b:b + 1], 1e-2)[0])
-    # Tiny budgets: one-row blocks, one column per table, one vector per chunk.
+    # Tiny budgets: one-row blocks (tree), one column per table, one vector per chunk (tree).
     monkeypatch.setattr(parasitics, "_GATED_CACHE_BYTES", 1)
+    monkeypatch.setattr(parasitics, "_SCAN_TABLE_BYTES", 1)
     assert torch.equal(gated_column_currents(G, U, 1e-2, max_bytes=1), out)
     signed = U * (torch.randint(0, 2, U.shape) * 2 - 1)
     assert torch.equal(gated_column_currents(G, signed, 1e-2, max_bytes=1),
@@ -181,6 +196,8 @@ def test_bad_inputs():
         gated_column_currents(G, torch.ones(10), -1.0)
     with pytest.raises(ValueError, match="signed=False"):
         gated_column_currents(G, -torch.ones(10), 1e-3, signed=False)
+    with pytest.raises(ValueError, match="method"):
+        parasitics.gated_column_currents(G, torch.ones(10), 1e-3, method="loop")
 
 
 @pytest.mark.parametrize("rp", [1e-6, 1e-2])
@@ -205,3 +222,19 @@ def test_rescaling_is_bit_neutral(monkeypatch, N, threshold):
     monkeypatch.setattr(parasitics, "_needs_rescale", lambda rows, *args: rows >= threshold)
     assert torch.equal(gated_column_currents(G, U, 1e-2), ref[0])
     assert torch.equal(gated_column_currents(G, U.abs(), 1e-2), ref[1])
+
+
+def test_scan_does_not_depend_on_the_thread_count(method):
+    """The scan runs the vectors in parallel (numba, as many threads as torch uses); each vector's
+    result is computed by one thread alone, whatever the count."""
+    torch.manual_seed(3)
+    G = torch.rand(2, 1, 300, 9)
+    U = torch.randint(-1, 2, (2, 40, 300)).to(torch.int8)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = gated_column_currents(G, U, 1e-3, signed=True)
+        torch.set_num_threads(2)
+        assert torch.equal(gated_column_currents(G, U, 1e-3, signed=True), one)
+    finally:
+        torch.set_num_threads(threads)

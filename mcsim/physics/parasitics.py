@@ -18,14 +18,16 @@ are symmetric, so ``M`` follows from one adjoint solve per column.
 
 Gated rows (bit-serial inputs on the study's cell, where each bit switches its row's device in or
 out) are not linear in the bits: :func:`gated_column_currents` solves each (input vector, column)
-exactly instead, as a product of 2x2 (3x3 for signed bits) transfer matrices taken by a binary tree,
-with the products over blocks of rows tabulated per bit pattern.
+exactly instead, as a product of 2x2 (3x3 for signed bits) transfer matrices, with the products
+over blocks of rows tabulated per bit pattern; the product is taken by a binary tree of tensor
+operations (any device) or, on the CPU, by a compiled sequential scan (:mod:`.ladder_scan`).
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Literal, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -264,13 +266,17 @@ def _block_tables(g: Tensor, rp: float, block: int, signed: bool, corner: bool) 
 
 
 def _pattern_index(u: Tensor, block: int, signed: bool, n_pad: int) -> Tensor:
-    """(V, N) bits -> (N_pad / block * V,) table rows, block-major: block j's pattern plus j * P."""
+    """(V, N) bits -> (V, N_pad / block) int32 table rows: block j's pattern plus j * P, the pattern
+    ``sum_r digit_r * base**r`` over the block's rows (Horner's rule, one pass per row of a block)."""
     base = 3 if signed else 2
-    digits = u.to(torch.int64) + (1 if signed else 0)
-    digits = F.pad(digits, (0, n_pad - u.shape[-1]), value=1 if signed else 0)  # padding rows: "0"
-    weights = base ** torch.arange(block, device=u.device)
-    idx = (digits.view(u.shape[0], -1, block) * weights).sum(-1).T  # (nblk, V)
-    return (idx + torch.arange(idx.shape[0], device=u.device).unsqueeze(1) * base**block).reshape(-1)
+    digits = u.to(torch.int32)
+    if signed:
+        digits += 1
+    digits = F.pad(digits, (0, n_pad - u.shape[-1]), value=1 if signed else 0).view(u.shape[0], -1, block)
+    idx = digits[..., block - 1].clone()
+    for r in range(block - 2, -1, -1):
+        idx.mul_(base).add_(digits[..., r])
+    return idx.add_(torch.arange(idx.shape[1], device=u.device, dtype=torch.int32) * base**block)
 
 
 def _choose_block(n_vec: int, n_rows: int, cols: int, signed: bool, itemsize: int, max_bytes: int) -> int:
@@ -288,17 +294,25 @@ def _choose_block(n_vec: int, n_rows: int, cols: int, signed: bool, itemsize: in
     return best
 
 
-def _gated_array(G: Tensor, u: Tensor, rp: float, signed: bool, max_bytes: int, dtype: torch.dtype) -> Tensor:
+def _gated_array(G: Tensor, u: Tensor, rp: float, signed: bool, max_bytes: int, dtype: torch.dtype,
+                 method: str) -> Tensor:
     """Column currents (V, C) of one array ``G`` (N, C) for bit vectors ``u`` (V, N). Vectors with
     no active row carry no current (exactly: every product's b and f stay 0) and are skipped: the
     high-order bits of typical activations are often all zero over a whole patch."""
-    active = (u != 0).any(1)
+    if method == "scan":  # the scan skips rows that are off by itself
+        return _gated_scan(G, u, rp, signed, max_bytes, dtype)
+    active = u.any(1)
     n_active = int(active.sum())
     if n_active < u.shape[0]:
         out = torch.zeros(u.shape[0], G.shape[1], dtype=dtype, device=G.device)
         if n_active:
-            out[active] = _gated_array(G, u[active], rp, signed, max_bytes, dtype)
+            out[active] = _gated_array(G, u[active], rp, signed, max_bytes, dtype, method)
         return out
+    return _gated_tree(G, u, rp, signed, max_bytes, dtype)
+
+
+def _gated_tree(G: Tensor, u: Tensor, rp: float, signed: bool, max_bytes: int, dtype: torch.dtype) -> Tensor:
+    """:func:`_gated_array` by the binary tree of tensor operations (any device)."""
     (N, C), V = G.shape, u.shape[0]
     itemsize = torch.finfo(dtype).bits // 8
     block = _choose_block(V, N, C, signed, itemsize, max_bytes)
@@ -320,15 +334,60 @@ def _gated_array(G: Tensor, u: Tensor, rp: float, signed: bool, max_bytes: int, 
         width = table.shape[-1]
         for v0 in range(0, V, vec_chunk):
             vs = slice(v0, min(V, v0 + vec_chunk))
-            idx = _pattern_index(u[vs], block, signed, nblk * block)
+            idx = _pattern_index(u[vs], block, signed, nblk * block).T.flatten()  # block-major
             X = table.index_select(1, idx).view(k, nblk, -1)  # (k, nblk, vectors x columns)
             m = _tree(X, block, rp, gmax, buffers).view(k, -1, width)
             out[vs, cs] = (m[5] if signed else m[1]) / torch.add(m[3], m[1], alpha=rp)
     return out
 
 
+_SCAN_BLOCK = {False: 4, True: 2}  # the scan's block rows: 16 or 9 patterns, tables that stay in cache
+_SCAN_TABLE_BYTES = 2**24  # one column chunk's table (all blocks, all patterns): half an L3 cache
+_SCAN_MAX_COLS = 128  # columns per chunk: enough for the compiler to vectorize across them
+
+
+def _gated_scan(G: Tensor, u: Tensor, rp: float, signed: bool, max_bytes: int, dtype: torch.dtype) -> Tensor:
+    """:func:`_gated_array` on the CPU by one compiled pass over the blocks per (vector, column)
+    (:mod:`mcsim.physics.ladder_scan`): the block tables as in the tree, the product sequential."""
+    import numba
+
+    from mcsim.physics.ladder_scan import ladder_scan
+
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    (N, C), V = G.shape, u.shape[0]
+    itemsize = torch.finfo(dtype).bits // 8
+    block = _SCAN_BLOCK[signed]
+    nblk, P, k = -(-N // block), (3 if signed else 2) ** block, 7 if signed else 4
+    per_col = nblk * P * k * itemsize
+    cc = 2 ** max(0, min(int(math.log2(max(1, _SCAN_TABLE_BYTES // per_col))), int(math.log2(_SCAN_MAX_COLS)),
+                          math.ceil(math.log2(C))))
+    col_chunk = cc * max(1, (max_bytes // 2) // (2 * per_col * cc))  # the table and its build's temporaries
+    n_pad = -(-C // cc) * cc
+    g = F.pad(F.pad(G.to(dtype), (0, n_pad - C)), (0, 0, 0, nblk * block - N), value=math.nan)  # NaN rows: identity
+    gmax = float(G.abs().max()) if G.numel() else 0.0
+    every = 1
+    while every <= nblk and not _needs_rescale(2 * (every + 1) * block, rp, gmax, dtype):
+        every += 1
+    idx = _pattern_index(u, block, signed, nblk * block).numpy()
+    zero, n_full = (P - 1) // 2 if signed else 0, N // block  # the all-off pattern; blocks without padding rows
+    rp_t = np.dtype(str(dtype).removeprefix("torch.")).type(rp)
+    out = torch.empty(V, n_pad, dtype=dtype)
+    for c0 in range(0, n_pad, col_chunk):
+        cs = slice(c0, min(n_pad, c0 + col_chunk))
+        table = _block_tables(g[:, cs], rp, block, signed, corner=signed)  # (k, nblk, P, C')
+        table = table.flatten(1, 2).unflatten(2, (-1, cc)).permute(2, 1, 0, 3).contiguous()
+        part = np.empty((V, table.shape[0] * cc), dtype=table.numpy().dtype)
+        a, b, wire, d = table[0, zero, :4, 0].tolist()  # block 0, every row off
+        if (a, b, d) != (1.0, 0.0, 1.0):  # rescaled while tabulated (huge rp): no shortcut for runs of them
+            n_full = 0
+        ladder_scan(table.numpy(), idx, rp_t, every, zero, rp_t.dtype.type(wire), n_full, part)
+        out[:, cs] = torch.from_numpy(part)
+    return out[:, :C]
+
+
 def gated_column_currents(G: Tensor, u: Tensor, rp: float, *, signed: Optional[bool] = None,
-                          max_bytes: int = 2**28, compute_dtype: torch.dtype = torch.float64) -> Tensor:
+                          max_bytes: int = 2**28, compute_dtype: torch.dtype = torch.float64,
+                          method: Literal["auto", "scan", "tree"] = "auto") -> Tensor:
     """Exact column currents of the column-only topology with gated rows (docs/physics.md section 8).
 
     Each input bit gates its row's select transistor: ``u_k = 0`` disconnects row k (its device
@@ -351,28 +410,39 @@ def gated_column_currents(G: Tensor, u: Tensor, rp: float, *, signed: Optional[b
         compute_dtype: float64 (default, docs/physics.md section 10). float32 halves the work's memory
             traffic; its currents carry about 1e-6 relative error, so the drop itself is only
             resolved when it is well above that.
+        method: how the row products are taken: ``"tree"`` by a binary tree of tensor operations
+            (any device), ``"scan"`` by one compiled sequential pass per (vector, column)
+            (:mod:`mcsim.physics.ladder_scan`, CPU only, several times faster there);
+            ``"auto"``: the scan on the CPU, the tree elsewhere. Both are exact and independent
+            of the batch; they associate the products differently, so their last bits differ.
 
     Returns:
         Currents into the virtual grounds, ``(*broadcast(G.shape[:-2], u.shape[:-1]), C)``, in
         G's dtype. ``rp = 0`` returns the plain matmul ``u @ G`` in G's dtype.
 
     Raises:
-        ValueError: negative rp, mismatched row counts, bits outside {-1, 0, +1}, or -1 with
-            ``signed=False``.
+        ValueError: negative rp, mismatched row counts, bits outside {-1, 0, +1}, -1 with
+            ``signed=False``, or the scan asked for off the CPU.
 
     >>> G = torch.tensor([[1.0], [1.0]], dtype=torch.float64)
     >>> gated_column_currents(G, torch.tensor([1.0, 0.0]), 0.5)  # the far device, 2 segments
     tensor([0.5000], dtype=torch.float64)
     """
     _check_rp(rp)
+    if method not in ("auto", "scan", "tree"):
+        raise ValueError(f"method must be 'auto', 'scan' or 'tree', not {method!r}")
+    if method == "auto":
+        method = "scan" if G.device.type == "cpu" else "tree"
+    elif method == "scan" and G.device.type != "cpu":
+        raise ValueError(f"the scan runs on the CPU; G is on {G.device} (use method='tree' or 'auto')")
     if u.dtype == torch.bool:
         u = u.to(torch.int8)
     if u.shape[-1] != G.shape[-2]:
         raise ValueError(f"u has {u.shape[-1]} rows per vector but G has {G.shape[-2]} rows")
-    invalid = u.abs() > 1 if not u.is_floating_point() else (u != 0) & (u.abs() != 1)  # one pass for int bits
-    if bool(invalid.any()):
+    lo, hi = u.aminmax() if u.numel() else (u.new_zeros(()), u.new_zeros(()))
+    if lo < -1 or hi > 1 or (u.is_floating_point() and bool(((u != 0) & (u.abs() != 1)).any())):
         raise ValueError("gated rows take bit planes: every entry of u must be -1, 0 or +1")
-    has_negative = bool((u < 0).any())
+    has_negative = bool(lo < 0)
     if signed is None:
         signed = has_negative
     elif has_negative and not signed:
@@ -382,7 +452,7 @@ def gated_column_currents(G: Tensor, u: Tensor, rp: float, *, signed: Optional[b
     Gb, ub, restore = _pair_arrays(G, u)
     if Gb.shape[0] == 0 or ub.shape[1] == 0:
         return restore(G.new_zeros(Gb.shape[0], ub.shape[1], G.shape[-1]))
-    out = torch.stack([_gated_array(Gb[i], ub[i], rp, signed, max_bytes, compute_dtype)
+    out = torch.stack([_gated_array(Gb[i].detach(), ub[i], rp, signed, max_bytes, compute_dtype, method)
                        for i in range(Gb.shape[0])])
     return restore(out).to(G.dtype)
 
