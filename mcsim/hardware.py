@@ -36,6 +36,12 @@ class ADC(_Strict):
         description="calibrated ranges of weight slices: differing only by powers of two (the study's "
         "constraint: recombination is a shift), or calibrated independently per slice",
     )
+    grid: bool = Field(
+        False,
+        description="calibrated ranges snapped onto the column outputs' grid (one weight digit times one "
+        "input level): the step a power-of-two multiple or fraction of the grid unit, lo a multiple of "
+        "the step, the range still covering the calibrated one (needs quantized weights and inputs)",
+    )
 
     @model_validator(mode="after")
     def _limits(self):
@@ -46,6 +52,8 @@ class ADC(_Strict):
                 raise ValueError("adc.limits: lo must be below hi")
         elif self.limits is not None:
             raise ValueError("adc.limits: only used with adc.range 'explicit'")
+        if self.grid and self.range != "calibrated":
+            raise ValueError("adc.grid: only used with adc.range 'calibrated'")
         return self
 
 

@@ -286,3 +286,36 @@ def test_gated_bits_differ_from_analog_inputs_where_driven_rows_do_not(workload)
     right_a, right_g = analog_in.argmax(-1) == ys, gated.argmax(-1) == ys
     only_g, only_a = int((right_g & ~right_a).sum()), int((right_a & ~right_g).sum())
     assert abs(only_g - only_a) > 3 * math.sqrt(only_g + only_a), (only_g, only_a, right_a.sum(), right_g.sum())
+
+
+def test_grid_range_puts_every_level_on_the_output_grid():
+    from mcsim.physics.adc import grid_range
+    lo, hi = grid_range(0.0, 34.0, 1.0, 8)  # 34 units in 255 steps: a quarter unit, lo kept at 0
+    assert (lo, hi) == (0.0, 63.75)
+    lo, hi = grid_range(-8.0, 8.0, 1.0, 8)  # spanning zero: spare levels shared, lo on the step
+    assert (lo, hi) == (-15.875, 16.0)
+    lo, hi = grid_range(3.0, 600.0, 1 / 3, 8)  # wider than 255 units: the step a power of two of them
+    step = (hi - lo) / 255
+    assert step == 8 / 3 and lo <= 3.0 and hi >= 600.0 and (lo / step).is_integer()
+
+
+@pytest.mark.parametrize("slices", [8, 4])
+def test_grid_aligned_adc_converts_offset_bit_planes_exactly(slices):
+    """Offset mapping, bit-serial inputs with digital accumulation, Gmin = 0: every column output is an
+    integer number of digits; a grid-aligned calibrated 8-bit ADC covering them loses nothing, while
+    the raw percentile range (levels off the grid) does (docs/physics.md section 7, adc.grid)."""
+    torch.manual_seed(3)
+    lin = nn.Linear(24, 6)
+    x = torch.rand(32, 24)
+    hw = dict(mapping="offset", slices=slices, on_off_ratio=None, input_mode="bitserial",
+              input_accumulation="digital", rows_max=16)
+    ideal = convert(nn.Sequential(lin), Hardware(**hw, adc={"bits": None}), trials=1, device="cpu")
+    ideal.calibrate([x])
+    want = ideal(x)
+    errs = {}
+    for grid in (False, True):
+        a = convert(nn.Sequential(lin), Hardware(**hw, adc={"percentile": 100, "grid": grid}), trials=1, device="cpu")
+        a.calibrate([x])
+        errs[grid] = (a(x) - want).abs().max().item()
+    assert errs[True] < 1e-4 * want.abs().max().item()
+    assert errs[False] > 100 * errs[True]

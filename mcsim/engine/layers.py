@@ -700,11 +700,23 @@ class AnalogLayer(nn.Module):
         lo, hi = [], []
         for k in range(self.n_slices):
             l, h = adc.percentile_range(np.concatenate(self._samples.pop(f"adc_{k}")), self.hw.adc.percentile)
+            if self.hw.adc.grid:
+                l, h = adc.grid_range(l, h, self.grid_unit(), self.hw.adc.bits)
             lo.append(l)
             hi.append(h)
-        if self.hw.adc.slice_ranges == "power_of_two":
+        if self.hw.adc.slice_ranges == "power_of_two":  # aligned ranges stay aligned divided by 2**m
             lo, hi = power_of_two_ranges(lo, hi)
         self.adc_range = (lo, hi)
+
+    def grid_unit(self) -> float:
+        """Spacing of the column outputs an ADC sees (section 7, ``adc.grid``): one weight digit,
+        ``(1 - Gmin) / L``, times one input step (a bit plane drives 0/+-1, levels n / n_max).
+        With Gmin > 0 the outputs also hold Gmin times an integer, off this grid."""
+        hw = self.hw
+        if hw.weight_bits is None or hw.input_bits is None:
+            raise ValueError("adc.grid: needs quantized weights and inputs (weight_bits and input_bits set)")
+        digit = (1 - hw.gmin) / mapping.SliceLayout.of(hw).levels
+        return digit / self._input_scale(self._pass().planes)
 
     def clear_calibration_samples(self):
         """Drop the samples a calibration pass recorded (a layer whose ADC needs no calibrated range)."""

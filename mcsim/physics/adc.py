@@ -5,6 +5,8 @@ Column outputs are in units of the current of one Gmax device under the full inp
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -29,6 +31,26 @@ def percentile_range(samples: np.ndarray, percentile: float) -> tuple[float, flo
         pad = max(abs(hi), 1e-12) * 1e-3
         lo, hi = lo - pad, hi + pad
     return float(lo), float(hi)
+
+
+def grid_range(lo: float, hi: float, unit: float, bits: int) -> tuple[float, float]:
+    """Section 7, ``adc.grid``: the range ``[lo, hi]`` snapped so that every ADC level sits on the
+    grid of column outputs (multiples of ``unit``): ``step = unit * 2**j`` with the smallest integer
+    ``j`` (negative: finer than the grid) for which the ``2**bits - 1`` steps cover ``[lo, hi]``, and
+    ``lo`` a multiple of the step. A range above zero keeps its lower end; one spanning zero shares
+    the spare levels evenly between both ends. Outputs on the grid inside the range then convert
+    exactly whenever the step is at most one unit."""
+    n = 2**bits - 1
+    j = math.floor(math.log2((hi - lo) / (n - 1) / unit))  # n - 1 steps cover the range: room to snap lo
+    while True:
+        step = unit * 2.0**j
+        new_lo = step * math.floor(lo / step)
+        if new_lo + n * step >= hi:
+            break
+        j += 1
+    if lo < 0 < hi:  # spanning zero: centre the spare levels, keeping lo on the step
+        new_lo -= step * math.floor((new_lo + n * step - hi - (lo - new_lo)) / (2 * step))
+    return new_lo, new_lo + n * step
 
 
 def full_range(rows: int, signed_inputs: bool, mapping: str, gmin: float, v_max: float = 1.0) -> tuple[float, float]:
