@@ -77,10 +77,12 @@ DESIGNS: dict[str, dict] = {
     "B": _design(mapping="differential", slices=1, rows_max=1152, input_accumulation="digital"),
     # C: offset-subtraction core, 144 rows, 2 bits per cell (8-bit levels in 4 slices), digital
     # input-bit accumulation: one of the four offset points of page 44. Which letter: unverified.
-    "C": _design(mapping="offset", slices=4, rows_max=144, input_accumulation="digital"),
+    # ADC levels on the output grid (adc.grid: docs/physics.md section 7), as the study's simulator
+    # aligns a bit-sliced core's level separation with the cell current; C and D below.
+    "C": _design(mapping="offset", slices=4, rows_max=144, input_accumulation="digital", adc={"grid": True}),
     # D: offset-subtraction core, 72 rows, 1 bit per cell (8 slices), digital accumulation
     # (ISAAC-like; page 44). Which letter: unverified.
-    "D": _design(mapping="offset", slices=8, rows_max=72, input_accumulation="digital"),
+    "D": _design(mapping="offset", slices=8, rows_max=72, input_accumulation="digital", adc={"grid": True}),
     # E: D with a full-precision ADC: every column output of a 72-row, 1-bit-cell array gets its
     # own level (8 bits, explicit limits, see full_precision_adc; signed first-layer inputs
     # included). Rows and cell bits: unverified. Overriding rows_max or slices needs a matching
