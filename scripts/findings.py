@@ -1222,14 +1222,19 @@ def discussion(results: dict) -> str:
   this follows from the slicing arithmetic of docs/physics.md section 3 (see finding 2).
 * **Parasitics and input scheme (finding 4).** With voltage-driven rows mcsim's column is linear in the input
   voltages, so bit-serial inputs cannot change the IR-drop error; with gated rows (the study's cell, the default for
-  bit-serial inputs since `parasitics.rows` exists) they do, and finding 4 measures by how much.
+  bit-serial inputs since `parasitics.rows` exists) they do, and finding 4 measures by how much. The bit-position
+  effect itself is measured on the circuit (current lost per input bit), not on the accuracy, which weights
+  the bits 2^k and so hides most of it.
 * **ADC, array size and bits per cell (finding 3).** The directions are the study's; the ADC resolution at which
   they show is lower on these small networks than the study's 8 bits.
 * **On/off ratio (finding 5).** The paper ties the proportional mapping's advantage to a high on/off ratio; on
   the MNIST ResNet the advantage does not shrink measurably down to a ratio of 10, so this is not reproduced at
   this scale (the study-scale scenario asks it of ResNet50).
 * **Design points A-E.** Their parameters are mcsim/designs.py's reading of the study, unverified against its
-  Tables 3-4; scenario 06 spells their settings out (a zip over `hardware.design` gives the same chips).
+  Tables 3-4; scenario 06 spells their settings out (a zip over `hardware.design` gives the same chips). The
+  offset points C and D need an ADC whose levels sit on the grid of column outputs (`adc.grid`), as the study's
+  simulator sets them; their energy is first order, from mcsim's per-operation defaults, not the study's SPICE
+  figures.
 * **Deterministic experiments.** The ADC, parasitics and bit-serial sweeps have no random device errors, so they
   use one chip per point and their only error is the binomial image error.
 """
@@ -1258,8 +1263,7 @@ the first whose mean is below it by more than 2 SE; values between are undecided
 Where two scenarios run the same configuration, the findings quote one bracket for it (the better-sampled run) and
 check that the other run's bracket overlaps it.
 
-Wall times of the CPU-scale runs (2 CPU cores shared with other jobs; these runs
-ran at a load average near 9, so on a quiet machine expect them several times shorter, an estimate):
+Wall times of the CPU-scale runs (2 CPU cores, with light other work alongside; load average about 2-3):
 {', '.join(f'`{k}` {v:.0f} s' for k, v in walls.items())}.
 
 Regenerate: `.venv/bin/python scripts/findings.py` (runs what is missing, then writes this page).
