@@ -297,9 +297,10 @@ def _choose_block(n_vec: int, n_rows: int, cols: int, signed: bool, itemsize: in
 def _gated_array(G: Tensor, u: Tensor, rp: float, signed: bool, max_bytes: int, dtype: torch.dtype,
                  method: str) -> Tensor:
     """Column currents (V, C) of one array ``G`` (N, C) for bit vectors ``u`` (V, N). Vectors with
-    no active row carry no current (exactly: every product's b and f stay 0) and are skipped: the
-    high-order bits of typical activations are often all zero over a whole patch."""
-    if method == "scan":  # the scan skips rows that are off by itself
+    no active row carry no current (exactly: every product's b and f stay 0): the tree skips them
+    (the high-order bits of typical activations are often all zero over a whole patch), the scan
+    passes over off rows by itself."""
+    if method == "scan":
         return _gated_scan(G, u, rp, signed, max_bytes, dtype)
     active = u.any(1)
     n_active = int(active.sum())
