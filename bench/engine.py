@@ -28,6 +28,9 @@ Models: ``mnist-cnn`` (any built-in, batch 64; ``digits-vit`` is the built-in tr
 another size (batch 8).
 Targets (issue 14, T=8): (a) <= 1.3, (b) <= 5, (c) <= 10; parasitics <= 4x the same config without.
 Numbers from a machine shared with other jobs are noisy: read the range beside the median.
+The script re-runs itself under the allocator settings of mcsim's worker processes
+(mcsim/runner/malloc.py: large buffers reused instead of mapped anew per call); ``--default-malloc``
+keeps the process's own, to see the difference.
 """
 from __future__ import annotations
 
@@ -35,8 +38,10 @@ import argparse
 import gc
 import json
 import math
+import os
 import resource
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -47,6 +52,7 @@ from torch import nn
 
 from mcsim import Hardware, convert
 from mcsim.engine.convert import AnalogModel, pick_device
+from mcsim.runner.malloc import with_tunables
 
 ERR = {"model": "proportional", "sigma": 0.05}
 BITS = dict(weight_bits=8, input_bits=8, adc={"bits": 8}, error=ERR)
@@ -313,7 +319,12 @@ def main():
     p.add_argument("--repeat", type=int, default=5, help="interleaved analog/digital pairs per config")
     p.add_argument("--device", default="auto")
     p.add_argument("--memory", action="store_true", help="only the ResNet50 peak-memory check")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="keep this process's allocator settings (default: those of mcsim's workers)")
     a = p.parse_args()
+    env = with_tunables(os.environ)
+    if not a.default_malloc and env != dict(os.environ):  # measure what a worker feels (mcsim/runner/malloc.py)
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     device = pick_device(a.device)
     if a.memory:
         return memory(device)

@@ -25,6 +25,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
+from mcsim.runner.malloc import with_tunables
 from mcsim.runner.plan import Task
 from mcsim.runner.queue import JobQueue, RunError, TaskError
 
@@ -176,7 +177,7 @@ class LocalExecutor:
         re-imported (scripts without a main guard, stdin, notebooks all work).
         """
         ours, theirs = socket.socketpair()
-        env = dict(os.environ)
+        env = with_tunables(os.environ)  # large buffers reused, not mapped anew per call (malloc.py)
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.threads)
         root = str(Path(__file__).resolve().parents[2])  # the directory holding the mcsim package
         env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))

@@ -34,6 +34,7 @@ import time
 from typing import Any, Iterable, Iterator, Optional
 
 from mcsim.runner.local import available_cores
+from mcsim.runner.malloc import with_tunables
 from mcsim.runner.plan import Task
 from mcsim.runner.queue import JobQueue, RunError, TaskError
 
@@ -73,7 +74,9 @@ def init_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None) -
     if ray.is_initialized():
         return False
     check_address(address)
-    kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
+    tunables = with_tunables({})  # the workers' allocator reuses large buffers (mcsim/runner/malloc.py)
+    kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": False,
+                              "runtime_env": {"env_vars": tunables} if tunables else None}
     if address in (None, "local"):
         kwargs.update(address="local", num_cpus=num_cpus or available_cores(), include_dashboard=False,
                       _node_ip_address="127.0.0.1")
