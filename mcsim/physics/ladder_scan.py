@@ -108,13 +108,10 @@ def _step4(m, t, Cc):  # pragma: no cover - compiled
 
 @njit(inline="always")
 def _step7(m, t, Cc):  # pragma: no cover - compiled
-    """m <- t @ m with the affine row (e, f) and corner z of signed bits."""
+    """m <- t @ m with the affine row (e, f) and corner z of signed bits: the row from the old
+    2x2 block, then the block itself."""
     for c in range(Cc):
-        a, b, cc, d = m[0, c], m[1, c], m[2, c], m[3, c]
-        m[0, c] = t[0, c] * a + t[1, c] * cc
-        m[1, c] = t[0, c] * b + t[1, c] * d
-        m[2, c] = t[2, c] * a + t[3, c] * cc
-        m[3, c] = t[2, c] * b + t[3, c] * d
-        m[4, c] = t[6, c] * m[4, c] + t[4, c] * a + t[5, c] * cc
-        m[5, c] = t[6, c] * m[5, c] + t[4, c] * b + t[5, c] * d
+        m[4, c] = t[6, c] * m[4, c] + t[4, c] * m[0, c] + t[5, c] * m[2, c]
+        m[5, c] = t[6, c] * m[5, c] + t[4, c] * m[1, c] + t[5, c] * m[3, c]
         m[6, c] = t[6, c] * m[6, c]
+    _step4(m, t, Cc)
