@@ -1,6 +1,7 @@
 """Engine benchmark: the analog model's overhead over the digital model, as a user feels it.
 
-The digital baseline runs as many images per forward as the analog pass: a digital forward of
+The digital baseline runs as many images per forward as the analog pass, in the same arithmetic
+(IEEE float32: on CUDA the engine turns cuDNN's default TF32 off, mcsim.engine.convert.ieee_float32): a digital forward of
 ``B * T`` images against an analog forward of ``B`` images on ``T`` chips, so
 
     overhead_ratio = analog seconds per (image, chip) / digital seconds per image
@@ -51,7 +52,7 @@ import torchvision
 from torch import nn
 
 from mcsim import Hardware, convert
-from mcsim.engine.convert import AnalogModel, pick_device
+from mcsim.engine.convert import AnalogModel, ieee_float32, pick_device
 from mcsim.runner.malloc import with_tunables
 
 ERR = {"model": "proportional", "sigma": 0.05}
@@ -208,10 +209,11 @@ def measure(wl: Workload, config: str, trials: int, batch: int, device, repeat: 
     analog = prepared(wl.model, hw, trials, wl.shape, batch, device)
     x = torch.randn(batch, *wl.shape, device=device)
     xd = torch.randn(batch * trials, *wl.shape, device=device)
+    digital = ieee_float32()(wl.model)  # the analog side's arithmetic: IEEE float32, no TF32 on CUDA
     first = timed(lambda: analog(x), device)  # programs (and caches) the chips
-    timed(lambda: wl.model(xd), device)  # warm-up of the digital side
-    calls = (calls_for(timed(lambda: analog(x), device)), calls_for(timed(lambda: wl.model(xd), device)))
-    ta, td = interleaved(wl.model, analog, x, xd, device, repeat, calls, deadline)
+    timed(lambda: digital(xd), device)  # warm-up of the digital side
+    calls = (calls_for(timed(lambda: analog(x), device)), calls_for(timed(lambda: digital(xd), device)))
+    ta, td = interleaved(digital, analog, x, xd, device, repeat, calls, deadline)
     ratios = [a / d for a, d in zip(ta, td)]
     steady = statistics.median(ta)
     program = programming_cost(analog, wl.shape, device)

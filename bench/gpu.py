@@ -15,7 +15,15 @@ Prints, section by section and then as one summary:
    minus a steady one, one image each), per config;
 3. quickstart: a smaller copy of ``scenarios/quickstart.yaml`` run twice through
    ``mcsim.run_scenario``, on ``cpu`` and on the device; per sweep point the two mean top-1
-   accuracies, their difference, the Monte Carlo standard error and whether they agree within 3 SE.
+   accuracies, their difference, the Monte Carlo standard error and whether they agree within 3 SE;
+4. physics (``--sections physics``, not in the default run): the device's numbers against
+   references computed on the CPU: ideal hardware against float64 digital logits (the device's
+   digital forward beside it, for its own TF32 rounding), each bench config's logits on both devices
+   (same chips), the gated-row tree against the CPU scan
+   and the voltage-driven column solve against the CPU's, and the counter-based read-noise
+   normals element for element;
+5. profile (``--sections profile``, not in the default run): the top operators of one steady pass
+   of each config, by self time on the device.
 
 A hard time guard (``--budget``, default 270 s) stops the run and prints what it has; each section
 prints its own traceback on failure and the others still run. Without CUDA it says so and exits 0.
@@ -135,6 +143,99 @@ def quickstart(device, size, deadline, summary):
         print(json.dumps(r), flush=True)
 
 
+def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
+    """max |a - ref| / max |ref|, on the CPU in float64."""
+    a, ref = a.detach().cpu().double(), ref.detach().cpu().double()
+    return float((a - ref).abs().max() / ref.abs().max().clamp_min(1e-300))
+
+
+@torch.no_grad()
+def physics(device, size, deadline, summary):
+    from mcsim import convert
+    from mcsim.engine import rng
+    from mcsim.physics.parasitics import column_transfer, gated_column_currents
+
+    out = summary.setdefault("physics", {})
+
+    def report(name, value, bound):
+        out[name] = {"value": value, "bound": bound, "ok": value <= bound}
+        print(json.dumps({name: out[name]}), flush=True)
+
+    # Ideal hardware (docs/physics.md section 10): the analog model is the digital one.
+    wl = engine.workload(size["model"])
+    x = torch.randn(4, *wl.shape, generator=torch.Generator().manual_seed(0))
+    ref = wl.model.double()(x.double())
+    wl.model.float()
+    report("ideal_digital_forward_rel", _rel(wl.model.to(device)(x.to(device)), ref), 1e-2)
+    ideal = Hardware(weight_bits=None, input_bits=None, adc={"bits": None})
+    for mapping in ("differential", "offset"):
+        analog = convert(wl.model, ideal.model_copy(update={"mapping": mapping}), trials=2, seed=3, device=device)
+        report(f"ideal_analog_{mapping}_rel", _rel(analog(x.to(device)), ref.expand(2, -1, -1)), 2e-5)
+        del analog
+    # The bench's configs without device errors (random weights amplify errors into garbage; the
+    # chips themselves are device-independent): the logits differ only where a rounding lands an
+    # ADC code on the other side of a threshold, one LSB of the last layer's ADC is ~1% of the logits.
+    xc = torch.randn(8, *wl.shape, generator=torch.Generator().manual_seed(2))
+    for name in RATIO_CONFIGS:
+        if time.monotonic() > deadline:
+            break
+        logits, hw = [], Hardware(**{**engine.CONFIGS[name], "error": {"model": "none"}})
+        for dev in ("cpu", device):
+            analog = convert(wl.model.to(dev), hw, trials=1, seed=5, device=dev)
+            analog.calibrate([xc])
+            logits.append(analog(x[:2]).cpu())
+            del analog
+        report(f"cpu_vs_device_{name}_no_errors_rel", _rel(logits[1], logits[0]), 5e-2)
+    wl.model.to(device)
+    # Gated rows (section 8): the tree on the device against the compiled scan on the CPU, float64.
+    g = torch.Generator().manual_seed(1)
+    G = torch.rand(1152, 64, generator=g, dtype=torch.float64)
+    for signed in (False, True):
+        u = (torch.rand(256, 1152, generator=g) < 0.3).to(torch.int8)
+        if signed:
+            u = u * (torch.randint(0, 2, u.shape, generator=g, dtype=torch.int8) * 2 - 1)
+        for rp in (1e-4, 1e-2):
+            cpu = gated_column_currents(G, u, rp, signed=signed, method="scan")
+            dev = gated_column_currents(G.to(device), u.to(device), rp, signed=signed, method="tree")
+            report(f"gated_tree_vs_cpu_scan_{'signed' if signed else 'unsigned'}_rp{rp:g}_rel", _rel(dev, cpu), 1e-10)
+    # Voltage-driven rows (section 8): the column transfer on the device against the CPU's.
+    report("driven_column_transfer_rel", _rel(column_transfer(G.to(device), 1e-3), column_transfer(G, 1e-3)), 1e-10)
+    # Read noise (section 9): counter-based normals, element for element.
+    keys = rng.derive(7, torch.arange(64))
+    a, b = rng.normal(keys, 100_000), rng.normal(keys.to(device), 100_000).cpu()
+    report("read_noise_normals_differing", int((a != b).sum()), 64 * 100_000 * 1e-6)
+    if time.monotonic() > deadline:
+        print("# physics: past its share of the time budget", flush=True)
+
+
+@torch.no_grad()
+def profile(device, size, deadline, summary):
+    """Where one steady pass of each bench config spends its time: the top operators by self time."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    wl = engine.workload(size["model"])
+    wl.model = wl.model.to(device)
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    out = summary.setdefault("profile", {})
+    for name in RATIO_CONFIGS:
+        if time.monotonic() > deadline:
+            break
+        analog = engine.prepared(wl.model, Hardware(**engine.CONFIGS[name]), size["trials"], wl.shape,
+                                 size["batch"], device)
+        x = torch.randn(size["batch"], *wl.shape, device=device)
+        engine.timed(lambda: analog(x), device)  # programs the chips
+        with torch_profile(activities=activities) as prof:
+            analog(x)
+            if cuda:
+                torch.cuda.synchronize(device)
+        key = "self_device_time_total" if cuda else "self_cpu_time_total"
+        table = prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=60)
+        print(f"\n# {wl.name} {name}: one pass, batch {size['batch']}, T={size['trials']}\n{table}", flush=True)
+        out[name] = table
+        del analog
+
+
 # ------------------------------------------------------------------ summary
 def _print_summary(summary, device, size):
     print("\n================ summary ================")
@@ -161,6 +262,11 @@ def _print_summary(summary, device, size):
             point = ", ".join(f"{k}={v}" for k, v in r.items() if k not in {"cpu", "device", "diff", "se", "agree_3se"})
             print(f"  {point:<40} {r['cpu']:.4f} {r['device']:.4f}  diff {r['diff']:+.4f}  "
                   f"SE {r['se']:.4f}  {'agree' if r['agree_3se'] else 'DISAGREE'}")
+    phys = summary.get("physics")
+    if phys:
+        print("\nphysics on the device against CPU references (value <= bound):")
+        for k, v in phys.items():
+            print(f"  {k:<48} {v['value']:<12.3g} {v['bound']:<8.1g} {'ok' if v['ok'] else 'OFF'}")
     if summary["failed"]:
         print(f"\nsections that failed or were cut: {summary['failed']}")
 
@@ -171,7 +277,7 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="tiny model and sizes (a smoke test of the script)")
     p.add_argument("--budget", type=float, default=270.0, help="hard time guard, seconds")
     p.add_argument("--sections", nargs="+", default=["overheads", "programming", "quickstart"],
-                   choices=["overheads", "programming", "quickstart"])
+                   choices=["overheads", "programming", "quickstart", "physics", "profile"])
     a = p.parse_args()
     if a.device == "cuda" and not torch.cuda.is_available():
         print("bench/gpu.py: torch sees no CUDA GPU here, nothing to measure "
@@ -187,8 +293,9 @@ def main() -> int:
     signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(int(a.budget))
     # Soft deadlines: the overheads get ~50% of the budget, programming up to 60%; the quickstart the rest.
-    share = {"overheads": 0.5, "programming": 0.6, "quickstart": 1.0}
-    sections = {"overheads": overheads, "programming": programming, "quickstart": quickstart}
+    share = {"overheads": 0.5, "programming": 0.6, "quickstart": 1.0, "physics": 1.0, "profile": 1.0}
+    sections = {"overheads": overheads, "programming": programming, "quickstart": quickstart, "physics": physics,
+                "profile": profile}
     cpu0 = engine.cpu_times()
     try:
         for s in a.sections:

@@ -10,6 +10,7 @@ peak memory stays bounded however many chips are asked for.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
@@ -51,6 +52,27 @@ def pick_device(device: str | torch.device | None = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was asked for, but torch sees no CUDA GPU")
     return device
+
+
+@contextlib.contextmanager
+def ieee_float32():
+    """float32 convolutions and matmuls in IEEE float32 on CUDA, TF32 off (restored after).
+
+    cuDNN runs float32 convolutions in TF32 by default (10-bit mantissa): about 5e-4 relative on a
+    ResNet50's logits, so ideal hardware would miss the digital logits, ADC codes would round
+    differently than on the CPU, and the offset mapping's subtraction would exceed its 1e-4 bound
+    (docs/physics.md section 10). Uses torch's per-backend ``fp32_precision`` settings, the API
+    that does not mix with the legacy ``allow_tf32`` flags.
+    """
+    flags = (torch.backends.cudnn.conv, torch.backends.cuda.matmul)
+    saved = [f.fp32_precision for f in flags]
+    try:
+        for f in flags:
+            f.fp32_precision = "ieee"
+        yield
+    finally:
+        for f, v in zip(flags, saved):
+            f.fp32_precision = v
 
 
 def fold_batchnorm(model: nn.Module, *, inplace: bool = False) -> nn.Module:
@@ -306,6 +328,7 @@ class AnalogModel(nn.Module):
         return max(1, min(len(self.chips), self.memory_budget // max(per_chip, 1)))
 
     @torch.no_grad()
+    @ieee_float32()
     def forward(self, x: torch.Tensor, image_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits ``(T, B, ...)`` of every chip on the batch ``x`` ``(B, ...)``.
 
@@ -335,6 +358,7 @@ class AnalogModel(nn.Module):
                    for hw in (layer.hw for layer in self.analog_layers()))
 
     @torch.no_grad()
+    @ieee_float32()
     def calibrate(self, batches: Iterable) -> dict:
         """Set input (DAC) ranges, then ADC ranges, from calibration images.
 

@@ -188,7 +188,7 @@ def _per_chip_conv(layer: "AnalogLayer", inp: torch.Tensor, weight: torch.Tensor
     one grouped convolution with the chips as groups, in the engine's canonical shape (a chip's count
     never depends on the block) -> ``(Tc, g, H', W')``."""
     tc, groups = inp.shape[0], layer.geom.groups
-    out = layer._grouped_conv(inp.reshape(1, -1, *inp.shape[2:]), weight, None, tc * groups)
+    out = layer._grouped_conv(inp.reshape(1, -1, *inp.shape[2:]), weight, None, tc, groups)
     return out.view(tc, groups, *out.shape[2:])
 
 

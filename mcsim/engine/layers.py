@@ -45,6 +45,7 @@ _STREAM_PROGRAM, _STREAM_DRIFT, _STREAM_READ = 1, 11, 101
 # The canonical floors of a grouped convolution (see canonical_conv): images per call, images
 # per call when the output is a single pixel (a matrix product), and groups per call.
 _MIN_ROWS, _MIN_ROWS_GEMM, _MIN_GROUPS = 2, 16, 3
+_CHIPWISE_DEVICES = {"cuda"}  # device types whose grouped convolutions run one call per chip (chipwise_conv)
 # Gated rows (section 8): bytes of unfolded bit patches and solved currents per chunk of images.
 _GATED_CHUNK_BYTES = 2**28  # larger chunks amortize the solver's per-call pattern tables
 # The solves' arithmetic. docs/physics.md section 10 asks for float64 where drops are small differences of
@@ -155,6 +156,21 @@ def canonical_conv(inp: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     if out.shape[0] > rows or out.shape[1] > cout:
         out = out[:rows, :cout].contiguous()
     # The bias is added apart: inside the kernel, where it enters the sum depends on the kernel.
+    return out if bias is None else out.add_(bias.view(-1, 1, 1))
+
+
+def chipwise_conv(inp: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], chips: int,
+                  groups_per_chip: int, conv_args: dict) -> torch.Tensor:
+    """The chip-major grouped convolution of :func:`canonical_conv` as one ``F.conv2d`` per chip.
+
+    On CUDA, cuDNN spends most of a float32 convolution of many groups in layout transposes (58% of
+    a ResNet50 pass on an H200, ``bench/gpu.py --sections profile``); one call per chip keeps the
+    layer's own groups (one for most layers) and runs the dense kernels. A chip's outputs then
+    depend only on its own call's shape, as on the CPU.
+    """
+    outs = [F.conv2d(i, w, None, groups=groups_per_chip, **conv_args)
+            for i, w in zip(inp.chunk(chips, 1), weight.chunk(chips, 0))]
+    out = torch.cat(outs, 1) if chips > 1 else outs[0]
     return out if bias is None else out.add_(bias.view(-1, 1, 1))
 
 
@@ -336,7 +352,7 @@ class AnalogLayer(nn.Module):
             w.reshape(shape).to(dtype),
             var.reshape(shape).to(dtype) if var is not None else None,
             alpha,
-            bias.reshape(-1).to(dtype) if bias is not None else None,
+            bias.reshape(-1).to(w.device, dtype) if bias is not None else None,
             circuit,
             self._slice_codes(p) if p.gated else None,
         )
@@ -507,15 +523,19 @@ class AnalogLayer(nn.Module):
         return ((planes**2) * w4.view(-1, *[1] * (planes.dim() - 1))).sum(0, keepdim=True)
 
     def _grouped_conv(self, inp: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                      groups: int) -> torch.Tensor:
-        return canonical_conv(inp, weight, bias, groups, self.conv_args)
+                      chips: int, groups_per_chip: int) -> torch.Tensor:
+        """``inp (N, chips * groups_per_chip * C_g, H, W)`` through chip-major ``weight``: one grouped
+        call on the CPU (:func:`canonical_conv`), one call per chip on CUDA (:func:`chipwise_conv`)."""
+        if inp.device.type in _CHIPWISE_DEVICES:
+            return chipwise_conv(inp, weight, bias, chips, groups_per_chip, self.conv_args)
+        return canonical_conv(inp, weight, bias, chips * groups_per_chip, self.conv_args)
 
     def _folded(self, u: torch.Tensor, u2: Optional[torch.Tensor], prog: Programmed) -> torch.Tensor:
         """The folded pass: one grouped matmul gives the layer's output ``(r, Tc, g, N_g, H', W')``."""
         geo, tc = self.geom, u.shape[1]
 
         def run(planes, weight):  # (Tc, r, C, H, W) image-major -> (r, Tc * C, H, W)
-            return self._grouped_conv(planes.transpose(0, 1).flatten(1, 2), weight, None, tc * geo.groups)
+            return self._grouped_conv(planes.transpose(0, 1).flatten(1, 2), weight, None, tc, geo.groups)
 
         out = run(u[0], prog.weight)  # the layer's bias follows in the pass that lays out the output
         out = out.view(out.shape[0], tc, geo.groups, geo.ng, *out.shape[-2:])
@@ -529,11 +549,10 @@ class AnalogLayer(nn.Module):
         before rounding (raw outputs when calibrating), with read noise (section 4)."""
         geo, part = self.geom, self.part
         nb, tc, r = u.shape[:3]
-        groups = tc * geo.groups * part.parts
 
         def run(planes, weight, bias=None):  # (nb, Tc, r, C, H, W) -> (nb * r, Tc * g * P * Cp, H, W)
             inp = part.gather_inputs(planes).permute(0, 2, 1, 3, 4, 5, 6, 7).flatten(0, 1).flatten(1, 4)
-            return self._grouped_conv(inp, weight, bias, groups)
+            return self._grouped_conv(inp, weight, bias, tc, geo.groups * part.parts)
 
         k = run(u, prog.weight, prog.bias)
         k = k.view(nb, r, tc, geo.groups, part.parts, self.n_slices, geo.ng, *k.shape[-2:])
@@ -568,7 +587,7 @@ class AnalogLayer(nn.Module):
                 k[:, r0 : r0 + chunk, c] = y.view(*y.shape[:-1], hp, wp)
         if u2 is not None:
             inp = part.gather_inputs(u2).permute(0, 2, 1, 3, 4, 5, 6, 7).flatten(0, 1).flatten(1, 4)
-            var = self._grouped_conv(inp, prog.var, None, tc * geo.groups * part.parts).view_as(k)
+            var = self._grouped_conv(inp, prog.var, None, tc, geo.groups * part.parts).view_as(k)
             k += var.sqrt_().mul_(self._read_noise(planes, r, var[0, 0, 0].numel()).view_as(var))
         return k, (bit_weights if p.serial else [1.0])
 
@@ -654,7 +673,7 @@ class AnalogLayer(nn.Module):
         nb, tc, r = u.shape[:3]
         ones = part.mask.to(u.dtype).unsqueeze(0).expand(tc * geo.groups, -1, -1, -1, -1).flatten(0, 1)
         inp = part.gather_inputs(u).permute(0, 2, 1, 3, 4, 5, 6, 7).flatten(0, 1).flatten(1, 4)
-        sv = self._grouped_conv(inp, ones, None, tc * geo.groups * part.parts)
+        sv = self._grouped_conv(inp, ones, None, tc, geo.groups * part.parts)
         sv = sv.view(nb, r, tc, geo.groups, part.parts, *sv.shape[-2:]).sum(4)
         w = torch.tensor(bit_weights, dtype=u.dtype, device=u.device).view(-1, 1, 1, 1, 1, 1)
         return ((sv * w).sum(0) * (self.offset / self._input_scale(p.planes))).unsqueeze(3)
