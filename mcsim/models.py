@@ -174,6 +174,25 @@ assert tuple(BUILTINS) == BUILTIN_MODELS, "mcsim.specs.BUILTIN_MODELS must list 
 # ---------------------------------------------------------------- public API
 
 
+@torch.no_grad()
+def randomized(model: nn.Module, seed: int = 1) -> nn.Module:
+    """``model`` in eval mode with random BatchNorm statistics and affine parameters, and no all-zero
+    layer (a ViT's head starts at zero): a network built without its weights file, whose numbers then
+    exercise every layer (tests, benchmarks, ``scripts/zoo.py``). Running means in [-0.5, 0.5),
+    variances and scales in [0.5, 1.5), shifts in [-0.2, 0.2); zero layers get normal(0, 0.05) weights."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            if m.affine:
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
+        if isinstance(m, (nn.Linear, nn.Conv2d)) and not m.weight.any():
+            m.weight.normal_(0, 0.05, generator=g)
+    return model.eval()
+
+
 def load_model(spec: ModelSpec) -> nn.Module:
     """The model of ``spec``, on CPU, in eval mode, with ``requires_grad`` off."""
     if spec.factory is not None:

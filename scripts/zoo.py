@@ -31,22 +31,14 @@ IDEAL = dict(weight_bits=None, input_bits=None, adc={"bits": None})
 def _build(name: str):
     import torch
     import torchvision
-    from torch import nn
+
+    from mcsim.models import randomized
 
     kwargs = {}
     if name.startswith("vit_"):
         kwargs["image_size"] = 56 if name.endswith("_14") else 64
     torch.manual_seed(0)
-    model = torchvision.models.get_model(name, weights=None, **kwargs).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            if isinstance(m, (nn.Linear, nn.Conv2d)) and not m.weight.any():
-                nn.init.normal_(m.weight, std=0.05)
-    return model, kwargs
+    return randomized(torchvision.models.get_model(name, weights=None, **kwargs)), kwargs
 
 
 def _input(model, name):

@@ -12,6 +12,7 @@ from mcsim import Hardware, convert
 from mcsim.engine.energy import counting
 from mcsim.engine.convert import ieee_float32
 from mcsim.engine.layers import canonical_conv, chipwise_conv
+from mcsim.models import randomized
 
 
 @pytest.mark.parametrize("chips,per_chip,kernel,stride", [(1, 1, 3, 1), (4, 1, 3, 2), (3, 5, 1, 1), (5, 2, 3, 1)])
@@ -31,12 +32,7 @@ def test_chipwise_conv_is_the_grouped_conv(chips, per_chip, kernel, stride):
 
 def _net(arch):
     torch.manual_seed(0)
-    m = getattr(torchvision.models, arch)(num_classes=10, **({"width_mult": 0.35} if arch == "mobilenet_v2" else {}))
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.1, 0.1)
-            mod.running_var.uniform_(0.5, 1.5)
-    return m.eval()
+    return randomized(getattr(torchvision.models, arch)(num_classes=10, **({"width_mult": 0.35} if arch == "mobilenet_v2" else {})))
 
 
 NOISY = dict(weight_bits=8, input_bits=8, adc={"bits": 8}, error={"model": "proportional", "sigma": 0.1},

@@ -6,32 +6,22 @@ import torchvision
 from torch import nn
 
 from mcsim import Hardware, convert
+from mcsim.models import randomized
 from reference import analog_linear
 
 IDEAL = dict(weight_bits=None, input_bits=None, adc={"bits": None})
 
 
-def _randomize_bn(model):
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def resnet18():
     torch.manual_seed(0)
-    return _randomize_bn(torchvision.models.resnet18(num_classes=10))
+    return randomized(torchvision.models.resnet18(num_classes=10))
 
 
 @pytest.fixture(scope="module")
 def depthwise():
     torch.manual_seed(0)
-    return _randomize_bn(torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.35))
+    return randomized(torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.35))
 
 
 @pytest.mark.parametrize("mapping", ["differential", "offset"])

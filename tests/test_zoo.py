@@ -11,21 +11,10 @@ from torch.nn import functional as F
 from mcsim import Hardware, convert
 from mcsim.engine.attention import MultiheadAttention, WindowAttention
 from mcsim.engine.convert import ConversionError
+from mcsim.models import randomized
 
 IDEAL = Hardware(weight_bits=None, input_bits=None, adc={"bits": None})
 NOISY = Hardware(error={"model": "proportional", "sigma": 0.05}, weight_bits=8, input_bits=8, adc={"bits": 8})
-
-
-def _randomize(model):
-    """Random BatchNorm statistics, and no all-zero layer (ViT's head starts at zero)."""
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-        if isinstance(m, (nn.Linear, nn.Conv2d)) and not m.weight.detach().any():
-            nn.init.normal_(m.weight, std=0.05)
-    return model.eval()
 
 
 def _small_vit():
@@ -62,7 +51,7 @@ ZOO = {
 @pytest.fixture(scope="module", params=list(ZOO))
 def zoo_model(request):
     torch.manual_seed(0)
-    return request.param, _randomize(ZOO[request.param]())
+    return request.param, randomized(ZOO[request.param]())
 
 
 def test_ideal_hardware_reproduces_digital_logits(zoo_model):
