@@ -23,7 +23,9 @@ Prints, section by section and then as one summary:
    and the voltage-driven column solve against the CPU's, and the counter-based read-noise
    normals element for element;
 5. profile (``--sections profile``, not in the default run): the top operators of one steady pass
-   of each config, by self time on the device.
+   of each config, by self time on the device;
+6. gated (``--sections gated``, not in the default run): gated rows' cost over the same config
+   without parasitics, the built-in CNN at batch 64, T=8.
 
 A hard time guard (``--budget``, default 270 s) stops the run and prints what it has; each section
 prints its own traceback on failure and the others still run. Without CUDA it says so and exits 0.
@@ -208,6 +210,14 @@ def physics(device, size, deadline, summary):
         print("# physics: past its share of the time budget", flush=True)
 
 
+def gated(device, size, deadline, summary):
+    """Gated rows (docs/physics.md section 8) on the device: the built-in CNN, bit-serial inputs with an
+    ADC per bit, against the same config without parasitics (as ``bench/engine.py`` measures it)."""
+    configs = ["c_bitserial_adc_per_bit", "p_gated_bitserial_digital"]
+    rows = engine.bench("mnist-cnn", configs, 8, 64 if size is SIZES["full"] else 8, device, 3, deadline=deadline)
+    summary["gated"] = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+
+
 @torch.no_grad()
 def profile(device, size, deadline, summary):
     """Where one steady pass of each bench config spends its time: the top operators by self time."""
@@ -249,6 +259,9 @@ def _print_summary(summary, device, size):
             goal = f" (goal >= {THROUGHPUT_GOAL:.0f})" if r["config"] == "a_differential_adc8" else ""
             print(f"  {r['config']:<26} {r['image_chips_per_second']:>9} image-chips/s{goal}, "
                   f"peak GPU {r.get('peak_gpu_gib', 'n/a')} GiB")
+    if summary.get("gated"):
+        print("\ngated rows, built-in CNN:")
+        print(engine.table(summary["gated"]))
     prog = summary.get("programming_seconds_per_chip")
     if prog:
         print("\nprogramming one chip (fresh T=1 model, programming pass minus steady pass, one image):")
@@ -277,7 +290,7 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="tiny model and sizes (a smoke test of the script)")
     p.add_argument("--budget", type=float, default=270.0, help="hard time guard, seconds")
     p.add_argument("--sections", nargs="+", default=["overheads", "programming", "quickstart"],
-                   choices=["overheads", "programming", "quickstart", "physics", "profile"])
+                   choices=["overheads", "programming", "quickstart", "physics", "profile", "gated"])
     a = p.parse_args()
     if a.device == "cuda" and not torch.cuda.is_available():
         print("bench/gpu.py: torch sees no CUDA GPU here, nothing to measure "
@@ -293,9 +306,9 @@ def main() -> int:
     signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(int(a.budget))
     # Soft deadlines: the overheads get ~50% of the budget, programming up to 60%; the quickstart the rest.
-    share = {"overheads": 0.5, "programming": 0.6, "quickstart": 1.0, "physics": 1.0, "profile": 1.0}
+    share = {"overheads": 0.5, "programming": 0.6, "quickstart": 1.0, "physics": 1.0, "profile": 1.0, "gated": 1.0}
     sections = {"overheads": overheads, "programming": programming, "quickstart": quickstart, "physics": physics,
-                "profile": profile}
+                "profile": profile, "gated": gated}
     cpu0 = engine.cpu_times()
     try:
         for s in a.sections:
