@@ -4,7 +4,8 @@
 called as modules (:mod:`mcsim.engine.attention`), folds BatchNorm into the preceding convolutions
 (docs/physics.md section 1), replaces every Conv2d and Linear by an :class:`AnalogLayer`, and returns an
 :class:`AnalogModel` whose forward maps a batch ``(B, ...)`` to logits ``(T, B, classes)``. All other
-layers stay digital and see the chips as a larger batch ``(Tc * B, ...)``; ``AnalogModel.digital_layers``
+layers stay digital and see the chips as a larger batch ``(B * Tc, ...)``, image-major (row ``i * Tc + t``
+is image i on chip t: the layout of the analog layers' grouped convolutions); ``AnalogModel.digital_layers``
 lists the weight-carrying ones and why. Chips are processed in blocks sized to a memory budget, so
 peak memory stays bounded however many chips are asked for.
 """
@@ -347,9 +348,9 @@ class AnalogModel(nn.Module):
         for i in range(0, len(self.chips), block):
             chips = self.chips[i : i + block].to(self.device)
             self.ctx.chips = chips
-            xin = x.unsqueeze(0).expand(len(chips), *x.shape).reshape(-1, *x.shape[1:])
+            xin = x.unsqueeze(1).expand(b, len(chips), *x.shape[1:]).reshape(-1, *x.shape[1:])  # image-major
             out = self.net(xin)
-            outs.append(out.view(len(chips), b, *out.shape[1:]))
+            outs.append(out.view(b, len(chips), *out.shape[1:]).transpose(0, 1))
         return torch.cat(outs)
 
     # ------------------------------------------------------------------ calibration (docs/physics.md 5, 7)

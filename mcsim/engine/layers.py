@@ -1,6 +1,8 @@
 """The analog layer: one Conv2d or Linear evaluated for a block of chips at once.
 
-Activations carry the chips in the batch dim, ``(Tc * B, ...)`` chip-major. A layer programs each
+Activations carry the chips in the batch dim, ``(B * Tc, ...)`` image-major: the layout in which one
+grouped convolution takes every chip's channels side by side, so a layer's input and output need no
+reordering (a Linear on tokens, ``(B * Tc, tokens, F)``, has its rows reordered). A layer programs each
 chip's devices (docs/physics.md sections 2-4, 8), then runs each chip's array partitions and weight slices
 as one grouped convolution (a Linear is a 1x1 conv), all chips of the block in one call:
 
@@ -26,6 +28,7 @@ ADC codes).
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal, Optional
@@ -432,9 +435,11 @@ class AnalogLayer(nn.Module):
                 self._record("x_abs", _subsample(x.abs()))
             return self._probe(x)
         lead = x.shape[:-1]
+        tokens = 1
         if self.linear:  # tokens of a (batch, tokens, features) input are rows of their own
+            tokens = math.prod(lead[1:])
             x = x.reshape(-1, self.geom.c_in, 1, 1)
-        y = self._analog(x)
+        y = self._analog(x, tokens)
         return y.reshape(*lead, self.geom.c_out) if self.linear else y
 
     def _probe(self, x: torch.Tensor) -> torch.Tensor:
@@ -460,13 +465,14 @@ class AnalogLayer(nn.Module):
         serial = split and bitserial and hw.input_accumulation == "digital"
         return Pass(split, serial, bitserial, calibrating, self.signed_inputs, gated)
 
-    def _analog(self, x: torch.Tensor) -> torch.Tensor:
-        """``(Tc * r, C, H, W)`` activations to the layer's outputs on every chip of the block."""
+    def _analog(self, x: torch.Tensor, tokens: int) -> torch.Tensor:
+        """``(B * Tc * tokens, C, H, W)`` activations, rows ordered (image, chip, token), to the layer's
+        outputs on every chip of the block, in the same order; ``r = B * tokens`` rows per chip."""
         if self.hw.input_bits is not None and self.x_range is None:
             raise RuntimeError("this converted model quantizes inputs: call .calibrate() (or load a calibration) first")
         p = self._pass()
         prog = self._programmed(p)
-        n = self._levels(x, p)
+        n = self._levels(x, p, tokens)
         if self.ctx.energy is not None and self.ctx.mode == "run":  # opt-in counting reads n, changes nothing
             self.ctx.energy.analog(self, n, p)
         u, bit_weights = self._input_planes(n, p)
@@ -484,20 +490,25 @@ class AnalogLayer(nn.Module):
             if self.hw.mapping == "offset":
                 z.sub_(self._offset_term(u, bit_weights, p))
             z.mul_(self.unit * (self.x_range or 1.0))
-        zt = z.transpose(0, 1)  # the bias is added in the pass that lays out chip-major (Tc * r, C_out, H', W')
+        # z (r, Tc, g, N_g, H', W') is already the network's image-major layout; tokens go back behind the chip.
         bias = self.bias.view(self.geom.groups, self.geom.ng, 1, 1)
+        if tokens == 1 and z.is_contiguous():
+            return z.add_(bias).view(-1, self.geom.c_out, *z.shape[-2:])
+        zt = z.view(-1, tokens, *z.shape[1:]).transpose(1, 2)  # (B, Tc, tokens, g, N_g, H', W')
         return torch.add(zt, bias, out=z.new_empty(zt.shape)).view(-1, self.geom.c_out, *z.shape[-2:])
 
     # ------------------------------------------------------------------ the steps of a pass
     # Activations inside a layer are image-major in memory, ``(r, Tc, ...)`` seen as ``(Tc, r, ...)``, so
     # that every chip's channels sit side by side for one grouped convolution.
-    def _levels(self, x: torch.Tensor, p: Pass) -> torch.Tensor:
+    def _levels(self, x: torch.Tensor, p: Pass, tokens: int) -> torch.Tensor:
         """Section 5: integer DAC levels ``(Tc, r, C, H, W)`` in our own buffer (x may feed a residual),
-        laid out image-major in the same pass that copies them."""
+        image-major in memory, tokens moved ahead of the chip in the same pass that copies them."""
         tc = len(self.ctx.chips)
         r = x.shape[0] // tc
-        n = x.new_empty(r, tc, *x.shape[1:]).transpose(0, 1)
-        return dac.levels(x.detach().view(tc, r, *x.shape[1:]), self.x_range or 1.0, self.hw.input_bits, p.signed, out=n)
+        n = x.new_empty(r, tc, *x.shape[1:])
+        src = x.detach().view(-1, tc, tokens, *x.shape[1:]).transpose(1, 2)  # (B, tokens, Tc, C, H, W)
+        dac.levels(src, self.x_range or 1.0, self.hw.input_bits, p.signed, out=n.view(src.shape))
+        return n.transpose(0, 1)
 
     def _input_planes(self, n: torch.Tensor, p: Pass) -> tuple[torch.Tensor, list[float]]:
         """What drives the rows, ``(nb, Tc, r, C, H, W)``, and each plane's weight in the recombination:

@@ -326,7 +326,11 @@ def _gated_tree(G: Tensor, u: Tensor, rp: float, signed: bool, max_bytes: int, d
     k = 4 if not signed else 7 if corner else 6
     out = torch.empty(V, C, dtype=dtype, device=G.device)
     col_chunk = max(1, min(C, (max_bytes // 2) // ((k + 1) * P * nblk * itemsize)))
-    vec_chunk = max(1, _GATED_CACHE_BYTES // (k * nblk * min(C, col_chunk) * itemsize))
+    # On the CPU a chunk's gathered products stay in cache. On a GPU, chunks that small cost a few
+    # dozen kernel launches per handful of vectors (the H200 check's gated CNN pass did not finish):
+    # there the chunk fills half the memory budget. Results do not depend on the chunking.
+    chunk_bytes = _GATED_CACHE_BYTES if G.device.type == "cpu" else max_bytes // 2
+    vec_chunk = max(1, chunk_bytes // (k * nblk * min(C, col_chunk) * itemsize))
     buffers = tuple(torch.empty(k, -(-nblk // 2), min(V, vec_chunk) * min(C, col_chunk), dtype=dtype,
                                 device=G.device) for _ in range(2))
     for c0 in range(0, C, col_chunk):
