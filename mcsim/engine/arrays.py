@@ -90,7 +90,10 @@ class Partitioning:
         # Physical row order of each array (P, Cp*kh*kw): rows a partition does not own go first, to
         # the far end of the column, where without a device they carry no current (section 8).
         self.row_order = torch.argsort(mask.flatten(1), dim=1, stable=True)
-        self.trivial = parts == 1 and pad_free(chans, geom.cg)
+        # Partitions that take the channels in order, each whole and without padding, gather their
+        # inputs as a view; one of them alone is the layer itself (no split at all).
+        self.in_order = pad_free(chans.flatten(), geom.cg)
+        self.trivial = parts == 1 and self.in_order
 
     def to(self, device) -> "Partitioning":
         self.chans, self.mask, self.row_order = self.chans.to(device), self.mask.to(device), self.row_order.to(device)
@@ -134,9 +137,9 @@ class Partitioning:
     def gather_inputs(self, u: torch.Tensor) -> torch.Tensor:
         """Inputs ``(..., C_in, H, W)`` to ``(..., g, P, Cp, H, W)`` (zero channel as padding)."""
         g = self.geom
+        if self.in_order:
+            return u.unflatten(-3, (g.groups, self.parts, self.cp))
         u = u.unflatten(-3, (g.groups, g.cg))
-        if self.trivial:
-            return u.unsqueeze(-4)
         u = torch.cat([u, u.new_zeros(*u.shape[:-3], 1, *u.shape[-2:])], dim=-3)
         return u.index_select(-3, self.chans.flatten()).unflatten(-3, (self.parts, self.cp))
 
