@@ -289,6 +289,10 @@ def main() -> int:
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--quick", action="store_true", help="tiny model and sizes (a smoke test of the script)")
     p.add_argument("--budget", type=float, default=270.0, help="hard time guard, seconds")
+    p.add_argument("--grouped", action="store_true",
+                   help="one grouped convolution for all chips on CUDA too, as on the CPU (to compare with "
+                        "the default: one call per chip, mcsim.engine.layers.chipwise_conv); this process only, "
+                        "the quickstart's workers keep the default")
     p.add_argument("--sections", nargs="+", default=["overheads", "programming", "quickstart"],
                    choices=["overheads", "programming", "quickstart", "physics", "profile", "gated"])
     a = p.parse_args()
@@ -296,13 +300,18 @@ def main() -> int:
         print("bench/gpu.py: torch sees no CUDA GPU here, nothing to measure "
               "(run it on a GPU machine, or `python bench/gpu.py --device cpu --quick` to exercise it).")
         return 0
+    if a.grouped:
+        import mcsim.engine.layers
+
+        mcsim.engine.layers._CHIPWISE_DEVICES = set()
     start = time.monotonic()
     device = torch.device(a.device)
     size = SIZES["quick" if a.quick else "full"]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     summary = {"device": name, "budget_s": a.budget, "failed": []}
     print(f"# {name}; torch {torch.__version__}; cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, "
-          f"cuda.matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}", flush=True)
+          f"cuda.matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32} (mcsim's passes: IEEE float32); "
+          f"convolutions on CUDA: {'one grouped call' if a.grouped else 'one call per chip'}", flush=True)
     signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(int(a.budget))
     # Soft deadlines: the overheads get ~50% of the budget, programming up to 60%; the quickstart the rest.
