@@ -81,6 +81,21 @@ torch.save(a(x, image_ids=torch.arange(6)), sys.argv[2])
         assert torch.equal(torch.load(out), full[[0, 2, 5]]), threads
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_programming_draws_do_not_depend_on_the_threads_drawing_them(threads):
+    from mcsim.engine import rng
+
+    keys = rng.derive(7, torch.arange(5))
+    ref = torch.stack([torch.randn(100_001, generator=torch.Generator().manual_seed(k & (2**63 - 1)))
+                       for k in keys.tolist()])
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert torch.equal(rng.chip_normal(keys, 100_001, "cpu"), ref)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_quickstart_counts_do_not_depend_on_trials_per_task(tmp_path):
     """The quickstart, cut into trial blocks of 20, 5 and 1 chips: identical correct counts."""
     base = yaml.safe_load((REPO / "scenarios" / "quickstart.yaml").read_text())

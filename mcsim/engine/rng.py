@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -52,10 +53,24 @@ def name_key(name: str) -> int:
 
 
 def chip_normal(keys: torch.Tensor, n: int, device) -> torch.Tensor:
-    """``(len(keys), n)`` standard normals (float32), row ``i`` from a CPU generator seeded by ``keys[i]``."""
+    """``(len(keys), n)`` standard normals (float32), row ``i`` from a CPU generator seeded by ``keys[i]``.
+
+    One generator per chip, so chips never share a stream and the rows are drawn side by side, on
+    up to ``torch.get_num_threads()`` threads (a generator's draws are sequential; the rows do not
+    depend on the thread count)."""
     out = torch.empty(len(keys), n)
-    for row, k in zip(out, keys.tolist()):  # one generator per chip: chips never share a stream
-        torch.randn(n, generator=torch.Generator().manual_seed(k & (2**63 - 1)), out=row)
+
+    def draw(i: int, k: int) -> None:
+        torch.randn(n, generator=torch.Generator().manual_seed(k & (2**63 - 1)), out=out[i])
+
+    ks = keys.tolist()
+    threads = min(len(ks), torch.get_num_threads())
+    if threads > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(draw, range(len(ks)), ks))
+    else:
+        for i, k in enumerate(ks):
+            draw(i, k)
     return out.to(device)
 
 
