@@ -1,4 +1,6 @@
 """Engine statistics and circuits against closed forms and an independent nodal analysis."""
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -40,7 +42,9 @@ def test_programming_error_variance_matches_closed_form(model):
     err.update({"sigma": {"independent": 0.03, "proportional": 0.05}[model]} if model in ("independent", "proportional") else {})
     hw = Hardware(weight_bits=None, input_bits=None, adc={"bits": None}, error=err)
     trials = 3000
-    analog = convert(nn.Sequential(lin), hw, trials=trials, seed=5)
+    # rram's fit was measured above Gmin at the default on/off ratio: the closed form extrapolates it too.
+    with pytest.warns(UserWarning, match="extrapolated") if model == "rram" else contextlib.nullcontext():
+        analog = convert(nn.Sequential(lin), hw, trials=trials, seed=5)
     x = torch.rand(2, 64)
     e = (analog(x) - lin(x).detach()).double().numpy()  # (T, B, n)
     w = lin.weight.detach().double().numpy()
