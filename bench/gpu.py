@@ -27,6 +27,13 @@ Prints, section by section and then as one summary:
 6. gated (``--sections gated``, not in the default run): gated rows' cost over the same config
    without parasitics, the built-in CNN at batch 64, T=8.
 
+A whole GPU session (about 9 minutes): the default run, then the old chip-grouped convolution for
+comparison, then the checks against the CPU and gated rows::
+
+    python bench/gpu.py
+    python bench/gpu.py --sections overheads --grouped --budget 140
+    python bench/gpu.py --sections physics gated --budget 150
+
 A hard time guard (``--budget``, default 270 s) stops the run and prints what it has; each section
 prints its own traceback on failure and the others still run. Without CUDA it says so and exits 0.
 """
