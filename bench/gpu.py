@@ -18,10 +18,9 @@ Prints, section by section and then as one summary:
    accuracies, their difference, the Monte Carlo standard error and whether they agree within 3 SE;
 4. physics (``--sections physics``, not in the default run): the device's numbers against
    references computed on the CPU: ideal hardware against float64 digital logits (the device's
-   digital forward beside it, for its own TF32 rounding), each bench config's logits on both devices
-   (same chips), the gated-row tree against the CPU scan
-   and the voltage-driven column solve against the CPU's, and the counter-based read-noise
-   normals element for element;
+   digital forward beside it, for its own TF32 rounding), each bench config's logits without device
+   errors on both devices, the gated-row tree against the CPU scan and the voltage-driven column
+   solve against the CPU's, and the counter-based read-noise normals element for element;
 5. profile (``--sections profile``, not in the default run): the top operators of one steady pass
    of each config, by self time on the device;
 6. gated (``--sections gated``, not in the default run): gated rows' cost over the same config
