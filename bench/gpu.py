@@ -61,8 +61,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RATIO_CONFIGS = ["a_differential_adc8", "b_offset_4slices", "c_bitserial_adc_per_bit"]
 THROUGHPUT_GOAL = 2000.0  # ResNet50 image-chips per second for (a), one H100-class GPU
 SIZES = {  # what each mode measures
-    "full": dict(model="resnet50-224", batch=64, trials=16, repeat=5, limit=500, q_trials=16, calib=500),
-    "quick": dict(model="resnet18-32", batch=2, trials=2, repeat=2, limit=100, q_trials=4, calib=100),
+    "full": dict(model="resnet50-224", batch=64, trials=16, repeat=5, limit=500, q_trials=16, calib=500, g_batch=64),
+    "quick": dict(model="resnet18-32", batch=2, trials=2, repeat=2, limit=100, q_trials=4, calib=100, g_batch=8),
 }
 
 
@@ -220,7 +220,7 @@ def gated(device, size, deadline, summary):
     """Gated rows (docs/physics.md section 8) on the device: the built-in CNN, bit-serial inputs with an
     ADC per bit, against the same config without parasitics (as ``bench/engine.py`` measures it)."""
     configs = ["c_bitserial_adc_per_bit", "p_gated_bitserial_digital"]
-    rows = engine.bench("mnist-cnn", configs, 8, 64 if size is SIZES["full"] else 8, device, 3, deadline=deadline)
+    rows = engine.bench("mnist-cnn", configs, 8, size["g_batch"], device, 3, deadline=deadline)
     summary["gated"] = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
 
 
@@ -250,6 +250,10 @@ def profile(device, size, deadline, summary):
         print(f"\n# {wl.name} {name}: one pass, batch {size['batch']}, T={size['trials']}\n{table}", flush=True)
         out[name] = table
         del analog
+
+
+SECTIONS = {"overheads": overheads, "programming": programming, "quickstart": quickstart, "physics": physics,
+            "profile": profile, "gated": gated}
 
 
 # ------------------------------------------------------------------ summary
@@ -299,8 +303,7 @@ def main() -> int:
                    help="one grouped convolution for all chips on CUDA too, as on the CPU (to compare with "
                         "the default: one call per chip, mcsim.engine.layers.chipwise_conv); this process only, "
                         "the quickstart's workers keep the default")
-    p.add_argument("--sections", nargs="+", default=["overheads", "programming", "quickstart"],
-                   choices=["overheads", "programming", "quickstart", "physics", "profile", "gated"])
+    p.add_argument("--sections", nargs="+", default=["overheads", "programming", "quickstart"], choices=list(SECTIONS))
     a = p.parse_args()
     if a.device == "cuda" and not torch.cuda.is_available():
         print("bench/gpu.py: torch sees no CUDA GPU here, nothing to measure "
@@ -320,16 +323,14 @@ def main() -> int:
           f"convolutions on CUDA: {'one grouped call' if a.grouped else 'one call per chip'}", flush=True)
     signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(int(a.budget))
-    # Soft deadlines: the overheads get ~50% of the budget, programming up to 60%; the quickstart the rest.
-    share = {"overheads": 0.5, "programming": 0.6, "quickstart": 1.0, "physics": 1.0, "profile": 1.0, "gated": 1.0}
-    sections = {"overheads": overheads, "programming": programming, "quickstart": quickstart, "physics": physics,
-                "profile": profile, "gated": gated}
+    # Soft deadlines: the overheads get ~50% of the budget, programming up to 60%; every other section the rest.
+    share = {"overheads": 0.5, "programming": 0.6}
     cpu0 = engine.cpu_times()
     try:
         for s in a.sections:
             print(f"\n---- {s}", flush=True)
             try:
-                sections[s](device, size, start + share[s] * a.budget, summary)
+                SECTIONS[s](device, size, start + share.get(s, 1.0) * a.budget, summary)
             except OutOfTime:
                 raise
             except Exception:

@@ -185,8 +185,8 @@ class EnergyCounter:
 
 def _per_chip_conv(layer: "AnalogLayer", inp: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``inp (Tc, C, H, W)`` through each chip's own weights ``(Tc * g, C_g, kh, kw)`` (chip-major):
-    one grouped convolution with the chips as groups, in the engine's canonical shape (a chip's count
-    never depends on the block) -> ``(Tc, g, H', W')``."""
+    the layer's own chip-grouped convolution (``AnalogLayer._grouped_conv``: canonical shapes on the
+    CPU, so a chip's count never depends on the block) -> ``(Tc, g, H', W')``."""
     tc, groups = inp.shape[0], layer.geom.groups
     out = layer._grouped_conv(inp.reshape(1, -1, *inp.shape[2:]), weight, None, tc, groups)
     return out.view(tc, groups, *out.shape[2:])
