@@ -301,7 +301,7 @@ def main() -> int:
     p.add_argument("--budget", type=float, default=270.0, help="hard time guard, seconds")
     p.add_argument("--grouped", action="store_true",
                    help="one grouped convolution for all chips on CUDA too, as on the CPU (to compare with "
-                        "the default: one call per chip, mcsim.engine.layers.chipwise_conv); this process only, "
+                        "the default: one call per chip, mcsim.engine.conv.chipwise_conv); this process only, "
                         "the quickstart's workers keep the default")
     p.add_argument("--sections", nargs="+", default=["overheads", "programming", "quickstart"], choices=list(SECTIONS))
     a = p.parse_args()
@@ -310,9 +310,9 @@ def main() -> int:
               "(run it on a GPU machine, or `python bench/gpu.py --device cpu --quick` to exercise it).")
         return 0
     if a.grouped:
-        import mcsim.engine.layers
+        import mcsim.engine.conv
 
-        mcsim.engine.layers._CHIPWISE_DEVICES = set()
+        mcsim.engine.conv._CHIPWISE_DEVICES = set()
     start = time.monotonic()
     device = torch.device(a.device)
     size = SIZES["quick" if a.quick else "full"]

@@ -1,5 +1,5 @@
 """What the engine does differently on CUDA, checked on the CPU: its grouped convolutions run one call
-per chip (layers.chipwise_conv), which must equal the CPU's single grouped call up to summation
+per chip (conv.chipwise_conv), which must equal the CPU's single grouped call up to summation
 order, and its convolutions run in IEEE float32 (cuDNN's default TF32 off) with the user's settings
 restored after. bench/gpu.py checks both on a GPU against the CPU."""
 import pytest
@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-import mcsim.engine.layers as layers
+import mcsim.engine.conv as conv
 from mcsim import Hardware, convert
 from mcsim.engine.energy import counting
 from mcsim.engine.convert import ieee_float32
-from mcsim.engine.layers import canonical_conv, chipwise_conv
+from mcsim.engine.conv import canonical_conv, chipwise_conv
 from mcsim.models import randomized
 
 
@@ -55,7 +55,7 @@ def test_networks_agree_between_the_two_layouts(monkeypatch, arch, case):
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     outs, energies = [], []
     for devices in ({"cuda"}, {"cuda", "cpu"}):
-        monkeypatch.setattr(layers, "_CHIPWISE_DEVICES", devices)
+        monkeypatch.setattr(conv, "_CHIPWISE_DEVICES", devices)
         analog = convert(net, Hardware(**CASES[case]), trials=3, seed=4, device="cpu")
         analog.calibrate([x])
         with counting(analog) as counter:

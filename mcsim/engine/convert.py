@@ -57,15 +57,19 @@ def pick_device(device: str | torch.device | None = "auto") -> torch.device:
 
 @contextlib.contextmanager
 def ieee_float32():
-    """float32 convolutions and matmuls in IEEE float32 on CUDA, TF32 off (restored after).
+    """float32 convolutions and matmuls in IEEE float32 (restored after): TF32 off on CUDA, and no
+    reduced-precision math on the CPU's oneDNN kernels.
 
     cuDNN runs float32 convolutions in TF32 by default (10-bit mantissa): about 5e-4 relative on a
     ResNet50's logits, so ideal hardware would miss the digital logits, ADC codes would round
     differently than on the CPU, and the offset mapping's subtraction would exceed its 1e-4 bound
-    (docs/physics.md section 10). Uses torch's per-backend ``fp32_precision`` settings, the API
-    that does not mix with the legacy ``allow_tf32`` flags.
+    (docs/physics.md section 10). oneDNN follows a user's ``bf16``/``tf32`` setting the same way, and
+    the engine's prepacked CPU convolutions (mcsim.engine.conv.ConvWeight) run IEEE float32 whatever
+    it is, so both kernels are pinned alike. Uses torch's per-backend ``fp32_precision`` settings,
+    the API that does not mix with the legacy ``allow_tf32`` flags.
     """
-    flags = (torch.backends.cudnn.conv, torch.backends.cuda.matmul)
+    flags = (torch.backends.cudnn.conv, torch.backends.cuda.matmul, torch.backends.mkldnn.conv,
+             torch.backends.mkldnn.matmul)
     saved = [f.fp32_precision for f in flags]
     try:
         for f in flags:
@@ -293,8 +297,10 @@ class AnalogModel(nn.Module):
         self.images_seen = 0  # default image ids number the images in the order the model sees them
         self._act_bytes: dict[tuple, int] = {}
         # Keep programmed chips between forward calls when they fit in half the budget: a task evaluates
-        # many batches on the same chips. Per chip: weights per slice (and read-noise variances).
-        chip_bytes = sum(4 * layer.hw.slices * (2 if layer.hw.read_noise.model != "none" else 1)
+        # many batches on the same chips. Per chip: weights per slice (and read-noise variances), twice
+        # on the CPU, whose kernels keep their own layout of them (mcsim.engine.conv.ConvWeight).
+        copies = 2 if self.device.type == "cpu" else 1
+        chip_bytes = sum(4 * copies * layer.hw.slices * (2 if layer.hw.read_noise.model != "none" else 1)
                          * layer.digital_weight.numel() for layer in self.analog_layers())
         self.ctx.cache = chip_bytes * len(chips) <= self.memory_budget // 2
 

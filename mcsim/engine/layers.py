@@ -23,7 +23,7 @@ Determinism (section 9): a chip's outputs must not depend on the other chips of 
 or the thread count, although quantizers turn the last float bit into a level flip. The float
 kernels pick each output's summation order from the call's shape; above small floors of groups and
 images that order no longer depends on them, and every call is padded up to those floors
-(:func:`canonical_conv`). Sums that must be exact are made of integers (input levels,
+(:func:`mcsim.engine.conv.canonical_conv`). Sums that must be exact are made of integers (input levels,
 ADC codes).
 """
 from __future__ import annotations
@@ -40,15 +40,12 @@ from torch import nn
 
 from mcsim.engine import rng
 from mcsim.engine.arrays import Geometry, Partitioning
+from mcsim.engine.conv import ConvWeight, Weight, canonical_conv, grouped_conv
 from mcsim.hardware import Hardware
 from mcsim.physics import adc, dac, devices, mapping, parasitics
 
 _SAMPLES_PER_BATCH = 2**18  # calibration values kept per layer and batch (strided subsample)
 _STREAM_PROGRAM, _STREAM_DRIFT, _STREAM_READ = 1, 11, 101
-# The canonical floors of a grouped convolution (see canonical_conv): images per call, images
-# per call when the output is a single pixel (a matrix product), and groups per call.
-_MIN_ROWS, _MIN_ROWS_GEMM, _MIN_GROUPS = 2, 16, 3
-_CHIPWISE_DEVICES = {"cuda"}  # device types whose grouped convolutions run one call per chip (chipwise_conv)
 # Gated rows (section 8): bytes of unfolded bit patches and solved currents per chunk of images.
 _GATED_CHUNK_BYTES = 2**28  # larger chunks amortize the solver's per-call pattern tables
 # The solves' arithmetic. docs/physics.md section 10 asks for float64 where drops are small differences of
@@ -108,8 +105,8 @@ class Pass:
 class Programmed:
     """One block of chips of one layer, ready to run."""
 
-    weight: torch.Tensor  # conv weight, chips folded into the output channels
-    var: Optional[torch.Tensor]  # read-noise variances, same layout (None: no read noise)
+    weight: ConvWeight  # conv weight, chips folded into the output channels
+    var: Optional[ConvWeight]  # read-noise variances, same layout (None: no read noise)
     alpha: Optional[torch.Tensor]  # (Tc,) drift compensation factors
     bias: Optional[torch.Tensor] = None  # conv bias (ADC code shift, or the layer's bias when folded)
     # Gated rows (section 8): every chip's arrays as circuits ``(Tc, g, P, rows, kinds * S * N_g)`` in
@@ -133,48 +130,6 @@ def power_of_two_ranges(lo: list[float], hi: list[float]) -> tuple[list[float], 
         out_lo.append(lo[ref] / 2**m)
         out_hi.append(hi[ref] / 2**m)
     return out_lo, out_hi
-
-
-def canonical_conv(inp: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], groups: int,
-                   conv_args: dict, *, grouped: bool = True) -> torch.Tensor:
-    """``F.conv2d`` of ``inp (N, groups * C_g, H, W)`` in a canonical shape (determinism contract).
-
-    oneDNN picks its kernel, and so each output's summation order, from the call's shape. Measured
-    on its CPU kernels: with at least 3 groups and at least 2 images (16 when the output is one
-    pixel, a matrix product), and the bias added after the kernel, a group's outputs are
-    bit-identical whatever the group count, the group's position, the batch and the thread count; an ungrouped convolution (``grouped=False``:
-    a digital layer, every chip in its batch) needs only the image floor. Below those floors zero
-    groups and zero images pad the call; they cost only when a block holds fewer than 3 chips or images.
-    """
-    rows, cout = inp.shape[0], weight.shape[0]
-    floor = _MIN_ROWS_GEMM if inp.shape[-2:] == (1, 1) and weight.shape[-2:] == (1, 1) else _MIN_ROWS
-    if rows < floor:
-        inp = F.pad(inp, (0, 0, 0, 0, 0, 0, 0, floor - rows))
-    if grouped and groups < _MIN_GROUPS:
-        extra = _MIN_GROUPS - groups
-        inp = F.pad(inp, (0, 0, 0, 0, 0, extra * (inp.shape[1] // groups)))
-        weight = torch.cat([weight, weight.new_zeros(extra * (cout // groups), *weight.shape[1:])])
-        groups = _MIN_GROUPS
-    out = F.conv2d(inp, weight, None, groups=groups, **conv_args)
-    if out.shape[0] > rows or out.shape[1] > cout:
-        out = out[:rows, :cout].contiguous()
-    # The bias is added apart: inside the kernel, where it enters the sum depends on the kernel.
-    return out if bias is None else out.add_(bias.view(-1, 1, 1))
-
-
-def chipwise_conv(inp: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], chips: int,
-                  groups_per_chip: int, conv_args: dict) -> torch.Tensor:
-    """The chip-major grouped convolution of :func:`canonical_conv` as one ``F.conv2d`` per chip.
-
-    On CUDA, cuDNN spends most of a float32 convolution of many groups in layout transposes (58% of
-    a ResNet50 pass on an H200, ``bench/gpu.py --sections profile``); one call per chip keeps the
-    layer's own groups (one for most layers) and runs the dense kernels. A chip's outputs then
-    depend only on its own call's shape, as on the CPU.
-    """
-    outs = [F.conv2d(i, w, None, groups=groups_per_chip, **conv_args)
-            for i, w in zip(inp.chunk(chips, 1), weight.chunk(chips, 0))]
-    out = torch.cat(outs, 1) if chips > 1 else outs[0]
-    return out if bias is None else out.add_(bias.view(-1, 1, 1))
 
 
 def _conv_args(module: nn.Conv2d | nn.Linear, name: str) -> dict:
@@ -352,8 +307,8 @@ class AnalogLayer(nn.Module):
         dtype = self.digital_weight.dtype
         shape = (-1, self.part.cp if p.split else self.geom.cg, *self.geom.kernel)
         return Programmed(
-            w.reshape(shape).to(dtype),
-            var.reshape(shape).to(dtype) if var is not None else None,
+            ConvWeight(w.reshape(shape).to(dtype)),
+            ConvWeight(var.reshape(shape).to(dtype)) if var is not None else None,
             alpha,
             bias.reshape(-1).to(w.device, dtype) if bias is not None else None,
             circuit,
@@ -533,13 +488,10 @@ class AnalogLayer(nn.Module):
         w4 = torch.tensor([4.0**k for k in range(planes.shape[0])], dtype=n.dtype, device=n.device)
         return ((planes**2) * w4.view(-1, *[1] * (planes.dim() - 1))).sum(0, keepdim=True)
 
-    def _grouped_conv(self, inp: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+    def _grouped_conv(self, inp: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor],
                       chips: int, groups_per_chip: int) -> torch.Tensor:
-        """``inp (N, chips * groups_per_chip * C_g, H, W)`` through chip-major ``weight``: one grouped
-        call on the CPU (:func:`canonical_conv`), one call per chip on CUDA (:func:`chipwise_conv`)."""
-        if inp.device.type in _CHIPWISE_DEVICES:
-            return chipwise_conv(inp, weight, bias, chips, groups_per_chip, self.conv_args)
-        return canonical_conv(inp, weight, bias, chips * groups_per_chip, self.conv_args)
+        """:func:`mcsim.engine.conv.grouped_conv` with this layer's stride, padding and dilation."""
+        return grouped_conv(inp, weight, bias, chips, groups_per_chip, self.conv_args)
 
     def _folded(self, u: torch.Tensor, u2: Optional[torch.Tensor], prog: Programmed) -> torch.Tensor:
         """The folded pass: one grouped matmul gives the layer's output ``(r, Tc, g, N_g, H', W')``."""

@@ -1,0 +1,140 @@
+"""The convolutions of a chip block: every chip's arrays side by side, in shapes that keep each chip's
+numbers independent of its block (docs/physics.md section 9), at the kernels' speed.
+
+A block's weights are chip-major: chip c owns a contiguous block of output channels, and its inputs
+the matching block of input channels (``groups_per_chip`` groups each).
+
+* :func:`canonical_conv` (CPU): one grouped ``F.conv2d`` for the block, padded to the shapes above
+  which oneDNN's summation order no longer depends on the block.
+* :func:`chipwise_conv` (CUDA): one call per chip.
+* :class:`ConvWeight`: a programmed weight that keeps the CPU kernel's own layout of itself.
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+
+# The canonical floors of a grouped convolution (see canonical_conv): images per call, images
+# per call when the output is a single pixel (a matrix product), and groups per call.
+_MIN_ROWS, _MIN_ROWS_GEMM, _MIN_GROUPS = 2, 16, 3
+_CHIPWISE_DEVICES = {"cuda"}  # device types whose grouped convolutions run one call per chip (chipwise_conv)
+
+
+class ConvWeight:
+    """A programmed block's convolution weight, kept also in the layout the CPU kernel reads.
+
+    oneDNN's CPU convolutions read weights in a blocked layout of their own and reorder a plain tensor
+    into it on every call. For a chip block that is a pass over all the block's weights in every layer
+    call, which one digital network of the same batch pays once: it made up most of the gap between an
+    analog and a digital ResNet18 pass at 112x112 and 8 images (``bench/engine.py``). A programmed
+    block serves many calls, so its first call that runs on oneDNN keeps the reordered copy (torch's
+    prepacked oneDNN convolution) and later calls read it.
+
+    The kernel is the one ``F.conv2d`` picks for the call (``torch._C._select_conv_backend``), so the
+    numbers are the same, bit for bit; a call of another shape has oneDNN reorder the packed copy, as it
+    would the plain one. Costs a second copy of the weight while the block is kept.
+    """
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor
+        self._packed = None  # the oneDNN context, made at the first call that runs on oneDNN
+        self._padded: Optional[ConvWeight] = None  # with the zero groups of canonical_conv, made once
+
+    def with_zero_groups(self, extra: int, per_group: int) -> "ConvWeight":
+        """This weight followed by ``extra`` groups of zeros (``per_group`` output channels each)."""
+        if self._padded is None:
+            t = self.tensor
+            self._padded = ConvWeight(torch.cat([t, t.new_zeros(extra * per_group, *t.shape[1:])]))
+        return self._padded
+
+    def conv2d(self, inp: torch.Tensor, groups: int, conv_args: dict) -> torch.Tensor:
+        """``F.conv2d(inp, self.tensor, None, groups=groups, **conv_args)``, from the packed copy where
+        ``F.conv2d`` would run oneDNN."""
+        args = _expanded(conv_args)
+        if args is None or not _on_onednn_plain(inp, self.tensor, groups, args):
+            return F.conv2d(inp, self.tensor, None, groups=groups, **conv_args)
+        if self._packed is None:
+            self._packed = torch.ops.mkldnn_prepacked.conv2d_prepack(
+                self.tensor, None, args["stride"], args["padding"], args["dilation"], groups,
+                list(inp.shape), "none")
+        return torch.ops.mkldnn_prepacked.conv2d_run(inp, self._packed)
+
+
+Weight = Union[torch.Tensor, ConvWeight]
+
+
+def _expanded(conv_args: dict) -> Optional[dict]:
+    """``conv_args`` as the ``[h, w]`` lists of oneDNN's calls; None for a string padding ("same")."""
+    if isinstance(conv_args["padding"], str):
+        return None
+    return {k: [v, v] if isinstance(v, int) else list(v) for k, v in conv_args.items()}
+
+
+def _on_onednn_plain(inp: torch.Tensor, weight: torch.Tensor, groups: int, args: dict) -> bool:
+    """Whether ``F.conv2d`` runs this call on oneDNN in the plain layout: contiguous tensors (no
+    channels-last kernels), and the backend torch picks from the shapes, dtype, device, thread count
+    and torch.backends settings."""
+    return inp.is_contiguous() and weight.is_contiguous() and torch._C._select_conv_backend(
+        inp, weight, None, args["stride"], args["padding"], args["dilation"], False, [0, 0], groups,
+    ) == torch._C._ConvBackend.Mkldnn
+
+def canonical_conv(inp: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor], groups: int,
+                   conv_args: dict, *, grouped: bool = True) -> torch.Tensor:
+    """``F.conv2d`` of ``inp (N, groups * C_g, H, W)`` in a canonical shape (determinism contract).
+
+    oneDNN picks its kernel, and so each output's summation order, from the call's shape. Measured
+    on its CPU kernels: with at least 3 groups and at least 2 images (16 when the output is one
+    pixel, a matrix product), and the bias added after the kernel, a group's outputs are
+    bit-identical whatever the group count, the group's position, the batch and the thread count; an
+    ungrouped convolution (``grouped=False``: a digital layer, every chip in its batch) needs only the
+    image floor. Below those floors zero groups and zero images pad the call; they cost only when a
+    block holds fewer than 3 chips or images.
+    """
+    tensor = weight.tensor if isinstance(weight, ConvWeight) else weight
+    rows, cout = inp.shape[0], tensor.shape[0]
+    floor = _MIN_ROWS_GEMM if inp.shape[-2:] == (1, 1) and tensor.shape[-2:] == (1, 1) else _MIN_ROWS
+    if rows < floor:
+        inp = F.pad(inp, (0, 0, 0, 0, 0, 0, 0, floor - rows))
+    if grouped and groups < _MIN_GROUPS:
+        extra = _MIN_GROUPS - groups
+        inp = F.pad(inp, (0, 0, 0, 0, 0, extra * (inp.shape[1] // groups)))
+        if isinstance(weight, ConvWeight):
+            weight = weight.with_zero_groups(extra, cout // groups)
+        else:
+            weight = torch.cat([weight, weight.new_zeros(extra * (cout // groups), *weight.shape[1:])])
+        groups = _MIN_GROUPS
+    if isinstance(weight, ConvWeight):
+        out = weight.conv2d(inp, groups, conv_args)
+    else:
+        out = F.conv2d(inp, weight, None, groups=groups, **conv_args)
+    if out.shape[0] > rows or out.shape[1] > cout:
+        out = out[:rows, :cout].contiguous()
+    # The bias is added apart: inside the kernel, where it enters the sum depends on the kernel.
+    return out if bias is None else out.add_(bias.view(-1, 1, 1))
+
+
+def chipwise_conv(inp: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor], chips: int,
+                  groups_per_chip: int, conv_args: dict) -> torch.Tensor:
+    """The chip-major grouped convolution of :func:`canonical_conv` as one ``F.conv2d`` per chip.
+
+    On CUDA, cuDNN spends most of a float32 convolution of many groups in layout transposes (58% of
+    a ResNet50 pass on an H200, ``bench/gpu.py --sections profile``); one call per chip keeps the
+    layer's own groups (one for most layers) and runs the dense kernels. A chip's outputs then
+    depend only on its own call's shape, as on the CPU.
+    """
+    tensor = weight.tensor if isinstance(weight, ConvWeight) else weight
+    outs = [F.conv2d(i, w, None, groups=groups_per_chip, **conv_args)
+            for i, w in zip(inp.chunk(chips, 1), tensor.chunk(chips, 0))]
+    out = torch.cat(outs, 1) if chips > 1 else outs[0]
+    return out if bias is None else out.add_(bias.view(-1, 1, 1))
+
+
+def grouped_conv(inp: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor], chips: int, groups_per_chip: int,
+                 conv_args: dict) -> torch.Tensor:
+    """``inp (N, chips * groups_per_chip * C_g, H, W)`` through chip-major ``weight``: one grouped call
+    on the CPU (:func:`canonical_conv`), one call per chip on CUDA (:func:`chipwise_conv`)."""
+    if inp.device.type in _CHIPWISE_DEVICES:
+        return chipwise_conv(inp, weight, bias, chips, groups_per_chip, conv_args)
+    return canonical_conv(inp, weight, bias, chips * groups_per_chip, conv_args)
