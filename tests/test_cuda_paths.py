@@ -67,7 +67,8 @@ def test_networks_agree_between_the_two_layouts(monkeypatch, arch, case):
 
 
 def test_the_analog_passes_run_in_ieee_float32_and_restore_the_settings():
-    flags = (torch.backends.cudnn.conv, torch.backends.cuda.matmul)
+    flags = (torch.backends.cudnn.conv, torch.backends.cuda.matmul, torch.backends.mkldnn.conv,
+             torch.backends.mkldnn.matmul)
     before = [f.fp32_precision for f in flags]
     seen = []
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 2))
@@ -76,7 +77,7 @@ def test_the_analog_passes_run_in_ieee_float32_and_restore_the_settings():
     x = torch.randn(2, 3, 8, 8)
     analog.calibrate([x])
     analog(x)
-    assert seen and all(s == ["ieee", "ieee"] for s in seen)
+    assert seen and all(s == ["ieee"] * 4 for s in seen)
     assert [f.fp32_precision for f in flags] == before
     with pytest.raises(ZeroDivisionError), ieee_float32():
         1 / 0

@@ -40,14 +40,6 @@ class ConvWeight:
     def __init__(self, tensor: torch.Tensor):
         self.tensor = tensor
         self._packed = None  # the oneDNN context, made at the first call that runs on oneDNN
-        self._padded: Optional[ConvWeight] = None  # with the zero groups of canonical_conv, made once
-
-    def with_zero_groups(self, extra: int, per_group: int) -> "ConvWeight":
-        """This weight followed by ``extra`` groups of zeros (``per_group`` output channels each)."""
-        if self._padded is None:
-            t = self.tensor
-            self._padded = ConvWeight(torch.cat([t, t.new_zeros(extra * per_group, *t.shape[1:])]))
-        return self._padded
 
     def conv2d(self, inp: torch.Tensor, groups: int, conv_args: dict) -> torch.Tensor:
         """``F.conv2d(inp, self.tensor, None, groups=groups, **conv_args)``, from the packed copy where
@@ -100,10 +92,9 @@ def canonical_conv(inp: torch.Tensor, weight: Weight, bias: Optional[torch.Tenso
     if grouped and groups < _MIN_GROUPS:
         extra = _MIN_GROUPS - groups
         inp = F.pad(inp, (0, 0, 0, 0, 0, extra * (inp.shape[1] // groups)))
-        if isinstance(weight, ConvWeight):
-            weight = weight.with_zero_groups(extra, cout // groups)
-        else:
-            weight = torch.cat([weight, weight.new_zeros(extra * (cout // groups), *weight.shape[1:])])
+        # A plain tensor again: a block this small costs little to reorder, and a packed copy of its
+        # zero groups would be kept too.
+        weight = torch.cat([tensor, tensor.new_zeros(extra * (cout // groups), *tensor.shape[1:])])
         groups = _MIN_GROUPS
     if isinstance(weight, ConvWeight):
         out = weight.conv2d(inp, groups, conv_args)

@@ -297,12 +297,13 @@ class AnalogModel(nn.Module):
         self.images_seen = 0  # default image ids number the images in the order the model sees them
         self._act_bytes: dict[tuple, int] = {}
         # Keep programmed chips between forward calls when they fit in half the budget: a task evaluates
-        # many batches on the same chips. Per chip: weights per slice (and read-noise variances), twice
-        # on the CPU, whose kernels keep their own layout of them (mcsim.engine.conv.ConvWeight).
-        copies = 2 if self.device.type == "cpu" else 1
-        chip_bytes = sum(4 * copies * layer.hw.slices * (2 if layer.hw.read_noise.model != "none" else 1)
+        # many batches on the same chips. Per chip: weights per slice (and read-noise variances). On the
+        # CPU, kept chips also keep the kernel's own layout of their weights (mcsim.engine.conv.ConvWeight),
+        # a second copy, when both copies fit: caching matters more than the reorder it saves.
+        chip_bytes = sum(4 * layer.hw.slices * (2 if layer.hw.read_noise.model != "none" else 1)
                          * layer.digital_weight.numel() for layer in self.analog_layers())
         self.ctx.cache = chip_bytes * len(chips) <= self.memory_budget // 2
+        self.ctx.pack = self.device.type == "cpu" and 2 * chip_bytes * len(chips) <= self.memory_budget // 2
 
     def analog_layers(self) -> list[AnalogLayer]:
         return [self.net.get_submodule(n) for n in self.layer_names]

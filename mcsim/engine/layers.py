@@ -71,6 +71,7 @@ class Context:
     image_ids: Optional[torch.Tensor] = None  # (B,) global image indices (read-noise streams)
     mode: Mode = "run"  # probe: digital pass measuring sizes; calibrate_*: the two calibration passes
     cache: bool = True  # keep programmed chips between forward calls
+    pack: bool = False  # kept chips also keep the CPU kernel's layout of their weights (conv.ConvWeight)
     energy: Optional[Any] = None  # an engine.energy.EnergyCounter while counting (opt-in), else None
 
     @contextmanager
@@ -105,8 +106,8 @@ class Pass:
 class Programmed:
     """One block of chips of one layer, ready to run."""
 
-    weight: ConvWeight  # conv weight, chips folded into the output channels
-    var: Optional[ConvWeight]  # read-noise variances, same layout (None: no read noise)
+    weight: Weight  # conv weight, chips folded into the output channels
+    var: Optional[Weight]  # read-noise variances, same layout (None: no read noise)
     alpha: Optional[torch.Tensor]  # (Tc,) drift compensation factors
     bias: Optional[torch.Tensor] = None  # conv bias (ADC code shift, or the layer's bias when folded)
     # Gated rows (section 8): every chip's arrays as circuits ``(Tc, g, P, rows, kinds * S * N_g)`` in
@@ -307,13 +308,17 @@ class AnalogLayer(nn.Module):
         dtype = self.digital_weight.dtype
         shape = (-1, self.part.cp if p.split else self.geom.cg, *self.geom.kernel)
         return Programmed(
-            ConvWeight(w.reshape(shape).to(dtype)),
-            ConvWeight(var.reshape(shape).to(dtype)) if var is not None else None,
+            self._kept(w.reshape(shape).to(dtype)),
+            self._kept(var.reshape(shape).to(dtype)) if var is not None else None,
             alpha,
             bias.reshape(-1).to(w.device, dtype) if bias is not None else None,
             circuit,
             self._slice_codes(p) if p.gated else None,
         )
+
+    def _kept(self, weight: torch.Tensor) -> Weight:
+        """A programmed conv weight; a :class:`ConvWeight` where its block is kept with the packed copy."""
+        return ConvWeight(weight) if self.ctx.pack and self.ctx.mode == "run" else weight
 
     def _circuits(self, g: dict[str, torch.Tensor]) -> torch.Tensor:
         """Section 8, gated rows: the conductances of every device kind and slice ``(Tc, S, C_out, K)``
