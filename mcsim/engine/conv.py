@@ -72,6 +72,12 @@ def _on_onednn_plain(inp: torch.Tensor, weight: torch.Tensor, groups: int, args:
         inp, weight, None, args["stride"], args["padding"], args["dilation"], False, [0, 0], groups,
     ) == torch._C._ConvBackend.Mkldnn
 
+
+def _tensor(weight: Weight) -> torch.Tensor:
+    """The plain tensor of a weight."""
+    return weight.tensor if isinstance(weight, ConvWeight) else weight
+
+
 def canonical_conv(inp: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor], groups: int,
                    conv_args: dict, *, grouped: bool = True) -> torch.Tensor:
     """``F.conv2d`` of ``inp (N, groups * C_g, H, W)`` in a canonical shape (determinism contract).
@@ -84,7 +90,7 @@ def canonical_conv(inp: torch.Tensor, weight: Weight, bias: Optional[torch.Tenso
     image floor. Below those floors zero groups and zero images pad the call; they cost only when a
     block holds fewer than 3 chips or images.
     """
-    tensor = weight.tensor if isinstance(weight, ConvWeight) else weight
+    tensor = _tensor(weight)
     rows, cout = inp.shape[0], tensor.shape[0]
     floor = _MIN_ROWS_GEMM if inp.shape[-2:] == (1, 1) and tensor.shape[-2:] == (1, 1) else _MIN_ROWS
     if rows < floor:
@@ -115,7 +121,7 @@ def chipwise_conv(inp: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor
     layer's own groups (one for most layers) and runs the dense kernels. A chip's outputs then
     depend only on its own call's shape, as on the CPU.
     """
-    tensor = weight.tensor if isinstance(weight, ConvWeight) else weight
+    tensor = _tensor(weight)
     outs = [F.conv2d(i, w, None, groups=groups_per_chip, **conv_args)
             for i, w in zip(inp.chunk(chips, 1), tensor.chunk(chips, 0))]
     out = torch.cat(outs, 1) if chips > 1 else outs[0]
