@@ -1,0 +1,130 @@
+"""An analog layer's calibration: its input range (DAC) and its ADC ranges (docs/physics.md sections 5, 7).
+
+Two passes over calibration images set them: the first records each analog layer's inputs (their
+sign and a percentile of their magnitude), the second, on error-free hardware with an ideal ADC, the
+raw column outputs of every weight slice (a percentile of them, optionally snapped onto the output
+grid, ``adc.grid``, and made powers of two apart across slices). :class:`Calibrated` holds that state
+for :class:`mcsim.engine.layers.AnalogLayer`; the state round-trips through plain dicts, so a
+calibration is stored with a result and loaded by another process.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from mcsim.engine.arrays import Partitioning
+from mcsim.engine.records import Pass
+from mcsim.hardware import Hardware
+from mcsim.physics import adc, dac, mapping
+
+_SAMPLES_PER_BATCH = 2**18  # calibration values kept per layer and batch (strided subsample)
+
+
+def power_of_two_ranges(lo: list[float], hi: list[float]) -> tuple[list[float], list[float]]:
+    """Section 7: slice ranges that differ only by powers of two, so that the digital recombination
+    stays a shift. The widest calibrated range is the reference; every slice gets it divided by the
+    largest power of two ``2**m`` (m >= 0) whose range still contains the slice's own calibrated
+    range (the reference itself when none does, e.g. a slice reaching below a positive ``lo``)."""
+    ref = max(range(len(lo)), key=lambda s: hi[s] - lo[s])
+    out_lo, out_hi = [], []
+    for l, h in zip(lo, hi):
+        m = 0
+        while m < 60 and lo[ref] / 2 ** (m + 1) <= l and hi[ref] / 2 ** (m + 1) >= h:
+            m += 1
+        out_lo.append(lo[ref] / 2**m)
+        out_hi.append(hi[ref] / 2**m)
+    return out_lo, out_hi
+
+
+def subsample(t: torch.Tensor) -> np.ndarray:
+    flat = t.detach().flatten()
+    return flat[:: max(1, flat.numel() // _SAMPLES_PER_BATCH)].double().cpu().numpy()
+
+
+class Calibrated:
+    """The calibration state of an analog layer, and the ranges read from it.
+
+    The layer provides ``hw`` (its :class:`Hardware`), ``part`` (its :class:`Partitioning`) and
+    ``n_slices``; :meth:`_init_calibration` starts the state empty (explicit ADC limits need none).
+    """
+
+    hw: Hardware
+    part: Partitioning
+    n_slices: int
+
+    def _init_calibration(self):
+        self.x_range: Optional[float] = None
+        self.signed: Optional[bool] = None
+        self.adc_range: Optional[tuple[list[float], list[float]]] = None  # calibrated, per slice
+        self._samples: dict[str, list] = {}
+
+    def _record(self, name: str, values: np.ndarray):
+        self._samples.setdefault(name, []).append(values)
+
+    @property
+    def signed_inputs(self) -> bool:
+        """Whether the DAC uses signed levels: calibrated, else signed (the one default, section 5)."""
+        return True if self.signed is None else self.signed
+
+    def _input_scale(self, serial: bool) -> float:
+        """Inputs are fed to the crossbar as integer levels n (or 0/+-1 bit planes); v = n / n_max."""
+        hw = self.hw
+        if hw.input_bits is None or serial:
+            return 1.0
+        return float(dac.max_level(hw.input_bits, self.signed_inputs))
+
+    def _adc_limits(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-slice ADC range ``(lo, hi)`` (float64, shape (S,)) in units of one Gmax device at full input."""
+        hw = self.hw
+        if hw.adc.range == "max":
+            lo, hi = adc.full_range(self.part.rows_per_array, self.signed_inputs, hw.mapping, hw.gmin)
+            lo, hi = [lo] * self.n_slices, [hi] * self.n_slices
+        elif hw.adc.range == "explicit":
+            lo, hi = [hw.adc.limits[0]] * self.n_slices, [hw.adc.limits[1]] * self.n_slices
+        elif self.adc_range is None:
+            raise RuntimeError("the ADC range is calibrated: call .calibrate() (or load a calibration) first")
+        else:
+            lo, hi = self.adc_range
+        return torch.tensor(lo, dtype=torch.float64), torch.tensor(hi, dtype=torch.float64)
+
+    def finish_input_calibration(self):
+        s = self._samples
+        self.signed = bool(min(v[0] for v in s.pop("x_min")) < 0)
+        a = np.concatenate(s.pop("x_abs"))
+        self.x_range = float(np.percentile(a, self.hw.input_percentile)) or float(a.max()) or 1.0
+
+    def finish_adc_calibration(self):
+        lo, hi = [], []
+        for k in range(self.n_slices):
+            l, h = adc.percentile_range(np.concatenate(self._samples.pop(f"adc_{k}")), self.hw.adc.percentile)
+            if self.hw.adc.grid:
+                l, h = adc.grid_range(l, h, self.grid_unit(), self.hw.adc.bits)
+            lo.append(l)
+            hi.append(h)
+        if self.hw.adc.slice_ranges == "power_of_two":  # aligned ranges stay aligned divided by 2**m
+            lo, hi = power_of_two_ranges(lo, hi)
+        self.adc_range = (lo, hi)
+
+    def grid_unit(self) -> float:
+        """Spacing of the column outputs an ADC sees (section 7, ``adc.grid``): one weight digit,
+        ``(1 - Gmin) / L``, times one input step (a bit plane drives 0/+-1, levels n / n_max).
+        With Gmin > 0 the outputs also hold Gmin times an integer, off this grid."""
+        hw = self.hw
+        if hw.weight_bits is None or hw.input_bits is None:
+            raise ValueError("adc.grid: needs quantized weights and inputs (weight_bits and input_bits set)")
+        digit = (1 - hw.gmin) / mapping.SliceLayout.of(hw).levels
+        return digit / self._input_scale(Pass.of(hw, False, self.signed_inputs).planes)
+
+    def clear_calibration_samples(self):
+        """Drop the samples a calibration pass recorded (a layer whose ADC needs no calibrated range)."""
+        self._samples.clear()
+
+    def calibration_state(self) -> dict:
+        return {"x_range": self.x_range, "signed": self.signed, "adc_range": self.adc_range}
+
+    def load_calibration_state(self, state: dict):
+        self.x_range, self.signed = state["x_range"], state["signed"]
+        self.adc_range = tuple(state["adc_range"]) if state["adc_range"] is not None else None
+        self.clear_cache()

@@ -1,0 +1,181 @@
+"""Programming an analog layer's block of chips (docs/physics.md sections 2-4, 8).
+
+Each chip's devices are drawn from their keyed streams (section 9) at the layer's exact targets,
+through IR drop where wires are resistive, and every linear step after the matmul is folded into
+the weights the pass convolves with: ADC code scaling (split structure) or slice recombination,
+drift compensation, the offset term and the output scale (folded structure). A block is programmed
+once per (pass, mode, chips) and kept while it runs (:class:`Programming` for
+:class:`mcsim.engine.layers.AnalogLayer`).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from mcsim.engine import rng
+from mcsim.engine.arrays import Geometry, Partitioning
+from mcsim.engine.conv import ConvWeight, Weight
+from mcsim.engine.records import STREAM_DRIFT, STREAM_PROGRAM, Context, Pass, Programmed
+from mcsim.hardware import Hardware
+from mcsim.physics import adc, devices, parasitics
+
+
+class Programming:
+    """The programming half of an analog layer.
+
+    The layer provides ``hw``, ``ctx`` (:class:`Context`), ``key`` (its stream key), ``geom``,
+    ``part``, ``kinds`` with a ``target_<kind>`` buffer each, ``coef``, ``offset``, ``unit``,
+    ``n_slices``, its calibration (:class:`mcsim.engine.calibration.Calibrated`) and
+    ``digital_weight`` (dtype and device).
+    """
+
+    hw: Hardware
+    ctx: Context
+    key: int
+    geom: Geometry
+    part: Partitioning
+    kinds: list[str]
+    _cache: dict[tuple, Programmed]
+
+    def _keys(self, stream: int) -> torch.Tensor:
+        return rng.derive(self.ctx.seed, self.ctx.chips, self.key, stream)
+
+    def _program_devices(self, error_free: bool):
+        """Per device kind, programmed (and drifted) conductances ``(Tc, S, C_out, K)``."""
+        hw, tc, dev = self.hw, len(self.ctx.chips), self.digital_weight.device
+        out, g0_sum, gt_sum = {}, None, None
+        for i, kind in enumerate(self.kinds):
+            g = getattr(self, f"target_{kind}").expand(tc, -1, -1, -1)
+            n = g[0].numel()
+            if not error_free and (hw.error.model != "none" or hw.drift.time_s is not None):
+                g = g.float()  # random errors dwarf float32 rounding; exact targets stay float64
+            if not error_free and hw.error.model != "none":
+                eps = rng.chip_normal(self._keys(STREAM_PROGRAM + i), n, dev).view_as(g)
+                g = devices.program(g, hw.error, eps, hw.gmin)
+            if not error_free and hw.drift.time_s is not None:
+                nu = hw.drift.nu_mean + hw.drift.nu_std * rng.chip_normal(self._keys(STREAM_DRIFT + i), n, dev).view_as(g)
+                g0 = g.sum((1, 2, 3), dtype=torch.float64)
+                g = devices.drift(g, nu, hw.drift)
+                gt = g.sum((1, 2, 3), dtype=torch.float64)
+                g0_sum, gt_sum = (g0, gt) if g0_sum is None else (g0_sum + g0, gt_sum + gt)
+            out[kind] = g
+        # Global drift compensation: rescale by the total conductance lost (a one-shot reference read).
+        alpha = (g0_sum / gt_sum).float() if hw.drift.compensate and gt_sum is not None else None
+        return out, alpha
+
+    def _effective(self, arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Section 8: the IR-drop-aware effective conductances of every array (columns independent, or a grid)."""
+        rp, topo = self.hw.parasitics.rp, self.hw.parasitics.topology
+        as_matrix, back = self.part.circuits, self.part.from_circuits
+
+        if topo == "columns":
+            return {k: back(parasitics.effective_conductance(as_matrix(a), rp, topo), a) for k, a in arrays.items()}
+        # Grid: the columns of an array share row wires. Differential pairs sit side by side.
+        mats = torch.stack([as_matrix(a) for a in arrays.values()], dim=-1).flatten(-2)  # (..., rows, cols)
+        cols = mats.shape[-1]
+        width = self.hw.cols_max or cols
+        n_arr = -(-cols // width)
+        mats = F.pad(mats, (0, n_arr * width - cols))  # device-less columns at the far end carry no current
+        m = mats.unflatten(-1, (n_arr, width)).movedim(-2, -3)
+        m = parasitics.effective_conductance(m, rp, topo).movedim(-3, -2).flatten(-2)[..., :cols]
+        m = m.unflatten(-1, (-1, len(arrays)))
+        return {k: back(m[..., i], a) for i, (k, a) in enumerate(arrays.items())}
+
+
+    def _program(self, p: Pass) -> Programmed:
+        """Program the chips and fold every linear step after the matmul into their weights.
+
+        split, real ADC: the conv outputs ADC codes ``(y - lo) / step`` (weights / step, bias -lo / step).
+        split, calibrating: the conv outputs the raw column values y.
+        folded: the conv outputs the layer's output before its bias (weights * unit * x_range).
+        Weights are chip-major: chip c owns a contiguous block of output channels.
+        """
+        hw = self.hw
+        g, alpha = self._program_devices(p.calibrating)
+        var = None
+        if not p.calibrating and hw.read_noise.model != "none":
+            var = sum(devices.read_variance(x, hw.read_noise) for x in g.values())
+        circuit = self._circuits(g) if p.gated else None
+        if hw.parasitics.rp > 0 and not p.gated:
+            g = self._effective({k: self.part.split(x) for k, x in g.items()})
+            if not p.split:
+                g = {k: self.part.merge(x) for k, x in g.items()}
+        w = g["pos"] - g["neg"] if hw.mapping == "differential" else g["one"]
+        if p.split:
+            w, var, bias = self._split_weights(w, var, p)
+        else:
+            w, var, bias = self._folded_weights(w, var, alpha, p)
+        dtype = self.digital_weight.dtype
+        shape = (-1, self.part.cp if p.split else self.geom.cg, *self.geom.kernel)
+        return Programmed(
+            self._kept(w.reshape(shape).to(dtype)),
+            self._kept(var.reshape(shape).to(dtype)) if var is not None else None,
+            alpha,
+            bias.reshape(-1).to(w.device, dtype) if bias is not None else None,
+            circuit,
+            self._slice_codes(p) if p.gated else None,
+        )
+
+    def _kept(self, weight: torch.Tensor) -> Weight:
+        """A programmed conv weight; a :class:`ConvWeight` where its block is kept with the packed copy."""
+        return ConvWeight(weight) if self.ctx.pack and self.ctx.mode == "run" else weight
+
+    def _circuits(self, g: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Section 8, gated rows: the conductances of every device kind and slice ``(Tc, S, C_out, K)``
+        as the columns of one circuit per (chip, group, partition): ``(Tc, g, P, rows, kinds * S * N_g)``,
+        rows in physical order (row 0 farthest from the ADC), in the programmed dtype."""
+        mats = [self.part.circuits(self.part.split(x)) for x in g.values()]  # (Tc, S, g, P, rows, N_g)
+        m = torch.stack(mats, 1)  # (Tc, kinds, S, g, P, rows, N_g)
+        return m.permute(0, 3, 4, 5, 1, 2, 6).flatten(-3).contiguous()
+
+    def _split_weights(self, w, var, p: Pass):
+        """Arrays ``(Tc, g, P, S, N_g, Cp, kh, kw)`` scaled to emit ADC codes (or raw y when calibrating)."""
+        geo, tc = self.geom, len(self.ctx.chips)
+
+        def arrange(t, per_slice):  # (Tc, S, [g, P, N_g, Cp, kh, kw]) -> (Tc, g, P, S, N_g, Cp, kh, kw)
+            t = t.float() if t.dim() == 8 else self.part.split(t.float())  # ADC steps dwarf float32 rounding
+            return t.permute(0, 2, 3, 1, 4, 5, 6, 7) * per_slice.view(-1, 1, 1, 1, 1).to(t)
+
+        cs, code_shift = self._slice_codes(p)
+        bias = None
+        if code_shift is not None:
+            bias = code_shift.view(-1, 1).expand(-1, geo.ng).reshape(1, -1).expand(tc * geo.groups * self.part.parts, -1)
+        return arrange(w, cs), (arrange(var, cs**2) if var is not None else None), bias
+
+    def _slice_codes(self, p: Pass) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Per slice, ``code = scale * y_in + shift`` (float64, (S,)), ``y_in`` a column output for the
+        rows' drive (levels or bit planes): ADC codes before rounding, or raw column values (shift
+        None) when calibrating or with an ideal ADC."""
+        cs = torch.full((self.n_slices,), 1 / self._input_scale(p.planes), dtype=torch.float64)
+        if p.adc_bits is None:
+            return cs, None
+        code_scale, code_shift = adc.code_transform(*self._adc_limits(), p.adc_bits)
+        return cs * code_scale, code_shift
+
+    def _folded_weights(self, w, var, alpha, p: Pass):
+        """One effective weight ``(Tc, C_out, K)`` per chip: slices recombined, drift compensated, the
+        offset term subtracted, the output scale applied; float64 when exact (section 10)."""
+        c = self.coef.to(w.dtype).view(1, -1, 1, 1)
+        out_scale = self.unit * (self.x_range or 1.0) / self._input_scale(p.serial)
+        w = (w * c).sum(1)
+        var = (var * c**2).sum(1) if var is not None else None
+        if alpha is not None:  # compensation rescales the analog column outputs, not the digital offset term
+            w = w * alpha.view(-1, 1, 1).to(w.dtype)
+            var = var * alpha.view(-1, 1, 1).to(var.dtype) ** 2 if var is not None else None
+        w = (w - self.offset) * out_scale
+        var = var * out_scale**2 if var is not None else None
+        return w, var, None  # the layer's bias is added after the matmul (AnalogLayer._analog)
+
+    def _programmed(self, p: Pass) -> Programmed:
+        key = (p, self.ctx.mode, tuple(self.ctx.chips.tolist()))
+        if key in self._cache:
+            return self._cache[key]
+        prog = self._program(p)
+        if self.ctx.cache and self.ctx.mode == "run":
+            self._cache[key] = prog
+        return prog
+
+    def clear_cache(self):
+        self._cache.clear()
