@@ -135,8 +135,10 @@ class ProgrammingError(_Tabled):
     def _sigma_for_model(self):
         if self.model in ("sonos", "sonos_tcas", "pcm", "rram", "table", "factory") and self.sigma != 0:
             raise ValueError(
-                f"error.sigma: the '{self.model}' device model has its own sigma; "
-                + ("use error.scale to scale it" if self.model != "factory" else "leave error.sigma 0")
+                f"error.sigma: the '{self.model}' device model has a "
+                + {"factory": "sigma of its own (the user's function); leave error.sigma 0",
+                   "table": "measured sigma curve; use error.scale to scale it"}.get(
+                    self.model, "fitted sigma curve; use error.scale to scale it")
             )
         if self.model == "factory" and self.scale != 1:
             raise ValueError("error.scale: not used with error.model 'factory'")
