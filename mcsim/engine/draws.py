@@ -41,41 +41,43 @@ def row_partitions(part: Partitioning) -> torch.Tensor:
     return out
 
 
-def _column_blocks(hw: Hardware, part: Partitioning, kinds: int) -> tuple[torch.Tensor, int]:
-    """Per (output column, kind), ``(C_out, kinds)``, the column block (array) of a group's columns when
-    ``cols_max`` splits them, and the block count. A group's columns sit as in the grid circuit of
-    section 8: output-major, the devices of a differential pair side by side."""
+def _array_columns(hw: Hardware, part: Partitioning, kinds: int) -> tuple[torch.Tensor, int]:
+    """Per (output column, kind), ``(C_out, kinds)``, the array (column block) holding the column within
+    its (slice, group, partition) when ``cols_max`` splits a group's columns, and the block count. A
+    group's columns sit as in the grid circuit of section 8: output-major, the devices of a
+    differential pair side by side."""
     ng, groups = part.geom.ng, part.geom.groups
     width = hw.cols_max or ng * kinds
     col = torch.arange(ng).view(-1, 1) * kinds + torch.arange(kinds)  # (N_g, kinds)
     return (col // width).repeat(groups, 1), math.ceil(ng * kinds / width)
 
 
-def _variation_factors(hw: Hardware, seed: int, chips: torch.Tensor, layer_key: int, part: Partitioning,
-                       slices: int, kinds: int, device) -> tuple[torch.Tensor, torch.Tensor, list]:
-    """The standard normals of section 13.4 broadcast to ``(Tc, S, C_out, K)`` per kind: the chip's
-    ``(Tc, 1, 1, 1)``; the array's (partition x slice x group x column block), shared by both devices of
-    a differential pair; each physical column's, per kind. Components with sigma 0 are not drawn (None)."""
+def variation_factors(hw: Hardware, seed: int, chips: torch.Tensor, layer_key: int, part: Partitioning,
+                      slices: int, kinds: int, device) -> list[Optional[torch.Tensor]]:
+    """Per device kind, the factor of section 13.4 of every array column, float64 ``(Tc, S, C_out, P)``
+    (``(Tc, 1, 1, 1)`` with the chip component alone; a group's rows read their partition's column,
+    :func:`row_partitions`), or None per kind when no component is set. Normals: the chip's one per chip (keyed without the layer); the array's
+    one per (slice, group, partition, column block), shared by both devices of a differential pair; the
+    column's one per physical column (kind, slice, output column, partition)."""
     v, tc, geom = hw.variation, len(chips), part.geom
+    if not v.active:
+        return [None] * kinds
     e_chip = e_array = None
-    e_cols: list = [None] * kinds
     if v.chip > 0:
-        e_chip = rng.normal(rng.derive(seed, chips, _STREAM_CHIP), 1).to(device).view(tc, 1, 1, 1)
-    if v.array == 0 and v.column == 0:
-        return e_chip, e_array, e_cols
-    rows = row_partitions(part).to(device)  # (K,)
-    group = (torch.arange(geom.c_out) // geom.ng).to(device)  # (C_out,)
+        e_chip = rng.normal(rng.derive(seed, chips, _STREAM_CHIP), 1, torch.float64).view(tc, 1, 1, 1)
     if v.array > 0:
-        blocks, nb = _column_blocks(hw, part, kinds)
-        e = rng.normal(rng.derive(seed, chips, layer_key, _STREAM_ARRAY), slices * geom.groups * part.parts * nb)
-        e = e.to(device).view(tc, slices, geom.groups, part.parts, nb)
-        blocks = blocks.to(device)
-        e_array = [e[:, :, group.view(-1, 1), rows.view(1, -1), blocks[:, i].view(-1, 1)] for i in range(kinds)]
-    if v.column > 0:
-        for i in range(kinds):
-            e = rng.normal(rng.derive(seed, chips, layer_key, _STREAM_COLUMN + i), slices * geom.c_out * part.parts)
-            e_cols[i] = e.to(device).view(tc, slices, geom.c_out, part.parts)[..., rows]
-    return e_chip, e_array, e_cols
+        blocks, nb = _array_columns(hw, part, kinds)
+        e = rng.normal(rng.derive(seed, chips, layer_key, _STREAM_ARRAY), slices * geom.groups * part.parts * nb,
+                       torch.float64).view(tc, slices, geom.groups, part.parts, nb)
+        group = torch.arange(geom.c_out) // geom.ng
+        e_array = [e[:, :, group.view(-1, 1), torch.arange(part.parts).view(1, -1), blocks[:, i].view(-1, 1)]
+                   for i in range(kinds)]  # (Tc, S, C_out, P)
+    out = []
+    for i in range(kinds):
+        e_col = (rng.normal(rng.derive(seed, chips, layer_key, _STREAM_COLUMN + i), slices * geom.c_out * part.parts,
+                            torch.float64).view(tc, slices, geom.c_out, part.parts) if v.column > 0 else None)
+        out.append(variation.factor(v, e_chip, e_array[i] if e_array else None, e_col).to(device))
+    return out
 
 
 def program_devices(hw: Hardware, targets: dict[str, torch.Tensor], seed: int, chips: torch.Tensor,
@@ -98,9 +100,9 @@ def program_devices(hw: Hardware, targets: dict[str, torch.Tensor], seed: int, c
     def keys(stream: int) -> torch.Tensor:
         return rng.derive(seed, chips, layer_key, stream)
 
-    e_chip, e_array, e_cols = (
-        _variation_factors(hw, seed, chips, layer_key, part, next(iter(targets.values())).shape[0], len(targets), dev)
-        if programmed and var.active else (None, None, [None] * len(targets)))
+    factors = (variation_factors(hw, seed, chips, layer_key, part, next(iter(targets.values())).shape[0],
+                                 len(targets), dev) if programmed else [None] * len(targets))
+    rows = row_partitions(part).to(dev) if factors[0] is not None and factors[0].shape[-1] > 1 else None
     out, g0_sum, gt_sum = {}, None, None
     for i, (kind, target) in enumerate(targets.items()):
         g = target.expand(tc, -1, -1, -1)
@@ -110,10 +112,11 @@ def program_devices(hw: Hardware, targets: dict[str, torch.Tensor], seed: int, c
         if programmed:
             eps = (rng.chip_normal(keys(_STREAM_PROGRAM + i), n, dev).view_as(g) if err.model != "none"
                    else None)
-            if var.active:
+            if factors[i] is not None:
                 g = devices.perturb(g, err, eps, hw.gmin) if eps is not None else g
-                g = variation.correlated(g, var, e_chip, e_array[i] if e_array else None, e_cols[i])
-                g = devices.clip(g, err, hw.gmin)
+                f = factors[i].to(g.dtype)
+                f = f if rows is None else f.index_select(-1, rows)  # each device its array column's factor
+                g = devices.clip(g * f, err, hw.gmin)
             else:
                 g = devices.program(g, err, eps, hw.gmin)
         if stuck:

@@ -9,16 +9,22 @@ of a device's conductance about its target ``G``:
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from mcsim.hardware import Variation
 
 
-def correlated(g: torch.Tensor, v: Variation, e_chip: torch.Tensor, e_array: torch.Tensor,
-               e_column: torch.Tensor) -> torch.Tensor:
-    """``g * (1 + chip e_c) (1 + array e_a) (1 + column e_k)``, each ``e`` broadcast to ``g``'s shape;
-    a component with sigma 0 is skipped (its factor is exactly 1)."""
+def factor(v: Variation, e_chip: Optional[torch.Tensor], e_array: Optional[torch.Tensor],
+           e_column: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``(1 + chip e_c) (1 + array e_a) (1 + column e_k)`` (float64), the ``e`` broadcast together; a
+    component with sigma 0 is left out (its factor is exactly 1), None when all are. The programmed
+    conductances are ``G'_cell`` times it, broadcast to the devices (each device reads its chip's,
+    array's and column's factor)."""
+    out = None
     for s, e in ((v.chip, e_chip), (v.array, e_array), (v.column, e_column)):
         if s > 0:
-            g = g * (1 + s * e.to(g.dtype))
-    return g
+            f = 1 + s * e.double()
+            out = f if out is None else out * f
+    return out
