@@ -17,5 +17,4 @@ def stuck_masks(u: torch.Tensor, p_off: float, p_on: float) -> tuple[torch.Tenso
 
 def apply_stuck(g: torch.Tensor, off: torch.Tensor, on: torch.Tensor, gmin: float) -> torch.Tensor:
     """``g`` with the stuck devices at ``Gmin`` (off) or ``Gmax = 1`` (on)."""
-    g = torch.where(off, torch.as_tensor(gmin, dtype=g.dtype, device=g.device), g)
-    return torch.where(on, torch.as_tensor(1.0, dtype=g.dtype, device=g.device), g)
+    return g.masked_fill(off, gmin).masked_fill_(on, 1.0)
