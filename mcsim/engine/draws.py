@@ -56,9 +56,10 @@ def variation_factors(hw: Hardware, seed: int, chips: torch.Tensor, layer_key: i
                       slices: int, kinds: int, device) -> list[Optional[torch.Tensor]]:
     """Per device kind, the factor of section 13.4 of every array column, float64 ``(Tc, S, C_out, P)``
     (``(Tc, 1, 1, 1)`` with the chip component alone; a group's rows read their partition's column,
-    :func:`row_partitions`), or None per kind when no component is set. Normals: the chip's one per chip (keyed without the layer); the array's
-    one per (slice, group, partition, column block), shared by both devices of a differential pair; the
-    column's one per physical column (kind, slice, output column, partition)."""
+    :func:`row_partitions`), or None per kind when no component is set. Normals: the chip's one per
+    chip (keyed without the layer); the array's one per (slice, group, partition, column block),
+    shared by both devices of a differential pair; the column's one per physical column (kind,
+    slice, output column, partition)."""
     v, tc, geom = hw.variation, len(chips), part.geom
     if not v.active:
         return [None] * kinds
