@@ -360,7 +360,7 @@ class Hardware(_Strict):
                     at = "".join(f".{part}" for part in e.get("loc", ()))
                     problems.append(f"{where}{at}: {e['msg'].removeprefix('Value error, ')}")
                 continue
-            normalised[pattern] = _project(hw.model_dump(mode="json"), override)
+            normalised[pattern] = _project(hw.model_dump(mode="json"), _with_table_hashes(override))
         if problems:
             raise ValueError("\n".join(problems))
         object.__setattr__(self, "layers", normalised)
@@ -477,6 +477,16 @@ def check_patterns(patterns, names: list[str], field: str) -> None:
         problems.append(f"{field}: {kind} {pattern!r} matches no Conv2d/Linear layer of the model ({hint})")
     if problems:
         raise LayerNameError("\n".join(problems))
+
+
+def _with_table_hashes(override: dict) -> dict:
+    """``override`` with a ``sha256`` key beside every table ``file`` it sets, so that the stored
+    override (and so the scenario fingerprint) records the table's content (docs/physics.md 13.1)."""
+    out = dict(override)
+    for key in ("error", "read_noise", "drift"):
+        if isinstance(out.get(key), dict) and "file" in out[key]:
+            out[key] = {**out[key], "sha256": None}
+    return out
 
 
 def _project(full: Any, shape: Any) -> Any:

@@ -145,3 +145,12 @@ def test_the_example_table_is_the_cited_pcm_fit():
     g = torch.linspace(0.01, 1, 200, dtype=torch.float64)
     fit = devices.PROGRAMMING_FITS["pcm"].normalized_sigma(g)
     np.testing.assert_allclose(device_tables.curve(hw.error, "sigma")(g).numpy(), fit.numpy(), rtol=2e-3)
+
+
+def test_a_table_per_layer(tmp_path):
+    path = write(tmp_path, GOOD)
+    hw = Hardware(layers={"fc": {"error": {"model": "table", "file": path}}})
+    assert hw.for_layer("fc").error.sha256 == hw.layers["fc"]["error"]["sha256"]
+    assert hw.for_layer("conv1").error.model == "none"
+    with pytest.raises(ValidationError, match=r"layers.fc.error: .*line 4, column sigma"):
+        Hardware(layers={"fc": {"error": {"model": "table", "file": write(tmp_path, MALFORMED["negative_sigma"][0], "b.csv")}}})
