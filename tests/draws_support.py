@@ -7,7 +7,6 @@ from torch import nn
 
 from mcsim import Hardware
 from mcsim.engine import rng
-from mcsim.engine.arrays import Geometry, Partitioning
 from mcsim.engine.layers import AnalogLayer, Context
 from mcsim.models import randomized
 
