@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
 import re
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mcsim import tables
 from mcsim.designs import DESIGNS
 
 PositiveFloat = Field(gt=0)
@@ -31,6 +33,11 @@ class ADC(_Strict):
         None,
         description="explicit [lo, hi] in units of one Gmax device under full input voltage",
     )
+    offset_lsb: float = Field(0.0, ge=0, description="sigma of each ADC's input-referred offset, in LSB, drawn "
+                              "once per chip (docs/physics.md 13.6); 0 = none")
+    gain_sigma: float = Field(0.0, ge=0, description="sigma of each ADC's relative gain error g (gain 1 + g), "
+                              "drawn once per chip; 0 = none")
+    noise_lsb: float = Field(0.0, ge=0, description="comparator noise sigma per conversion, in LSB; 0 = none")
     slice_ranges: Literal["power_of_two", "independent"] = Field(
         "power_of_two",
         description="calibrated ranges of weight slices: differing only by powers of two (the study's "
@@ -54,37 +61,118 @@ class ADC(_Strict):
             raise ValueError("adc.limits: only used with adc.range 'explicit'")
         if self.grid and self.range != "calibrated":
             raise ValueError("adc.grid: only used with adc.range 'calibrated'")
+        if self.bits is None:
+            for key in ("offset_lsb", "gain_sigma", "noise_lsb"):
+                if getattr(self, key) != 0:
+                    raise ValueError(f"adc.{key}: an ideal ADC (adc.bits null) has no mismatch or noise; "
+                                     "set adc.bits or leave it 0")
         return self
 
+    @property
+    def mismatched(self) -> bool:
+        """Whether each ADC has its own offset or gain (drawn once per chip)."""
+        return self.offset_lsb != 0 or self.gain_sigma != 0
 
-class ProgrammingError(_Strict):
-    """docs/physics.md section 4: one draw per chip."""
 
-    model: Literal["none", "independent", "proportional", "sonos", "sonos_tcas", "pcm", "rram"] = "none"
+class _Tabled(_Strict):
+    """A setting that may read a measured device table (docs/physics.md 13.1)."""
+
+    file: Optional[str] = Field(None, description="measured table (CSV or NPZ; relative to the current "
+                                "directory) for model 'table'")
+    gmax: Optional[float] = Field(None, gt=0, description="the table's physical Gmax in its unit; null = the "
+                                  "file's '# gmax:' header")
+    unit: Optional[str] = Field(None, description="the table's unit (checked against the file's header)")
+    sha256: Optional[str] = Field(None, description="the table's content hash, filled when the scenario "
+                                  "loads (so the scenario fingerprint changes with the table)")
+
+    def _table(self, field: str, need: tuple[str, ...], used: bool):
+        """Check the table (filling ``sha256``) when ``used``; else refuse table settings."""
+        if not used:
+            given = [k for k in ("file", "gmax", "unit", "sha256") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"{field}.{given[0]}: only used with {field}.model 'table'")
+            return
+        if self.file is None:
+            raise ValueError(f"{field}.file: required with {field}.model 'table' (a CSV or NPZ table)")
+        table, _ = tables.load(self.file, need, self.gmax, self.unit, field)
+        if self.sha256 is not None and self.sha256 != table.sha256:
+            raise ValueError(f"{field}.sha256: the table {self.file!r} changed (sha256 {table.sha256[:12]}, "
+                             f"the scenario recorded {self.sha256[:12]}); results of the old table cannot "
+                             "be mixed with the new one: restore it or drop the recorded hash")
+        object.__setattr__(self, "sha256", table.sha256)
+
+
+def _check_factory(ref: Optional[str], field: str, used: bool) -> None:
+    if not used:
+        if ref is not None:
+            raise ValueError(f"{field}.factory: only used with {field}.model 'factory'")
+        return
+    if ref is None:
+        raise ValueError(f"{field}.factory: required with {field}.model 'factory' ('package.module:function')")
+    module_name, _, attr = ref.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"{field}.factory: {ref!r} is not of the form 'package.module:function'")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"{field}.factory: cannot import {ref!r} ({err})") from None
+    if not callable(fn):
+        raise ValueError(f"{field}.factory: {ref!r} is not callable")
+
+
+class ProgrammingError(_Tabled):
+    """docs/physics.md sections 4 and 13: one draw per chip."""
+
+    model: Literal["none", "independent", "proportional", "sonos", "sonos_tcas", "pcm", "rram", "table",
+                   "factory"] = "none"
     sigma: float = Field(0.0, ge=0, description="relative sigma (independent, proportional)")
     scale: float = Field(1.0, ge=0, description="multiplier of a fitted device model's sigma curve")
     clip: bool = True
+    factory: Optional[str] = Field(None, description="model 'factory': 'package.module:function' called as "
+                                   "fn(targets, eps, gmin) -> conductances (README, 'Your own device')")
 
     @model_validator(mode="after")
     def _sigma_for_model(self):
-        if self.model in ("sonos", "sonos_tcas", "pcm", "rram") and self.sigma != 0:
+        if self.model in ("sonos", "sonos_tcas", "pcm", "rram", "table", "factory") and self.sigma != 0:
             raise ValueError(
-                f"error.sigma: the '{self.model}' device model has a fitted sigma curve; "
-                "use error.scale to scale it"
+                f"error.sigma: the '{self.model}' device model has a "
+                + {"factory": "sigma of its own (the user's function); leave error.sigma 0",
+                   "table": "measured sigma curve; use error.scale to scale it"}.get(
+                    self.model, "fitted sigma curve; use error.scale to scale it")
             )
+        if self.model == "factory" and self.scale != 1:
+            raise ValueError("error.scale: not used with error.model 'factory'")
+        self._table("error", ("sigma",), self.model == "table")
+        _check_factory(self.factory, "error", self.model == "factory")
         return self
 
 
-class ReadNoise(_Strict):
-    """docs/physics.md section 4: drawn afresh at every MVM (every input bit when bit-serial)."""
+class ReadNoise(_Tabled):
+    """docs/physics.md sections 4 and 13.5: drawn afresh at every MVM (every input bit when bit-serial)."""
 
-    model: Literal["none", "independent", "proportional", "sonos"] = "none"
+    model: Literal["none", "independent", "proportional", "sonos", "pcm", "table"] = "none"
     sigma: float = Field(0.0, ge=0)
+    t_read_s: Optional[float] = Field(
+        None, gt=0, description="1/f read noise growing with the time since programming (drift.time_s): "
+        "sigma_r(G, t) = sigma_r(G) sqrt(log((t + t_read) / (2 t_read))); null = constant in time")
+
+    @model_validator(mode="after")
+    def _table_check(self):
+        if self.model in ("pcm", "table") and self.sigma != 0:
+            raise ValueError(f"read_noise.sigma: the '{self.model}' read-noise model has its own sigma curve")
+        if self.model == "pcm" and self.t_read_s is None:
+            raise ValueError("read_noise.t_read_s: the 'pcm' model is a 1/f coefficient that grows with time "
+                             "since programming; set t_read_s (the fit's: 250e-9) and drift.time_s")
+        self._table("read_noise", ("sigma_read",), self.model == "table")
+        return self
 
 
-class Drift(_Strict):
-    """docs/physics.md section 4 (beyond the study): G(t) = G0 (t/t0)^-nu, nu ~ N(nu_mean, nu_std) per device."""
+class Drift(_Tabled):
+    """docs/physics.md sections 4 and 13.5 (beyond the study): G(t) = G0 (t/t0)^-nu, nu ~ N(nu_mean, nu_std)
+    per device; nu_mean and nu_std constant, or functions of the target conductance (a table or the PCM fit)."""
 
+    model: Literal["constant", "pcm", "table"] = Field(
+        "constant", description="nu_mean/nu_std: constant, the PCM fit nu(G) (Nandakumar et al. 2019), or a table")
     time_s: Optional[float] = Field(None, gt=0, description="time since programming; null = no drift")
     t0_s: float = Field(20.0, gt=0)
     nu_mean: float = Field(0.05, ge=0)
@@ -95,7 +183,44 @@ class Drift(_Strict):
     def _t(self):
         if self.time_s is not None and self.time_s < self.t0_s:
             raise ValueError("drift.time_s: must be at least drift.t0_s")
+        if self.model != "constant":
+            for key in ("nu_mean", "nu_std"):  # compared with the defaults: dumps re-validate every field
+                if getattr(self, key) != Drift.model_fields[key].default:
+                    raise ValueError(f"drift.{key}: only used with drift.model 'constant' (the '{self.model}' "
+                                     "model gives nu as a function of G)")
+        self._table("drift", ("nu_mean", "nu_std"), self.model == "table")
         return self
+
+
+class Faults(_Strict):
+    """docs/physics.md 13.3: each device stuck after programming, drawn once per chip."""
+
+    stuck_off: float = Field(0.0, ge=0, le=1, description="probability that a device is stuck at Gmin")
+    stuck_on: float = Field(0.0, ge=0, le=1, description="probability that a device is stuck at Gmax")
+
+    @model_validator(mode="after")
+    def _total(self):
+        if self.stuck_off + self.stuck_on > 1:
+            raise ValueError(f"faults.stuck_on: stuck_off + stuck_on = {self.stuck_off + self.stuck_on:g} "
+                             "exceeds 1")
+        return self
+
+    @property
+    def active(self) -> bool:
+        return self.stuck_off > 0 or self.stuck_on > 0
+
+
+class Variation(_Strict):
+    """docs/physics.md 13.4: multiplicative conductance components shared per chip, array and column,
+    ``G' = G'_cell (1 + chip e_c) (1 + array e_a) (1 + column e_k)``."""
+
+    chip: float = Field(0.0, ge=0, description="relative sigma shared by every device of a chip (all layers)")
+    array: float = Field(0.0, ge=0, description="relative sigma shared by the devices of one array")
+    column: float = Field(0.0, ge=0, description="relative sigma shared by the devices of one array column")
+
+    @property
+    def active(self) -> bool:
+        return self.chip > 0 or self.array > 0 or self.column > 0
 
 
 class Parasitics(_Strict):
@@ -197,6 +322,8 @@ class Hardware(_Strict):
     error: ProgrammingError = ProgrammingError()
     read_noise: ReadNoise = ReadNoise()
     drift: Drift = Drift()
+    faults: Faults = Faults()
+    variation: Variation = Variation()
     parasitics: Parasitics = Parasitics()
     energy: Energy = Energy()
 
@@ -233,7 +360,7 @@ class Hardware(_Strict):
                     at = "".join(f".{part}" for part in e.get("loc", ()))
                     problems.append(f"{where}{at}: {e['msg'].removeprefix('Value error, ')}")
                 continue
-            normalised[pattern] = _project(hw.model_dump(mode="json"), override)
+            normalised[pattern] = _project(hw.model_dump(mode="json"), _with_table_hashes(override))
         if problems:
             raise ValueError("\n".join(problems))
         object.__setattr__(self, "layers", normalised)
@@ -249,6 +376,10 @@ class Hardware(_Strict):
                 f"slices: {self.slices} slices exceed the {self.magnitude_bits} bits stored per weight "
                 f"(weight_bits {self.weight_bits}, {self.mapping} mapping)"
             )
+        t_read = self.read_noise.t_read_s
+        if t_read is not None and (self.drift.time_s is None or self.drift.time_s <= t_read):
+            raise ValueError("read_noise.t_read_s: read noise growing with time needs drift.time_s (the "
+                             f"time since programming) above t_read_s {t_read:g} s")
         if self.input_mode == "bitserial" and self.input_bits is None:
             raise ValueError("input_mode: bit-serial inputs need integer input_bits, not null")
         if self.parasitics.rows == "gated" and self.input_mode != "bitserial":
@@ -306,6 +437,10 @@ class Hardware(_Strict):
             and self.error.model == "none"
             and self.read_noise.model == "none"
             and self.drift.time_s is None
+            and not self.faults.active
+            and not self.variation.active
+            and not self.adc.mismatched
+            and self.adc.noise_lsb == 0
             and self.parasitics.rp == 0
         )
 
@@ -342,6 +477,16 @@ def check_patterns(patterns, names: list[str], field: str) -> None:
         problems.append(f"{field}: {kind} {pattern!r} matches no Conv2d/Linear layer of the model ({hint})")
     if problems:
         raise LayerNameError("\n".join(problems))
+
+
+def _with_table_hashes(override: dict) -> dict:
+    """``override`` with a ``sha256`` key beside every table ``file`` it sets, so that the stored
+    override (and so the scenario fingerprint) records the table's content (docs/physics.md 13.1)."""
+    out = dict(override)
+    for key in ("error", "read_noise", "drift"):
+        if isinstance(out.get(key), dict) and "file" in out[key]:
+            out[key] = {**out[key], "sha256": None}
+    return out
 
 
 def _project(full: Any, shape: Any) -> Any:

@@ -52,16 +52,14 @@ def name_key(name: str) -> int:
     return _i64(int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little"))
 
 
-def chip_normal(keys: torch.Tensor, n: int, device) -> torch.Tensor:
-    """``(len(keys), n)`` standard normals (float32), row ``i`` from a CPU generator seeded by ``keys[i]``.
-
-    One generator per chip, so chips never share a stream and the rows are drawn side by side, on
-    up to ``torch.get_num_threads()`` threads (a generator's draws are sequential; the rows do not
-    depend on the thread count)."""
+def _chip_draws(keys: torch.Tensor, n: int, device, fill) -> torch.Tensor:
+    """``(len(keys), n)`` float32 draws, row ``i`` from ``fill(n, generator, out)`` with a CPU generator
+    seeded by ``keys[i]``, on up to ``torch.get_num_threads()`` threads (a generator's draws are
+    sequential; the rows do not depend on the thread count)."""
     out = torch.empty(len(keys), n)
 
     def draw(i: int, k: int) -> None:
-        torch.randn(n, generator=torch.Generator().manual_seed(k & (2**63 - 1)), out=out[i])
+        fill(n, generator=torch.Generator().manual_seed(k & (2**63 - 1)), out=out[i])
 
     ks = keys.tolist()
     threads = min(len(ks), torch.get_num_threads())
@@ -72,6 +70,17 @@ def chip_normal(keys: torch.Tensor, n: int, device) -> torch.Tensor:
         for i, k in enumerate(ks):
             draw(i, k)
     return out.to(device)
+
+
+def chip_normal(keys: torch.Tensor, n: int, device) -> torch.Tensor:
+    """``(len(keys), n)`` standard normals (float32), row ``i`` from a CPU generator seeded by ``keys[i]``:
+    one generator per chip, so chips never share a stream."""
+    return _chip_draws(keys, n, device, torch.randn)
+
+
+def chip_uniform(keys: torch.Tensor, n: int, device) -> torch.Tensor:
+    """``(len(keys), n)`` uniforms in [0, 1) (float32), keyed per chip as :func:`chip_normal`."""
+    return _chip_draws(keys, n, device, torch.rand)
 
 
 def normal(keys: torch.Tensor, n: int, dtype=torch.float32) -> torch.Tensor:

@@ -64,3 +64,11 @@ def full_range(rows: int, signed_inputs: bool, mapping: str, gmin: float, v_max:
         return -span, span
     span = rows * v_max
     return (-span if signed_inputs else 0.0), span
+
+
+def mismatched(scale: torch.Tensor, shift: torch.Tensor, gain: torch.Tensor,
+               offset_lsb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Section 13.6: the code transform of ADCs with gain ``g' = 1 + g`` and input-referred offset ``o``
+    (in LSB): ``code = round((g' y - lo) / step + o) = round(y * scale * g' + shift + o)``, so each
+    ADC's conv weights scale by ``g'`` and its code bias shifts by ``o`` (all broadcast together)."""
+    return scale * gain, shift + offset_lsb

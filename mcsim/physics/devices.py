@@ -1,10 +1,13 @@
-"""Device errors: docs/physics.md section 4. Pure functions of normalized conductances (Gmax = 1).
+"""Device errors: docs/physics.md sections 4 and 13. Pure functions of normalized conductances (Gmax = 1).
 
 Programming errors are drawn once per chip, read noise at every MVM (the engine draws it in
-output space from :func:`read_variance`), drift applies a per-device exponent ``nu``.
+output space from :func:`read_variance`), drift applies a per-device exponent ``nu``. Measured
+tables (section 13.1) and a user's own function (13.2) are programming models like the fits.
 """
 from __future__ import annotations
 
+import functools
+import importlib
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -12,6 +15,7 @@ from typing import Callable, Optional
 import torch
 
 from mcsim.hardware import Drift, Hardware, ProgrammingError, ReadNoise
+from mcsim.physics import device_tables
 
 
 @dataclass(frozen=True)
@@ -82,11 +86,14 @@ def fit_range_warning(name: str, fit: DeviceFit, gmin: float, setting: str = "on
 
 
 def hardware_warnings(hw: Hardware) -> list[str]:
-    """Warnings for device fits used outside their measured range (programming error, read noise)."""
+    """Warnings for device fits and measured tables used outside their measured range."""
     ratio = "on/off ratio " + ("infinite" if hw.on_off_ratio is None else f"{hw.on_off_ratio:g}")
     out = []
     for name, fits in ((hw.error.model, PROGRAMMING_FITS), (hw.read_noise.model, READ_FITS)):
         if name in fits and (msg := fit_range_warning(name, fits[name], hw.gmin, ratio)):
+            out.append(msg)
+    for field, setting in (("error", hw.error), ("read_noise", hw.read_noise), ("drift", hw.drift)):
+        if setting.model == "table" and (msg := device_tables.range_warning(field, setting, hw.gmin)):
             out.append(msg)
     return out
 
@@ -99,19 +106,84 @@ def _sigma(g: torch.Tensor, model: str, sigma: float, fits: dict, scale: float =
     return scale * fits[model].normalized_sigma(g)
 
 
-def program(g: torch.Tensor, err: ProgrammingError, eps: torch.Tensor, gmin: float) -> torch.Tensor:
-    """Programmed conductances ``G' = G + sigma(G) * eps`` (state-independent: sigma; proportional:
-    ``sigma * G``; device models: their fitted curve), clipped to ``[Gmin, Gmax]`` unless disabled."""
+@functools.lru_cache(maxsize=16)
+def user_function(ref: str) -> Callable:
+    """The user's device function ``'package.module:function'`` (section 13.2)."""
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def perturb(g: torch.Tensor, err: ProgrammingError, eps: torch.Tensor, gmin: float) -> torch.Tensor:
+    """Programmed conductances before clipping: ``G + sigma(G) * eps`` (state-independent: sigma;
+    proportional: ``sigma * G``; device models: their fitted curve), a measured table's
+    ``G + mu(G) + sigma(G) * eps`` (section 13.1), or the user's ``fn(G, eps, gmin)`` (13.2)."""
     if err.model == "none":
         return g
-    out = g + _sigma(g, err.model, err.sigma, PROGRAMMING_FITS, err.scale) * eps
-    return out.clamp(gmin, 1.0) if err.clip else out
+    if err.model == "factory":
+        out = user_function(err.factory)(g, eps, gmin)
+        if not isinstance(out, torch.Tensor) or out.shape != g.shape:
+            raise ValueError(f"error.factory: {err.factory!r} must return a tensor of the targets' shape "
+                             f"{tuple(g.shape)}, not {getattr(out, 'shape', type(out).__name__)}")
+        return out.to(g.dtype)
+    if err.model == "table":
+        mu = device_tables.curve(err, "mu")
+        return (g if mu is None else g + mu(g)) + err.scale * device_tables.curve(err, "sigma")(g) * eps
+    return g + _sigma(g, err.model, err.sigma, PROGRAMMING_FITS, err.scale) * eps
 
 
-def read_variance(g: torch.Tensor, noise: ReadNoise) -> torch.Tensor:
-    """Per-device read-noise variance ``var(dG)``; one column's output noise is
+def clip(g: torch.Tensor, err: ProgrammingError, gmin: float) -> torch.Tensor:
+    """Conductances clipped to ``[Gmin, Gmax]`` unless ``error.clip`` is off (section 4)."""
+    return g.clamp(gmin, 1.0) if err.clip else g
+
+
+def program(g: torch.Tensor, err: ProgrammingError, eps: torch.Tensor, gmin: float) -> torch.Tensor:
+    """Programmed conductances: :func:`perturb`, then :func:`clip` (no error model: the targets)."""
+    if err.model == "none":
+        return g
+    return clip(perturb(g, err, eps, gmin), err, gmin)
+
+
+def _pcm_read_sigma(g: torch.Tensor) -> torch.Tensor:
+    # The 1/f read-noise coefficient of PCM, Q_s(G) = min(0.0088 / max(G**0.65, 1e-3), 0.2) relative
+    # to G (Nandakumar et al., ICECS 2019; as aihwkit's PCMLikeNoiseModel, docs/physics.md 13.5).
+    return g.abs() * (0.0088 / g.abs().pow(0.65).clamp(min=1e-3)).clamp(max=0.2)
+
+
+def read_growth(noise: ReadNoise, time_s: Optional[float]) -> float:
+    """``sqrt(log((t + t_read) / (2 t_read)))``: 1/f read noise accumulated since programming
+    (section 13.5), 1 when the read noise is constant in time (``t_read_s`` null)."""
+    if noise.t_read_s is None:
+        return 1.0
+    if time_s is None:
+        raise ValueError("read_noise.t_read_s: read noise growing with time needs the time since "
+                         "programming (drift.time_s)")
+    return math.sqrt(math.log((time_s + noise.t_read_s) / (2 * noise.t_read_s)))
+
+
+def read_variance(g: torch.Tensor, noise: ReadNoise, time_s: Optional[float] = None) -> torch.Tensor:
+    """Per-device read-noise variance ``var(dG)`` at ``time_s`` since programming (the hardware's
+    ``drift.time_s``; needed when ``read_noise.t_read_s`` is set); one column's output noise is
     ``sum_j v_j**2 * var(dG_j)`` (section 4), which the engine draws in output space."""
-    return _sigma(g, noise.model, noise.sigma, READ_FITS) ** 2
+    if noise.model == "pcm":
+        sigma = _pcm_read_sigma(g)
+    elif noise.model == "table":
+        sigma = device_tables.curve(noise, "sigma_read")(g)
+    else:
+        sigma = _sigma(g, noise.model, noise.sigma, READ_FITS)
+    growth = read_growth(noise, time_s)
+    return (sigma * growth) ** 2 if growth != 1.0 else sigma**2
+
+
+def nu_moments(g: torch.Tensor, d: Drift) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drift exponent mean and spread at target conductances ``g`` (section 13.5): a measured table,
+    or the PCM fit of Nandakumar et al., ICECS 2019 (as aihwkit's PCMLikeNoiseModel):
+    ``nu_mean = clip(-0.0155 ln G + 0.0244, 0.049, 0.1)``, ``nu_std = clip(-0.0125 ln G - 0.0059, 0.008, 0.045)``."""
+    if d.model == "table":
+        return device_tables.curve(d, "nu_mean")(g), device_tables.curve(d, "nu_std")(g)
+    if d.model == "pcm":
+        ln = g.abs().clamp(min=1e-7).log()
+        return (-0.0155 * ln + 0.0244).clamp(0.049, 0.1), (-0.0125 * ln - 0.0059).clamp(0.008, 0.045)
+    raise ValueError(f"drift.model: {d.model!r} has constant nu (drift.nu_mean, drift.nu_std)")
 
 
 def drift(g: torch.Tensor, nu: torch.Tensor, d: Drift) -> torch.Tensor:

@@ -1,0 +1,186 @@
+"""Every per-chip random draw of an analog layer, keyed as docs/physics.md section 9 asks.
+
+:func:`program_devices` programs a block of chips in the order a fab would: the cell's programming
+error (section 4, or a measured table or the user's function, section 13.1-13.2), the correlated chip,
+array and column components (13.4), clipping, stuck devices (13.3), then drift to the read time
+(sections 4 and 13.5). :func:`adc_mismatch` draws each ADC's offset and gain (13.6),
+:func:`comparator_noise` the comparator noise of every conversion.
+
+Keys: ``rng.derive(seed, chip, layer_key, stream)`` with one stream per quantity and device kind;
+the chip component leaves out the layer key (one draw per chip for all its layers). Every draw
+depends on its chip's key alone, so a chip is the same chip in any block of chips.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from mcsim.engine import rng
+from mcsim.engine.arrays import Partitioning
+from mcsim.hardware import Hardware
+from mcsim.physics import devices, faults, variation
+
+# Streams (kind i adds i where a stream is per device kind). Values are fixed: they key existing chips.
+_STREAM_PROGRAM, _STREAM_DRIFT, _STREAM_READ = 1, 11, 101
+_STREAM_FAULTS = 21
+_STREAM_CHIP, _STREAM_ARRAY, _STREAM_COLUMN = 31, 32, 41
+_STREAM_ADC_GAIN, _STREAM_ADC_OFFSET, _STREAM_COMPARATOR = 51, 52, 102
+
+
+def row_partitions(part: Partitioning) -> torch.Tensor:
+    """The partition (array) holding each of a group's ``K`` rows, ``(K,)`` int64 (section 6)."""
+    geom, taps = part.geom, part.geom.taps
+    chans, mask = part.chans.cpu(), part.mask.cpu()
+    out = torch.empty(geom.rows, dtype=torch.int64)
+    for p in range(part.parts):
+        owned = (chans[p] < geom.cg).view(-1, 1) & mask[p].flatten(1).bool()  # (Cp, taps)
+        rows = chans[p].view(-1, 1) * taps + torch.arange(taps)
+        out[rows[owned]] = p
+    return out
+
+
+def _array_columns(hw: Hardware, part: Partitioning, kinds: int) -> tuple[torch.Tensor, int]:
+    """Per (output column, kind), ``(C_out, kinds)``, the array (column block) holding the column within
+    its (slice, group, partition) when ``cols_max`` splits a group's columns, and the block count. A
+    group's columns sit as in the grid circuit of section 8: output-major, the devices of a
+    differential pair side by side."""
+    ng, groups = part.geom.ng, part.geom.groups
+    width = hw.cols_max or ng * kinds
+    col = torch.arange(ng).view(-1, 1) * kinds + torch.arange(kinds)  # (N_g, kinds)
+    return (col // width).repeat(groups, 1), math.ceil(ng * kinds / width)
+
+
+def variation_factors(hw: Hardware, seed: int, chips: torch.Tensor, layer_key: int, part: Partitioning,
+                      slices: int, kinds: int, device) -> list[Optional[torch.Tensor]]:
+    """Per device kind, the factor of section 13.4 of every array column, float64 ``(Tc, S, C_out, P)``
+    (``(Tc, 1, 1, 1)`` with the chip component alone; a group's rows read their partition's column,
+    :func:`row_partitions`), or None per kind when no component is set. Normals: the chip's one per
+    chip (keyed without the layer); the array's one per (slice, group, partition, column block),
+    shared by both devices of a differential pair; the column's one per physical column (kind,
+    slice, output column, partition)."""
+    v, tc, geom = hw.variation, len(chips), part.geom
+    if not v.active:
+        return [None] * kinds
+    e_chip = e_array = None
+    if v.chip > 0:
+        e_chip = rng.normal(rng.derive(seed, chips, _STREAM_CHIP), 1, torch.float64).view(tc, 1, 1, 1)
+    if v.array > 0:
+        blocks, nb = _array_columns(hw, part, kinds)
+        e = rng.normal(rng.derive(seed, chips, layer_key, _STREAM_ARRAY), slices * geom.groups * part.parts * nb,
+                       torch.float64).view(tc, slices, geom.groups, part.parts, nb)
+        group = torch.arange(geom.c_out) // geom.ng
+        e_array = [e[:, :, group.view(-1, 1), torch.arange(part.parts).view(1, -1), blocks[:, i].view(-1, 1)]
+                   for i in range(kinds)]  # (Tc, S, C_out, P)
+    out = []
+    for i in range(kinds):
+        e_col = (rng.normal(rng.derive(seed, chips, layer_key, _STREAM_COLUMN + i), slices * geom.c_out * part.parts,
+                            torch.float64).view(tc, slices, geom.c_out, part.parts) if v.column > 0 else None)
+        out.append(variation.factor(v, e_chip, e_array[i] if e_array else None, e_col).to(device))
+    return out
+
+
+def program_devices(hw: Hardware, targets: dict[str, torch.Tensor], seed: int, chips: torch.Tensor,
+                    layer_key: int, part: Partitioning, error_free: bool
+                    ) -> tuple[dict[str, torch.Tensor], Optional[torch.Tensor]]:
+    """Per device kind ('pos'/'neg' or 'one', in the layer's order), programmed (and drifted)
+    conductances ``(Tc, S, C_out, K)``; and the global drift compensation factors alpha ``(Tc,)`` or None.
+
+    ``targets[kind]`` is the exact float64 ``(S, C_out, K)`` target of that kind, ``chips`` the
+    ``(Tc,)`` global chip indices, ``layer_key = rng.name_key(module name)``, ``part`` the layer's
+    partitioning. ``error_free`` (the ADC calibration pass) returns the targets. Sections 4, 13.1-13.5.
+    """
+    tc = len(chips)
+    dev = next(iter(targets.values())).device
+    err, d, flt, var = hw.error, hw.drift, hw.faults, hw.variation
+    programmed = not error_free and (err.model != "none" or var.active)
+    stuck = not error_free and flt.active
+    drifting = not error_free and d.time_s is not None
+
+    def keys(stream: int) -> torch.Tensor:
+        return rng.derive(seed, chips, layer_key, stream)
+
+    factors = (variation_factors(hw, seed, chips, layer_key, part, next(iter(targets.values())).shape[0],
+                                 len(targets), dev) if programmed else [None] * len(targets))
+    rows = row_partitions(part).to(dev) if factors[0] is not None and factors[0].shape[-1] > 1 else None
+    out, g0_sum, gt_sum = {}, None, None
+    for i, (kind, target) in enumerate(targets.items()):
+        g = target.expand(tc, -1, -1, -1)
+        n = g[0].numel()
+        if programmed or stuck or drifting:
+            g = g.float()  # random errors dwarf float32 rounding; exact targets stay float64
+        if programmed:
+            eps = (rng.chip_normal(keys(_STREAM_PROGRAM + i), n, dev).view_as(g) if err.model != "none"
+                   else None)
+            if factors[i] is not None:
+                g = devices.perturb(g, err, eps, hw.gmin) if eps is not None else g
+                f = factors[i].to(g.dtype)
+                f = f if rows is None else f.index_select(-1, rows)  # each device its array column's factor
+                g = devices.clip(g * f, err, hw.gmin)
+            else:
+                g = devices.program(g, err, eps, hw.gmin)
+        if stuck:
+            u = rng.chip_uniform(keys(_STREAM_FAULTS + i), n, dev).view_as(g)
+            off, on = faults.stuck_masks(u, flt.stuck_off, flt.stuck_on)
+            g = faults.apply_stuck(g, off, on, hw.gmin)
+        if drifting:
+            if d.model == "constant":
+                nu = d.nu_mean + d.nu_std * rng.chip_normal(keys(_STREAM_DRIFT + i), n, dev).view_as(g)
+            else:
+                mean, std = devices.nu_moments(target.to(g.dtype), d)
+                nu = mean + std * rng.chip_normal(keys(_STREAM_DRIFT + i), n, dev).view_as(g)
+            g0 = g.sum((1, 2, 3), dtype=torch.float64)
+            g = devices.drift(g, nu, d)
+            if stuck:  # a stuck device holds its state
+                g = faults.apply_stuck(g, off, on, hw.gmin)
+            gt = g.sum((1, 2, 3), dtype=torch.float64)
+            g0_sum, gt_sum = (g0, gt) if g0_sum is None else (g0_sum + g0, gt_sum + gt)
+        out[kind] = g
+    # Global drift compensation: rescale by the total conductance lost (a one-shot reference read).
+    alpha = (g0_sum / gt_sum).float() if d.compensate and gt_sum is not None else None
+    return out, alpha
+
+
+def adc_count(part: Partitioning, slices: int) -> int:
+    """ADCs of one chip's layer: one per (group, partition, slice, output column), in that order (the
+    split convolution's output channels per chip); a differential pair shares one (section 13.6)."""
+    return part.geom.groups * part.parts * slices * part.geom.ng
+
+
+def adc_mismatch(hw: Hardware, seed: int, chips: torch.Tensor, layer_key: int, n_adcs: int
+                 ) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """Each ADC's gain ``1 + g`` and input-referred offset ``o`` in LSB, float64 ``(Tc, n_adcs)`` each,
+    drawn once per chip (section 13.6), ADCs ordered as :func:`adc_count`; None without mismatch.
+    Apply with :func:`mcsim.physics.adc.mismatched` to the code transform of a run pass (not the
+    calibration pass: the range is calibrated on the error-free chip)."""
+    a = hw.adc
+    if not a.mismatched:
+        return None
+
+    def draw(sigma: float, stream: int) -> torch.Tensor:  # sigma 0: exact zeros
+        return sigma * rng.normal(rng.derive(seed, chips, layer_key, stream), n_adcs, torch.float64)
+
+    return 1 + draw(a.gain_sigma, _STREAM_ADC_GAIN), draw(a.offset_lsb, _STREAM_ADC_OFFSET)
+
+
+def comparator_noise(hw: Hardware, seed: int, chips: torch.Tensor, layer_key: int, image_ids: torch.Tensor,
+                     nb: int, r: int, n: int, dtype=torch.float32) -> Optional[torch.Tensor]:
+    """Comparator noise in LSB, ``(nb, r, Tc, n)``, added to the codes before rounding (section 13.6):
+    one normal per conversion, keyed by chip, image, token and input bit as the read noise (``r`` rows
+    of ``len(image_ids)`` images times their tokens, ``nb`` input bits, ``n`` ADC outputs per chip and
+    row); None when ``adc.noise_lsb`` is 0."""
+    if hw.adc.noise_lsb == 0:
+        return None
+    tokens = r // len(image_ids)
+    dev = chips.device
+    keys = rng.derive(
+        seed,
+        chips.view(1, 1, -1),
+        layer_key,
+        _STREAM_COMPARATOR,
+        image_ids.to(dev).repeat_interleave(tokens).view(1, -1, 1),
+        torch.arange(tokens, device=dev).repeat(len(image_ids)).view(1, -1, 1),
+        torch.arange(nb, device=dev).view(-1, 1, 1),
+    )
+    return hw.adc.noise_lsb * rng.normal(keys, n, dtype)
