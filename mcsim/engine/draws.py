@@ -164,23 +164,36 @@ def adc_mismatch(hw: Hardware, seed: int, chips: torch.Tensor, layer_key: int, n
     return 1 + draw(a.gain_sigma, _STREAM_ADC_GAIN), draw(a.offset_lsb, _STREAM_ADC_OFFSET)
 
 
-def comparator_noise(hw: Hardware, seed: int, chips: torch.Tensor, layer_key: int, image_ids: torch.Tensor,
-                     nb: int, r: int, n: int, dtype=torch.float32) -> Optional[torch.Tensor]:
-    """Comparator noise in LSB, ``(nb, r, Tc, n)``, added to the codes before rounding (section 13.6):
-    one normal per conversion, keyed by chip, image, token and input bit as the read noise (``r`` rows
-    of ``len(image_ids)`` images times their tokens, ``nb`` input bits, ``n`` ADC outputs per chip and
-    row); None when ``adc.noise_lsb`` is 0."""
-    if hw.adc.noise_lsb == 0:
-        return None
+def _per_read(seed: int, chips: torch.Tensor, layer_key: int, stream: int, image_ids: torch.Tensor,
+              nb: int, r: int, n: int, dtype) -> torch.Tensor:
+    """Normals ``(nb, r, Tc, n)`` drawn afresh at every read: one stream per (chip, image, token, input
+    bit), ``r`` rows being ``len(image_ids)`` images times their tokens (a Linear fed ``(batch, tokens,
+    features)`` reads each token on its own), ``n`` values per chip and row."""
     tokens = r // len(image_ids)
     dev = chips.device
     keys = rng.derive(
         seed,
         chips.view(1, 1, -1),
         layer_key,
-        _STREAM_COMPARATOR,
+        stream,
         image_ids.to(dev).repeat_interleave(tokens).view(1, -1, 1),
         torch.arange(tokens, device=dev).repeat(len(image_ids)).view(1, -1, 1),
         torch.arange(nb, device=dev).view(-1, 1, 1),
     )
-    return hw.adc.noise_lsb * rng.normal(keys, n, dtype)
+    return rng.normal(keys, n, dtype)
+
+
+def read_noise(seed: int, chips: torch.Tensor, layer_key: int, image_ids: torch.Tensor, nb: int, r: int, n: int,
+               dtype=torch.float32) -> torch.Tensor:
+    """Read-noise normals ``(nb, r, Tc, n)`` (section 4), keyed by chip, image, token and input bit."""
+    return _per_read(seed, chips, layer_key, _STREAM_READ, image_ids, nb, r, n, dtype)
+
+
+def comparator_noise(hw: Hardware, seed: int, chips: torch.Tensor, layer_key: int, image_ids: torch.Tensor,
+                     nb: int, r: int, n: int, dtype=torch.float32) -> Optional[torch.Tensor]:
+    """Comparator noise in LSB, ``(nb, r, Tc, n)``, added to the codes before rounding (section 13.6):
+    one normal per conversion, keyed as the read noise on a stream of its own (``n`` ADC outputs per
+    chip and row); None when ``adc.noise_lsb`` is 0."""
+    if hw.adc.noise_lsb == 0:
+        return None
+    return hw.adc.noise_lsb * _per_read(seed, chips, layer_key, _STREAM_COMPARATOR, image_ids, nb, r, n, dtype)

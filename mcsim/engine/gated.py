@@ -66,7 +66,7 @@ class GatedColumns:
         for c in range(tc):
             g = prog.circuit[c].to(self._gated_dtype(p))  # (g, P, rows, kinds * S * N_g)
             for r0 in range(0, r, chunk):
-                y = self._gated_codes(u[:, c, r0 : r0 + chunk], g, bit_weights, prog, p)
+                y = self._gated_codes(u[:, c, r0 : r0 + chunk], g, bit_weights, prog, p, c)
                 k[:, r0 : r0 + chunk, c] = y.view(*y.shape[:-1], hp, wp)
         if u2 is not None:
             inp = part.gather_inputs(u2).permute(0, 2, 1, 3, 4, 5, 6, 7).flatten(0, 1).flatten(1, 4)
@@ -75,7 +75,7 @@ class GatedColumns:
         return k, (bit_weights if p.serial else [1.0])
 
     def _gated_codes(self, bits: torch.Tensor, g: torch.Tensor, bit_weights: list[float], prog: Programmed,
-                     p: Pass) -> torch.Tensor:
+                     p: Pass, chip: int) -> torch.Tensor:
         """One chip's bit planes ``(nb, rc, C, H, W)`` through its circuits ``g (g, P, rows, cols)``:
         codes (or raw outputs) ``(nb', rc, g, P, S, N_g, H' * W')`` in the layer's dtype. Elementwise
         steps are single roundings (no fused multiply-add), so a value never depends on the chunk."""
@@ -96,10 +96,9 @@ class GatedColumns:
             for b in range(1, nb):
                 acc += y[:, :, b] * bit_weights[b]
             y = acc.unsqueeze(2)
-        scale, shift = prog.codes
-        y = y * scale.to(y.device).view(-1, 1)
-        if shift is not None:
-            y += shift.to(y.device).view(-1, 1)
+        y = y * _per_column(prog.codes[0], chip).to(y.device)
+        if prog.codes[1] is not None:
+            y += _per_column(prog.codes[1], chip).to(y.device)
         return y.permute(2, 3, 0, 1, 5, 6, 4).to(self.digital_weight.dtype)  # (nb', rc, g, P, S, N_g, L)
 
     def _gated_dtype(self, p: Pass) -> torch.dtype:
@@ -113,3 +112,8 @@ class GatedColumns:
         kh, kw = self.geom.kernel
         return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
 
+
+def _per_column(t: torch.Tensor, chip: int) -> torch.Tensor:
+    """A code transform's scale or shift, per slice ``(S,)`` or per ADC ``(Tc, g, P, S, N_g)``, for the
+    chip's solved outputs ``(g, P, nb', rc, L, S, N_g)``."""
+    return t.view(-1, 1) if t.dim() == 1 else t[chip][:, :, None, None, None]

@@ -37,13 +37,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mcsim.engine import rng
+from mcsim.engine import draws, rng
 from mcsim.engine.arrays import Geometry, Partitioning
 from mcsim.engine.calibration import Calibrated, power_of_two_ranges, subsample
 from mcsim.engine.conv import Weight, canonical_conv, grouped_conv
 from mcsim.engine.gated import GatedColumns
 from mcsim.engine.programming import Programming
-from mcsim.engine.records import STREAM_READ, Context, Mode, Pass, Programmed
+from mcsim.engine.records import Context, Mode, Pass, Programmed
 from mcsim.hardware import Hardware
 from mcsim.physics import adc, dac, mapping
 
@@ -285,6 +285,11 @@ class AnalogLayer(Programming, Calibrated, GatedColumns, nn.Module):
                 for s in range(self.n_slices):
                     self._record(f"adc_{s}", subsample(k[:, :, :, :, :, s]))
             return k, [1.0] * self.n_slices, [0.0] * self.n_slices
+        c = self.ctx
+        noise = draws.comparator_noise(self.hw, c.seed, c.chips, self.key, c.image_ids, k.shape[0], k.shape[1],
+                                       k[0, 0, 0].numel(), k.dtype)
+        if noise is not None:  # comparator noise, one draw per conversion (docs/physics.md section 13)
+            k += noise.view_as(k)
         adc.codes_(k, p.adc_bits)
         lo, hi = self._adc_limits()
         return k, ((hi - lo) / (2**p.adc_bits - 1)).tolist(), lo.tolist()
@@ -325,18 +330,6 @@ class AnalogLayer(Programming, Calibrated, GatedColumns, nn.Module):
         return ((sv * w).sum(0) * (self.offset / self._input_scale(p.planes))).unsqueeze(3)
 
     def _read_noise(self, nb: int, r: int, n: int) -> torch.Tensor:
-        """Read-noise normals ``(nb, r, Tc, n)``, streams keyed by chip, image, token and input bit."""
-        ids = self.ctx.image_ids
-        tokens = r // len(ids)  # a Linear fed (batch, tokens, features): each token is its own read
-        dev = self.ctx.chips.device
-        keys = rng.derive(
-            self.ctx.seed,
-            self.ctx.chips.view(1, 1, -1),
-            self.key,
-            STREAM_READ,
-            ids.to(dev).repeat_interleave(tokens).view(1, -1, 1),
-            torch.arange(tokens, device=dev).repeat(len(ids)).view(1, -1, 1),
-            torch.arange(nb, device=dev).view(-1, 1, 1),
-        )
-        return rng.normal(keys, n, self.digital_weight.dtype)
-
+        """Read-noise normals ``(nb, r, Tc, n)`` (:func:`mcsim.engine.draws.read_noise`)."""
+        c = self.ctx
+        return draws.read_noise(c.seed, c.chips, self.key, c.image_ids, nb, r, n, self.digital_weight.dtype)

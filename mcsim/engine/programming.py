@@ -14,10 +14,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from mcsim.engine import rng
+from mcsim.engine import draws
 from mcsim.engine.arrays import Geometry, Partitioning
 from mcsim.engine.conv import ConvWeight, Weight
-from mcsim.engine.records import STREAM_DRIFT, STREAM_PROGRAM, Context, Pass, Programmed
+from mcsim.engine.records import Context, Pass, Programmed
 from mcsim.hardware import Hardware
 from mcsim.physics import adc, devices, parasitics
 
@@ -39,31 +39,11 @@ class Programming:
     kinds: list[str]
     _cache: dict[tuple, Programmed]
 
-    def _keys(self, stream: int) -> torch.Tensor:
-        return rng.derive(self.ctx.seed, self.ctx.chips, self.key, stream)
-
     def _program_devices(self, error_free: bool):
-        """Per device kind, programmed (and drifted) conductances ``(Tc, S, C_out, K)``."""
-        hw, tc, dev = self.hw, len(self.ctx.chips), self.digital_weight.device
-        out, g0_sum, gt_sum = {}, None, None
-        for i, kind in enumerate(self.kinds):
-            g = getattr(self, f"target_{kind}").expand(tc, -1, -1, -1)
-            n = g[0].numel()
-            if not error_free and (hw.error.model != "none" or hw.drift.time_s is not None):
-                g = g.float()  # random errors dwarf float32 rounding; exact targets stay float64
-            if not error_free and hw.error.model != "none":
-                eps = rng.chip_normal(self._keys(STREAM_PROGRAM + i), n, dev).view_as(g)
-                g = devices.program(g, hw.error, eps, hw.gmin)
-            if not error_free and hw.drift.time_s is not None:
-                nu = hw.drift.nu_mean + hw.drift.nu_std * rng.chip_normal(self._keys(STREAM_DRIFT + i), n, dev).view_as(g)
-                g0 = g.sum((1, 2, 3), dtype=torch.float64)
-                g = devices.drift(g, nu, hw.drift)
-                gt = g.sum((1, 2, 3), dtype=torch.float64)
-                g0_sum, gt_sum = (g0, gt) if g0_sum is None else (g0_sum + g0, gt_sum + gt)
-            out[kind] = g
-        # Global drift compensation: rescale by the total conductance lost (a one-shot reference read).
-        alpha = (g0_sum / gt_sum).float() if hw.drift.compensate and gt_sum is not None else None
-        return out, alpha
+        """Per device kind, programmed (and drifted) conductances ``(Tc, S, C_out, K)``, and the drift
+        compensation factors (:func:`mcsim.engine.draws.program_devices`)."""
+        targets = {kind: getattr(self, f"target_{kind}") for kind in self.kinds}
+        return draws.program_devices(self.hw, targets, self.ctx.seed, self.ctx.chips, self.key, self.part, error_free)
 
     def _effective(self, arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Section 8: the IR-drop-aware effective conductances of every array (columns independent, or a grid)."""
@@ -96,7 +76,7 @@ class Programming:
         g, alpha = self._program_devices(p.calibrating)
         var = None
         if not p.calibrating and hw.read_noise.model != "none":
-            var = sum(devices.read_variance(x, hw.read_noise) for x in g.values())
+            var = sum(devices.read_variance(x, hw.read_noise, hw.drift.time_s) for x in g.values())
         circuit = self._circuits(g) if p.gated else None
         if hw.parasitics.rp > 0 and not p.gated:
             g = self._effective({k: self.part.split(x) for k, x in g.items()})
@@ -115,7 +95,7 @@ class Programming:
             alpha,
             bias.reshape(-1).to(w.device, dtype) if bias is not None else None,
             circuit,
-            self._slice_codes(p) if p.gated else None,
+            self._codes(p) if p.gated else None,
         )
 
     def _kept(self, weight: torch.Tensor) -> Weight:
@@ -131,18 +111,36 @@ class Programming:
         return m.permute(0, 3, 4, 5, 1, 2, 6).flatten(-3).contiguous()
 
     def _split_weights(self, w, var, p: Pass):
-        """Arrays ``(Tc, g, P, S, N_g, Cp, kh, kw)`` scaled to emit ADC codes (or raw y when calibrating)."""
+        """Arrays ``(Tc, g, P, S, N_g, Cp, kh, kw)`` scaled to emit ADC codes (or raw y when calibrating),
+        and the codes' bias ``(Tc * g * P, S * N_g)`` (None without digitization)."""
         geo, tc = self.geom, len(self.ctx.chips)
 
-        def arrange(t, per_slice):  # (Tc, S, [g, P, N_g, Cp, kh, kw]) -> (Tc, g, P, S, N_g, Cp, kh, kw)
+        def arrange(t, scale):  # (Tc, S, [g, P, N_g, Cp, kh, kw]) -> (Tc, g, P, S, N_g, Cp, kh, kw)
             t = t.float() if t.dim() == 8 else self.part.split(t.float())  # ADC steps dwarf float32 rounding
-            return t.permute(0, 2, 3, 1, 4, 5, 6, 7) * per_slice.view(-1, 1, 1, 1, 1).to(t)
+            scale = scale.view(-1, 1, 1, 1, 1) if scale.dim() == 1 else scale[..., None, None, None]
+            return t.permute(0, 2, 3, 1, 4, 5, 6, 7) * scale.to(t)
 
-        cs, code_shift = self._slice_codes(p)
+        scale, shift = self._codes(p)
         bias = None
-        if code_shift is not None:
-            bias = code_shift.view(-1, 1).expand(-1, geo.ng).reshape(1, -1).expand(tc * geo.groups * self.part.parts, -1)
-        return arrange(w, cs), (arrange(var, cs**2) if var is not None else None), bias
+        if shift is not None and shift.dim() == 1:  # per slice: the same for every chip
+            bias = shift.view(-1, 1).expand(-1, geo.ng).reshape(1, -1).expand(tc * geo.groups * self.part.parts, -1)
+        elif shift is not None:  # per ADC of every chip, (Tc, g, P, S, N_g)
+            bias = shift
+        return arrange(w, scale), (arrange(var, scale**2) if var is not None else None), bias
+
+    def _codes(self, p: Pass) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """:meth:`_slice_codes`, per ADC ``(Tc, g, P, S, N_g)`` where the chips' ADCs are mismatched
+        (docs/physics.md section 13: each ADC's gain scales its code, its offset shifts it)."""
+        scale, shift = self._slice_codes(p)
+        mismatch = None
+        if p.adc_bits is not None:  # a run pass with a real ADC: calibration sees the ideal converter
+            mismatch = draws.adc_mismatch(self.hw, self.ctx.seed, self.ctx.chips, self.key,
+                                          draws.adc_count(self.part, self.n_slices))
+        if mismatch is None:
+            return scale, shift
+        per_adc = (len(self.ctx.chips), self.geom.groups, self.part.parts, self.n_slices, self.geom.ng)
+        gain, offset = (m.view(per_adc).to(scale.device) for m in mismatch)
+        return adc.mismatched(scale.view(-1, 1), shift.view(-1, 1), gain, offset)
 
     def _slice_codes(self, p: Pass) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Per slice, ``code = scale * y_in + shift`` (float64, (S,)), ``y_in`` a column output for the

@@ -17,10 +17,6 @@ import torch
 from mcsim.engine.conv import Weight
 from mcsim.hardware import Hardware
 
-# Keyed random streams of a layer (docs/physics.md section 9): per chip and device kind i,
-# programming error (PROGRAM + i) and drift exponent (DRIFT + i); per read, read noise.
-STREAM_PROGRAM, STREAM_DRIFT, STREAM_READ = 1, 11, 101
-
 Mode = Literal["run", "probe", "calibrate_inputs", "calibrate_adc"]
 
 
@@ -84,7 +80,8 @@ class Programmed:
     alpha: Optional[torch.Tensor]  # (Tc,) drift compensation factors
     bias: Optional[torch.Tensor] = None  # conv bias (ADC code shift, or the layer's bias when folded)
     # Gated rows (section 8): every chip's arrays as circuits ``(Tc, g, P, rows, kinds * S * N_g)`` in
-    # physical row order (columns kind-major, then slice, then output), and per slice the code
-    # transform ``(scale, shift)`` (float64, (S,); shift None without digitization).
+    # physical row order (columns kind-major, then slice, then output), and the code transform
+    # ``(scale, shift)``, float64, per slice (S,) or per mismatched ADC (Tc, g, P, S, N_g); shift None
+    # without digitization.
     circuit: Optional[torch.Tensor] = None
     codes: Optional[tuple[torch.Tensor, Optional[torch.Tensor]]] = None
