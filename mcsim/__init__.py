@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Hardware": "mcsim.hardware",
     "convert": "mcsim.engine.convert",
-    "count_energy": "mcsim.engine.energy",
+    "count_energy": "mcsim.engine.counting",
     "load_scenario": "mcsim.scenario",
     "run_scenario": "mcsim.api",
     "open_result": "mcsim.api",

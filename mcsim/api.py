@@ -42,7 +42,7 @@ def run_scenario(
         progress: draw the run's progress on stderr (rich), as the CLI does.
         output: the result store (path or fsspec URL); default the scenario's ``output``.
         workers: worker processes (or Ray workers); default ``execution.workers``.
-        address: run the tasks on Ray (:class:`~mcsim.runner.ray.RayExecutor`): ``"local"``
+        address: run the tasks on Ray (:class:`~mcsim.runner.ray_executor.RayExecutor`): ``"local"``
             starts a Ray instance on this machine; ``"auto"``, ``"host:6379"`` or
             ``"ray://host:10001"`` use a running cluster. None (default): local worker processes.
         on_event: receives each :mod:`mcsim.runner.events` event of the run (instead of the
@@ -67,7 +67,7 @@ def run_scenario(
         scenario = load_scenario(scenario)
     factory = None
     if address is not None:
-        from mcsim.runner.ray import RayExecutor, check_address
+        from mcsim.runner.ray_executor import RayExecutor, check_address
 
         if not dry_run:  # an unreachable cluster is reported before anything is written
             check_address(address)

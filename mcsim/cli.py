@@ -39,7 +39,7 @@ def _input_errors() -> tuple[type[BaseException], ...]:
 
     errors: list[type[BaseException]] = [ScenarioError, StoreError, SetupError]
     for module, name in (("mcsim.data", "DataError"), ("mcsim.models", "ModelError"),
-                         ("mcsim.runner.ray", "ConnectError")):
+                         ("mcsim.runner.ray_executor", "ConnectError")):
         if module in sys.modules:
             errors.append(getattr(sys.modules[module], name))
     return tuple(errors)
@@ -69,11 +69,11 @@ class _Guard:
             from mcsim.runner.store import StoreError
             from mcsim.scenario import ScenarioError
 
-            plain = (ScenarioError, StoreError) + ((sys.modules["mcsim.runner.ray"].ConnectError,)
-                                                   if "mcsim.runner.ray" in sys.modules else ())
+            plain = (ScenarioError, StoreError) + ((sys.modules["mcsim.runner.ray_executor"].ConnectError,)
+                                                   if "mcsim.runner.ray_executor" in sys.modules else ())
             prefix = "" if self.source is None or isinstance(exc, plain) else f"{self.source}: "
             _fail(prefix + str(exc), EXIT_BAD_INPUT)
-        from mcsim.runner.queue import RunError
+        from mcsim.runner.jobs import RunError
 
         if issubclass(exc_type, RunError):
             _fail(f"{exc}\nThe results so far are kept; run again to resume.", EXIT_FAILED)
@@ -366,7 +366,7 @@ DashboardOpt = typer.Option(..., "--address", help="the cluster's dashboard, e.g
 
 def _job_client(address: str):
     """A JobSubmissionClient of ``address``; an unreachable address is bad input (exit 2)."""
-    from mcsim.runner.ray import ray_env
+    from mcsim.runner.ray_executor import ray_env
 
     ray_env()
     from ray.job_submission import JobSubmissionClient

@@ -49,7 +49,7 @@ class SetupError(ValueError):
 
 class Executor(Protocol):
     """What the driver needs of an executor (:class:`~mcsim.runner.local.LocalExecutor`,
-    :class:`~mcsim.runner.ray.RayExecutor`): a context manager that runs jobs.
+    :class:`~mcsim.runner.ray_executor.RayExecutor`): a context manager that runs jobs.
 
     ``workers`` and ``threads`` are logged in the run record once the executor has started (a
     Ray pool sizes itself then); ``device`` is known once a worker has loaded the model.
@@ -290,7 +290,7 @@ def energy_layers(scenario: Scenario) -> Optional[list[str]]:
     """The layers whose energy a run counts (every Conv/Linear of the model); None: no counting."""
     if not scenario.energy:
         return None
-    from mcsim.engine.energy import layer_names
+    from mcsim.engine.counting import layer_names
     from mcsim.models import load_model
 
     return layer_names(load_model(scenario.model))
@@ -433,7 +433,7 @@ def run(
     """Run ``scenario`` (resuming its store) and return the result dataset; None for a dry run.
 
     ``executor_factory(scenario, workers)`` makes the executor (default: :class:`LocalExecutor`;
-    :class:`mcsim.runner.ray.RayExecutor` runs on Ray); it must be a context manager with
+    :class:`mcsim.runner.ray_executor.RayExecutor` runs on Ray); it must be a context manager with
     ``run(jobs)`` yielding results and a ``device`` attribute. ``check_device=False`` skips
     the check that ``execution.device`` exists on this machine (a Ray executor's workers run
     elsewhere: the driver of a GPU study may run on a CPU head). ``on_event`` receives the

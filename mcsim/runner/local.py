@@ -27,7 +27,7 @@ from typing import Any, Iterable, Iterator, Optional
 
 from mcsim.runner.malloc import with_tunables
 from mcsim.runner.plan import Task
-from mcsim.runner.queue import JobQueue, RunError, TaskError
+from mcsim.runner.jobs import JobQueue, RunError, TaskError
 
 __all__ = ["LocalExecutor", "RunError", "TaskError", "available_cores", "default_workers"]
 

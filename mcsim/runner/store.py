@@ -84,7 +84,7 @@ STORE_FORMAT = 2  # bump when the layout changes (2: the result at the root, the
 LEDGER = "ledger"  # the ledger's group
 COUNT_VARS = ("correct_top1", "correct_top5")
 ENERGY_VARS = ("energy_counts", "energy_joules")  # ledger
-# Names of the energy dims' entries: engine.energy.COUNTS and physics.energy.COMPONENTS (kept in
+# Names of the energy dims' entries: engine.counting.COUNTS and physics.prices.COMPONENTS (kept in
 # step by tests/test_energy.py; this module does not import the engine).
 ENERGY_COUNTS = ("adc_conversions", "dac_pulses", "row_slots", "array_g_v2", "digital_adds", "digital_macs")
 ENERGY_COMPONENTS = ("adc", "dac", "array", "digital")

@@ -3,7 +3,7 @@
 Opt-in, and off by default: ``with counting(analog_model) as counter: analog_model(x)`` makes every
 analog layer report, on each evaluation call, the operations its physical design performs, from
 the engine's own geometry (partitions, slices, input bits) and the programmed chips. The counts
-are exact; :mod:`mcsim.physics.energy` prices them. Counting never changes an output: it reads the
+are exact; :mod:`mcsim.physics.prices` prices them. Counting never changes an output: it reads the
 layer's quantized inputs, re-derives the chips' conductances from their keyed random streams (the
 same chips, docs/physics.md section 9) and runs its own convolutions beside the layer's.
 
@@ -45,7 +45,7 @@ from torch import nn
 
 from mcsim.hardware import Energy
 from mcsim.physics import dac
-from mcsim.physics import energy as price
+from mcsim.physics import prices as price
 
 if TYPE_CHECKING:  # the engine's modules import this one's hook through the Context only
     from mcsim.engine.convert import AnalogModel
@@ -72,7 +72,7 @@ class EnergyCounts:
         return np.stack([self.counts[k] for k in COUNTS], axis=1)
 
     def joules(self, energy: Optional[Energy] = None) -> np.ndarray:
-        """Energy ``(T, 4)`` by component (``physics.energy.COMPONENTS``), in J: each layer priced
+        """Energy ``(T, 4)`` by component (``physics.prices.COMPONENTS``), in J: each layer priced
         with its own ``hardware.energy``, or every layer with ``energy`` when given."""
         return self.joules_per_layer(energy).sum(2)
 

@@ -6,7 +6,7 @@ group takes its next job from the same group while there is one, then an untouch
 helps with the group that has the most jobs left. A failed job goes back to the front of its group
 until it has failed more than ``max_retries`` times (then :class:`TaskError`).
 
-Both executors (:mod:`mcsim.runner.local`, :mod:`mcsim.runner.ray`) use it; it knows nothing of
+Both executors (:mod:`mcsim.runner.local`, :mod:`mcsim.runner.ray_executor`) use it; it knows nothing of
 processes or Ray.
 """
 from __future__ import annotations

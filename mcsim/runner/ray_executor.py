@@ -36,7 +36,7 @@ from typing import Any, Iterable, Iterator, Optional
 from mcsim.runner.local import available_cores
 from mcsim.runner.malloc import with_tunables
 from mcsim.runner.plan import Task
-from mcsim.runner.queue import JobQueue, RunError, TaskError
+from mcsim.runner.jobs import JobQueue, RunError, TaskError
 
 __all__ = ["ConnectError", "RayExecutor", "check_address", "init_ray", "ray_env"]
 
