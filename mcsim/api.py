@@ -75,7 +75,7 @@ def run_scenario(
         def factory(sc, n):
             return RayExecutor(sc, n, address=address)
     if on_event is None and progress:
-        from mcsim.cli import ProgressView
+        from mcsim.progress import ProgressView
 
         on_event = ProgressView()
     return driver.run(scenario, output=None if output is None else str(output), overwrite=overwrite,

@@ -13,6 +13,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mcsim.designs import DESIGNS
+from mcsim.errors import InputError
 
 PositiveFloat = Field(gt=0)
 
@@ -314,8 +315,10 @@ _PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _GLOB_CHARS = set("*?[")
 
 
-class LayerNameError(ValueError):
+class LayerNameError(InputError, ValueError):
     """A per-layer pattern that names no layer of the model (the message lists close matches)."""
+
+    in_scenario = True
 
 
 def is_glob(pattern: str) -> bool:

@@ -27,12 +27,15 @@ from torch import nn
 
 from mcsim.engine.attention import ATTENTION_MODULES, DIGITAL_ATTENTION, projection_names, rewrite_attention
 from mcsim.engine.layers import AnalogLayer, Context, DigitalLayer
+from mcsim.errors import InputError
 from mcsim.hardware import Hardware, check_patterns
 from mcsim.physics import devices
 
 
-class ConversionError(ValueError):
+class ConversionError(InputError, ValueError):
     """A model mcsim cannot convert; the message names the module and why."""
+
+    in_scenario = True
 
 
 class _Tracer(torch.fx.Tracer):

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Protocol
 
 import numpy as np
 
+from mcsim.errors import InputError
 from mcsim.runner.events import EventSink, Message, Phase, PhaseEnded, PhaseStarted, Plan, TaskDone, ignore
 from mcsim.runner.plan import RunPlan, make_plan
 from mcsim.runner.store import (
@@ -43,8 +44,10 @@ from mcsim.sweep import SweepPlan, expand, needs_layer_names
 __all__ = ["Executor", "ExecutorFactory", "Pending", "Prepared", "RunRecord", "SetupError", "prepare", "run"]
 
 
-class SetupError(ValueError):
+class SetupError(InputError, ValueError):
     """The scenario cannot run here (e.g. a CUDA device asked for on a machine without one)."""
+
+    in_scenario = True
 
 
 class Executor(Protocol):
@@ -103,7 +106,7 @@ def device_type(device: Optional[str]) -> Optional[str]:
     return None if device is None else str(device).split(":")[0]
 
 
-_AGAIN = "pass overwrite=True (CLI: --overwrite) to delete it and start again, or choose another output path"
+_AGAIN = "pass overwrite=True to delete it and start again, or choose another output path"
 
 
 def check_output(path: str, scenario: Scenario, overwrite: bool) -> StoreInfo:
@@ -115,8 +118,8 @@ def check_output(path: str, scenario: Scenario, overwrite: bool) -> StoreInfo:
     if overwrite:
         return info
     if info.kind == "zarr":
-        raise StoreError(f"{path} is a Zarr store that mcsim did not write; pass overwrite=True (CLI: "
-                         "--overwrite) to replace it, or choose another output path")
+        raise StoreError(f"{path} is a Zarr store that mcsim did not write; pass overwrite=True "
+                         "to replace it, or choose another output path")
     if info.kind == "mcsim" and info.attrs.get("state") != "creating":
         if info.fingerprint != scenario.fingerprint:
             other = info.attrs.get("name", "?")

@@ -15,10 +15,12 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Optional
 
+from mcsim.errors import RunFailure
+
 __all__ = ["JobQueue", "RunError", "TaskError"]
 
 
-class RunError(RuntimeError):
+class RunError(RunFailure, RuntimeError):
     """The run cannot go on (a task failed too often, the workers cannot start)."""
 
 
