@@ -96,9 +96,9 @@ def versions() -> dict:
     """The versions that make the numbers (a store is only resumed by the same ones)."""
     import torch
 
-    import mcsim
+    from mcsim._version import __version__
 
-    return {"mcsim_version": mcsim.__version__, "torch_version": str(torch.__version__)}
+    return {"mcsim_version": __version__, "torch_version": str(torch.__version__)}
 
 
 def device_type(device: Optional[str]) -> Optional[str]:
