@@ -32,7 +32,8 @@ def run_scenario(
 
     The result store is resumed when it holds an unfinished run of the same scenario, computed by
     the same mcsim and torch versions on the same device type; anything else there is refused
-    unless ``overwrite``.
+    unless ``overwrite``. Bad input raises an :class:`~mcsim.errors.InputError` before anything is
+    computed; a run that cannot finish, a :class:`~mcsim.errors.RunFailure` (:mod:`mcsim.errors`).
 
     Args:
         scenario: a YAML path or a :class:`~mcsim.scenario.Scenario`.
@@ -56,10 +57,12 @@ def run_scenario(
         StoreError: a store at ``output`` that this run may not use (another scenario, mcsim or
             torch version, device type, or not an mcsim store).
         SetupError: ``execution.device`` is not available here.
+        ConnectError: the Ray cluster at ``address`` cannot be reached (or started).
         RunError: a task failed after its retries (the results so far are kept: run again).
 
-    >>> ds = run_scenario("scenarios/quickstart.yaml", progress=False)  # doctest: +SKIP
-    >>> ds["top1"].mean("trial")  # doctest: +SKIP
+    Examples:
+        >>> ds = run_scenario("scenarios/quickstart.yaml", progress=False)  # doctest: +SKIP
+        >>> ds["top1"].mean("trial")  # doctest: +SKIP
     """
     from mcsim.runner import driver
 
@@ -100,10 +103,13 @@ def open_result(path: Union[str, os.PathLike], *, partial: bool = False) -> xr.D
         calibration; the scenario and run log as attributes.
 
     Raises:
-        StoreError: no mcsim store at ``path``, or an unfinished one (unless ``partial``).
+        StoreError: no mcsim store at ``path``, one of another store format, or an unfinished
+            one (unless ``partial``); an :class:`~mcsim.errors.InputError`.
 
-    >>> ds = open_result("outputs/quickstart.zarr")  # doctest: +SKIP
-    >>> ds["top1"].quantile([0.05, 0.95], dim="trial")  # doctest: +SKIP
+    Examples:
+        >>> ds = open_result("outputs/quickstart.zarr")  # doctest: +SKIP
+        >>> ds["top1"].quantile([0.05, 0.95], dim="trial")  # doctest: +SKIP
+        >>> open_result("outputs/half-done.zarr", partial=True)["complete"]  # doctest: +SKIP
     """
     from mcsim.runner.store import open_result as _open
 

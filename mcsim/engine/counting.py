@@ -234,11 +234,37 @@ def layer_names(model: nn.Module) -> list[str]:
 
 @contextmanager
 def counting(model: "AnalogModel") -> Iterator[EnergyCounter]:
-    """Count the operations of every evaluation call (``model(x)``) made inside the block.
+    """Count the operations of every evaluation call (``model(x)``) made inside the block
+    (``mcsim.count_energy``; docs/physics.md section 12).
 
-    >>> with counting(analog) as counter:          # doctest: +SKIP
-    ...     analog(images)
-    >>> counter.result().joules()  # (T, 4) J per image, by component
+    The counts are exact and of the physical design (this module's documentation lists them);
+    counting changes no output. Calibration passes inside the block are not counted.
+
+    Args:
+        model: a converted model (:func:`mcsim.convert`), calibrated as it needs to evaluate.
+
+    Returns:
+        A context manager that yields an :class:`EnergyCounter`: its :meth:`~EnergyCounter.result`
+        gives the :class:`EnergyCounts` per image so far (``counts[name]`` ``(T, L)`` per chip and
+        layer; ``joules()`` ``(T, 4)`` J per image by component: ADC, DAC, array, digital, priced
+        with each layer's ``hardware.energy``).
+
+    Raises:
+        RuntimeError: from the evaluation inside the block, as without counting (an uncalibrated
+            model that needs calibrating).
+
+    Examples:
+        >>> import torch, mcsim
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+        >>> analog = mcsim.convert(net, trials=2, device="cpu")
+        >>> _ = analog.calibrate([torch.rand(32, 1, 8, 8)])
+        >>> with mcsim.count_energy(analog) as counter:
+        ...     _ = analog(torch.rand(5, 1, 8, 8))
+        >>> counts = counter.result()
+        >>> counts.images, counts.layers, counts.joules().shape  # (chips, components)
+        (5, ['1'], (2, 4))
+        >>> float(counts.counts["adc_conversions"][0, 0])  # 10 columns x 1 partition x 1 slice per image
+        10.0
     """
     from mcsim.engine.layers import AnalogLayer
 
