@@ -276,17 +276,8 @@ class RayExecutor:
         """Run ``(task, calibration)`` jobs; yield each result as its task finishes."""
         import ray
 
-        if not self.actors:
-            self.start()
-        queue = JobQueue(self.max_retries)
-        refs: dict[int, Any] = {}  # id(calibration dict) -> (dict, its object ref): one put per point
-        for task_id, (task, calibration) in enumerate(jobs):
-            if calibration is not None:
-                key = id(calibration)
-                if key not in refs:
-                    refs[key] = (calibration, ray.put(calibration))
-                calibration = refs[key][1]
-            queue.push((task_id, task, calibration))
+        self.start()  # a no-op once started
+        queue = JobQueue.of(jobs, self.max_retries, share=ray.put)  # one put per point's calibration
         idle = list(self._ready)
         groups: dict[int, Optional[tuple]] = {i: None for i in range(len(self.actors))}
         running: dict[Any, tuple[int, tuple]] = {}  # ref -> (actor index, job)
