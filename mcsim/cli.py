@@ -66,8 +66,8 @@ class _Guard:
         if issubclass(exc_type, InputError):
             prefix = f"{self.source}: " if self.source is not None and exc.in_scenario else ""
             _fail(prefix + _cli_words(exc), EXIT_BAD_INPUT)
-        if issubclass(exc_type, RunFailure):
-            _fail(f"{_cli_words(exc)}\nThe results so far are kept; run again to resume.", EXIT_FAILED)
+        if issubclass(exc_type, RunFailure):  # verbatim: it may hold a task's traceback
+            _fail(f"{exc}\nThe results so far are kept; run again to resume.", EXIT_FAILED)
         return False
 
 
