@@ -95,7 +95,7 @@ def measure(kind: str, workers: int, scenario_path: Path, output: str) -> dict:
 
     def factory(s, n):
         if kind == "ray":
-            from mcsim.runner.ray import RayExecutor
+            from mcsim.runner.ray_executor import RayExecutor
 
             return Wrapped(RayExecutor(s, workers, address="local"))
         from mcsim.runner.local import LocalExecutor

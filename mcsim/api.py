@@ -32,7 +32,8 @@ def run_scenario(
 
     The result store is resumed when it holds an unfinished run of the same scenario, computed by
     the same mcsim and torch versions on the same device type; anything else there is refused
-    unless ``overwrite``.
+    unless ``overwrite``. Bad input raises an :class:`~mcsim.errors.InputError` before anything is
+    computed; a run that cannot finish, a :class:`~mcsim.errors.RunFailure` (:mod:`mcsim.errors`).
 
     Args:
         scenario: a YAML path or a :class:`~mcsim.scenario.Scenario`.
@@ -42,7 +43,7 @@ def run_scenario(
         progress: draw the run's progress on stderr (rich), as the CLI does.
         output: the result store (path or fsspec URL); default the scenario's ``output``.
         workers: worker processes (or Ray workers); default ``execution.workers``.
-        address: run the tasks on Ray (:class:`~mcsim.runner.ray.RayExecutor`): ``"local"``
+        address: run the tasks on Ray (:class:`~mcsim.runner.ray_executor.RayExecutor`): ``"local"``
             starts a Ray instance on this machine; ``"auto"``, ``"host:6379"`` or
             ``"ray://host:10001"`` use a running cluster. None (default): local worker processes.
         on_event: receives each :mod:`mcsim.runner.events` event of the run (instead of the
@@ -56,10 +57,12 @@ def run_scenario(
         StoreError: a store at ``output`` that this run may not use (another scenario, mcsim or
             torch version, device type, or not an mcsim store).
         SetupError: ``execution.device`` is not available here.
+        ConnectError: the Ray cluster at ``address`` cannot be reached (or started).
         RunError: a task failed after its retries (the results so far are kept: run again).
 
-    >>> ds = run_scenario("scenarios/quickstart.yaml", progress=False)  # doctest: +SKIP
-    >>> ds["top1"].mean("trial")  # doctest: +SKIP
+    Examples:
+        >>> ds = run_scenario("scenarios/quickstart.yaml", progress=False)  # doctest: +SKIP
+        >>> ds["top1"].mean("trial")  # doctest: +SKIP
     """
     from mcsim.runner import driver
 
@@ -67,7 +70,7 @@ def run_scenario(
         scenario = load_scenario(scenario)
     factory = None
     if address is not None:
-        from mcsim.runner.ray import RayExecutor, check_address
+        from mcsim.runner.ray_executor import RayExecutor, check_address
 
         if not dry_run:  # an unreachable cluster is reported before anything is written
             check_address(address)
@@ -75,7 +78,7 @@ def run_scenario(
         def factory(sc, n):
             return RayExecutor(sc, n, address=address)
     if on_event is None and progress:
-        from mcsim.cli import ProgressView
+        from mcsim.progress import ProgressView
 
         on_event = ProgressView()
     return driver.run(scenario, output=None if output is None else str(output), overwrite=overwrite,
@@ -100,10 +103,13 @@ def open_result(path: Union[str, os.PathLike], *, partial: bool = False) -> xr.D
         calibration; the scenario and run log as attributes.
 
     Raises:
-        StoreError: no mcsim store at ``path``, or an unfinished one (unless ``partial``).
+        StoreError: no mcsim store at ``path``, one of another store format, or an unfinished
+            one (unless ``partial``); an :class:`~mcsim.errors.InputError`.
 
-    >>> ds = open_result("outputs/quickstart.zarr")  # doctest: +SKIP
-    >>> ds["top1"].quantile([0.05, 0.95], dim="trial")  # doctest: +SKIP
+    Examples:
+        >>> ds = open_result("outputs/quickstart.zarr")  # doctest: +SKIP
+        >>> ds["top1"].quantile([0.05, 0.95], dim="trial")  # doctest: +SKIP
+        >>> open_result("outputs/half-done.zarr", partial=True)["complete"]  # doctest: +SKIP
     """
     from mcsim.runner.store import open_result as _open
 

@@ -1,16 +1,21 @@
 """The ``mcsim`` command line: run, validate, report, plot.
 
-Exit codes: 0 success; 1 the run failed (a task failed after its retries); 2 bad input (an
-invalid scenario, missing data or model, a result store that may not be used); 130 interrupted.
+Exit codes: 0 success; 1 the run failed (a task failed after its retries: a
+:class:`~mcsim.errors.RunFailure`); 2 bad input (an invalid scenario, missing data or model, a
+result store that may not be used: an :class:`~mcsim.errors.InputError`); 130 interrupted.
 Bad input is reported in one paragraph, without a traceback, and nothing is written.
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+from mcsim.errors import InputError, RunFailure
+from mcsim.progress import make_console as _console
 
 app = typer.Typer(
     name="mcsim",
@@ -24,25 +29,16 @@ app = typer.Typer(
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
 
 
-def _console(stderr: bool = False, width: Optional[int] = None):
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+#: How library messages spell a fix (the Python API's keyword arguments) -> this CLI's option.
+_OPTIONS = {"overwrite=True": "--overwrite", "partial=True": "--partial", "address=": "--address "}
 
 
-def _input_errors() -> tuple[type[BaseException], ...]:
-    """The exception types that mean bad input. Modules not imported cannot have raised theirs,
-    so this imports nothing heavy."""
-    from mcsim.runner.driver import SetupError
-    from mcsim.runner.store import StoreError
-    from mcsim.scenario import ScenarioError
-
-    errors: list[type[BaseException]] = [ScenarioError, StoreError, SetupError]
-    for module, name in (("mcsim.data", "DataError"), ("mcsim.models", "ModelError"),
-                         ("mcsim.runner.ray", "ConnectError")):
-        if module in sys.modules:
-            errors.append(getattr(sys.modules[module], name))
-    return tuple(errors)
+def _cli_words(err: BaseException) -> str:
+    """The message of ``err`` with the Python API's keyword arguments named as this CLI's options."""
+    text = str(err)
+    for python, option in _OPTIONS.items():
+        text = re.sub(rf"\b{re.escape(python)}", option, text)
+    return text
 
 
 def _fail(message: str, code: int) -> None:
@@ -51,8 +47,10 @@ def _fail(message: str, code: int) -> None:
 
 
 class _Guard:
-    """Turns known errors into a clear message and an exit code; ``source`` (the scenario file)
-    prefixes the messages of data and model errors, as scenario errors have it already."""
+    """Turns mcsim's errors (:mod:`mcsim.errors`) into a clear message and an exit code by their
+    branch; ``source`` (the scenario file) prefixes the messages about one of its settings
+    (:attr:`~mcsim.errors.InputError.in_scenario`: data, model, device), as scenario errors have it
+    already."""
 
     def __init__(self, source: Optional[Path] = None):
         self.source = source
@@ -65,97 +63,12 @@ class _Guard:
             return False
         if issubclass(exc_type, KeyboardInterrupt):
             _fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED)
-        if issubclass(exc_type, _input_errors()):
-            from mcsim.runner.store import StoreError
-            from mcsim.scenario import ScenarioError
-
-            plain = (ScenarioError, StoreError) + ((sys.modules["mcsim.runner.ray"].ConnectError,)
-                                                   if "mcsim.runner.ray" in sys.modules else ())
-            prefix = "" if self.source is None or isinstance(exc, plain) else f"{self.source}: "
-            _fail(prefix + str(exc), EXIT_BAD_INPUT)
-        from mcsim.runner.queue import RunError
-
-        if issubclass(exc_type, RunError):
+        if issubclass(exc_type, InputError):
+            prefix = f"{self.source}: " if self.source is not None and exc.in_scenario else ""
+            _fail(prefix + _cli_words(exc), EXIT_BAD_INPUT)
+        if issubclass(exc_type, RunFailure):  # verbatim: it may hold a task's traceback
             _fail(f"{exc}\nThe results so far are kept; run again to resume.", EXIT_FAILED)
         return False
-
-
-class ProgressView:
-    """Draws the events of a run (:mod:`mcsim.runner.events`) with rich, on stderr.
-
-    Messages and the plan are lines; a phase is a progress bar (tasks done, images/s, ETA) on a
-    terminal, or a line every few seconds in a log (e.g. a Ray job's output). The plan of a dry
-    run goes to stdout: it is the command's output.
-    """
-
-    def __init__(self, console=None, out=None):
-        self.console = console or _console(stderr=True)
-        self.out = out or _console()
-        self._phase = None
-
-    def __call__(self, event) -> None:
-        from mcsim.runner import events as ev
-
-        if isinstance(event, ev.Message):
-            self.console.print(event.text, markup=False)
-        elif isinstance(event, ev.Plan):
-            if event.dry_run:
-                self.out.print(event.title, markup=False)
-            for line in event.lines:
-                (self.out if event.dry_run else self.console).print(("  " if event.dry_run else "") + line,
-                                                                    markup=False)
-        elif isinstance(event, ev.PhaseStarted):
-            self._phase = _PhaseView(self.console, event)
-        elif isinstance(event, ev.TaskDone) and self._phase is not None:
-            self._phase.advance(event.work, event.images)
-        elif isinstance(event, ev.PhaseEnded) and self._phase is not None:
-            self._phase.close()
-            self._phase = None
-
-
-class _PhaseView:
-    """One phase: a rich progress bar on a terminal, else a line every 5 s and at the end."""
-
-    def __init__(self, console, event):
-        import time
-
-        self.console, self.name, self.n_tasks = console, event.phase, event.tasks
-        self.done = self.images = 0
-        self.start = self.last = time.perf_counter()
-        self.bar = None
-        if not console.is_terminal:
-            console.print(f"{self.name}: 0/{self.n_tasks} tasks", markup=False)
-            return
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.bar = Progress(
-            TextColumn("{task.description}"), BarColumn(),
-            TextColumn("{task.fields[tasks]} tasks"), TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=console, transient=False,
-        )
-        self.bar.start()
-        self.id = self.bar.add_task(self.name, total=event.work, tasks=f"0/{self.n_tasks}", rate="")
-
-    def advance(self, work: int, images: int) -> None:
-        import time
-
-        self.done += 1
-        self.images += images
-        t = time.perf_counter()
-        rate = self.images / max(t - self.start, 1e-9)
-        if self.bar is not None:
-            self.bar.update(self.id, advance=work, tasks=f"{self.done}/{self.n_tasks}",
-                            rate=f"{rate:,.0f} images/s" if self.images else "")
-        elif t - self.last >= 5 or self.done == self.n_tasks:
-            self.last = t
-            self.console.print(f"{self.name}: {self.done}/{self.n_tasks} tasks"
-                               + (f", {rate:,.0f} images/s" if self.images else "")
-                               + f", {t - self.start:.0f} s", markup=False)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 ScenarioArg = typer.Argument(..., help="the scenario YAML file", show_default=False)
@@ -366,7 +279,7 @@ DashboardOpt = typer.Option(..., "--address", help="the cluster's dashboard, e.g
 
 def _job_client(address: str):
     """A JobSubmissionClient of ``address``; an unreachable address is bad input (exit 2)."""
-    from mcsim.runner.ray import ray_env
+    from mcsim.runner.ray_executor import ray_env
 
     ray_env()
     from ray.job_submission import JobSubmissionClient

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
+from mcsim.errors import InputError
 from mcsim.specs import SPLITS, CalibrationSpec, DataSpec  # noqa: F401  (re-exported)
 from mcsim.specs import check_split as _check_split
 from mcsim.specs import split_ref as _split_ref
@@ -37,8 +38,10 @@ _CALIB_SEED = 2  # calibration subset
 _IMAGENET_META = ("meta.bin", "ILSVRC2012_devkit_t12.tar.gz")
 
 
-class DataError(ValueError):
+class DataError(InputError, ValueError):
     """A data problem; the message starts with the offending field (``data.root: ...``)."""
+
+    in_scenario = True
 
 
 class ImageDataset(Dataset):

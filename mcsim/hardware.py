@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mcsim import tables
 from mcsim.designs import DESIGNS
+from mcsim.errors import InputError
 
 PositiveFloat = Field(gt=0)
 
@@ -395,12 +396,24 @@ class Hardware(_Strict):
         Every pattern of ``layers`` that matches ``name`` (``fnmatch``: ``*`` also matches dots,
         so ``"layer4.*"`` covers ``layer4.0.conv1``) applies on top of this hardware, nested
         settings merged key by key. Order: globs first, in the order written, then the exact
-        name: a later pattern wins over an earlier one, an exact name over every glob. The
-        result has no ``layers`` of its own.
+        name: a later pattern wins over an earlier one, an exact name over every glob.
 
-        >>> hw = Hardware(adc={"bits": 8}, layers={"*": {"adc": {"bits": 6}}, "fc": {"analog": False}})
-        >>> hw.for_layer("conv1").adc.bits, hw.for_layer("fc").analog, hw.for_layer("fc").adc.bits
-        (6, False, 6)
+        Args:
+            name: the layer's module path (``"layer4.0.conv1"``; :func:`mcsim.engine.convert.crossbar_layers`
+                lists a model's).
+
+        Returns:
+            A :class:`Hardware`: this one with every matching override applied, without
+            ``layers`` or ``design`` of its own (a design's settings keep their values).
+
+        Raises:
+            pydantic.ValidationError: the overrides that match ``name``, merged, break a rule of
+                the hardware (each override alone was checked when this hardware was built).
+
+        Examples:
+            >>> hw = Hardware(adc={"bits": 8}, layers={"*": {"adc": {"bits": 6}}, "fc": {"analog": False}})
+            >>> hw.for_layer("conv1").adc.bits, hw.for_layer("fc").analog, hw.for_layer("fc").adc.bits
+            (6, False, 6)
         """
         data = self.model_dump(exclude={"layers", "design"})
         for pattern in matching_patterns(self.layers, name):
@@ -449,8 +462,10 @@ _PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _GLOB_CHARS = set("*?[")
 
 
-class LayerNameError(ValueError):
+class LayerNameError(InputError, ValueError):
     """A per-layer pattern that names no layer of the model (the message lists close matches)."""
+
+    in_scenario = True
 
 
 def is_glob(pattern: str) -> bool:

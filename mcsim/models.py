@@ -29,13 +29,16 @@ import torchvision
 from torch import nn
 
 from .data import DataSpec, import_object, load_split
+from .errors import InputError
 from .specs import BUILTIN_MODELS, ModelSpec  # noqa: F401  (ModelSpec re-exported)
 
 RECIPE_VERSION = 1  # bump when training code changes in a way the recipe fields do not show
 
 
-class ModelError(ValueError):
+class ModelError(InputError, ValueError):
     """A model problem; the message starts with the offending field (``model.weights: ...``)."""
+
+    in_scenario = True
 
 
 # ---------------------------------------------------------------- built-in architectures

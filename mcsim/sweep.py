@@ -37,15 +37,12 @@ import itertools
 import json
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Mapping, Optional
+from typing import Any, Literal, Mapping, Optional, Protocol
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from mcsim.hardware import Hardware, check_patterns
 from mcsim.validation import ScenarioError, StrictModel, canonical_json, format_validation_error, model_behind
-
-if TYPE_CHECKING:
-    from mcsim.scenario import Scenario
 
 __all__ = [
     "LAYER_DIM",
@@ -54,6 +51,7 @@ __all__ = [
     "Sweep",
     "SweepPlan",
     "SweepPoint",
+    "SweptScenario",
     "apply_overrides",
     "dim_name",
     "dim_name_problems",
@@ -513,7 +511,16 @@ def normalized_sweep(hardware: Hardware, sweep: Sweep) -> Sweep:
     return Sweep(grid=grid, zip=zipped, layers=sweep.layers)
 
 
-def needs_layer_names(scenario: "Scenario") -> bool:
+class SweptScenario(Protocol):
+    """What expanding a sweep reads of a scenario: a :class:`mcsim.scenario.Scenario` is one (the
+    scenario's schema sits above the sweep's and imports it, so this module names it only so)."""
+
+    name: str
+    hardware: Hardware
+    sweep: Sweep
+
+
+def needs_layer_names(scenario: SweptScenario) -> bool:
     """Whether expanding or checking ``scenario`` needs its model's layer names (a layer sweep,
     or per-layer overrides whose patterns must match a layer)."""
     sweep = scenario.sweep
@@ -521,7 +528,7 @@ def needs_layer_names(scenario: "Scenario") -> bool:
             or any(key_parts(k)[:2] == ["hardware", "layers"] for k in sweep.keys()))
 
 
-def expand(scenario: "Scenario", layer_names: Optional[list[str]] = None) -> SweepPlan:
+def expand(scenario: SweptScenario, layer_names: Optional[list[str]] = None) -> SweepPlan:
     """All sweep points of ``scenario``, in C order over the dims.
 
     ``layer_names``: the model's Conv2d/Linear layers (:func:`mcsim.engine.convert.crossbar_layers`),

@@ -14,13 +14,15 @@ from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from mcsim.errors import InputError
+
 __all__ = ["ScenarioError", "StrictModel", "canonical_json", "format_validation_error", "model_behind"]
 
 # A message that starts with a field path, e.g. "slices: 16 slices exceed ..." (hardware.py style).
 _PATH_PREFIX_RE = re.compile(r"^([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*): (.*)$", re.S)
 
 
-class ScenarioError(ValueError):
+class ScenarioError(InputError, ValueError):
     """An invalid scenario. ``str(err)`` has one ``<source>: <problem>`` line per problem."""
 
     def __init__(self, source: str, problems: Union[str, list[str]]):

@@ -9,7 +9,7 @@ import torchvision
 
 import mcsim.engine.conv as conv
 from mcsim import Hardware, convert
-from mcsim.engine.energy import counting
+from mcsim.engine.counting import counting
 from mcsim.engine.convert import ieee_float32
 from mcsim.engine.conv import canonical_conv, chipwise_conv
 from mcsim.models import randomized

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mcsim import Hardware, convert
-from mcsim.engine.energy import counting
+from mcsim.engine.counting import counting
 from mcsim.hardware import Energy
-from mcsim.physics import energy as price
+from mcsim.physics import prices as price
 
 
 def _counts(net, hw, x, trials=1, seed=0):
@@ -225,10 +225,10 @@ def test_differential_reads_less_array_energy_than_offset(workload):
 
 # ---------------------------------------------------------------------------------------- in the result
 def test_names_of_the_store_follow_the_engine():
-    from mcsim.engine import energy as engine_energy
+    from mcsim.engine import counting as engine_counting
     from mcsim.runner import store
 
-    assert store.ENERGY_COUNTS == engine_energy.COUNTS
+    assert store.ENERGY_COUNTS == engine_counting.COUNTS
     assert store.ENERGY_COMPONENTS == price.COMPONENTS
 
 

@@ -136,7 +136,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_dataset_is_unchanged(cluste
     their tasks; each task is recorded once and the numbers are those of an undisturbed run."""
     from ray.util.state import list_actors
 
-    from mcsim.runner.ray import RayExecutor
+    from mcsim.runner.ray_executor import RayExecutor
 
     def alive_actors():
         return list_actors(address=cluster["dashboard"], filters=[("class_name", "=", "McsimWorker"),
@@ -189,7 +189,7 @@ def test_a_failing_task_is_retried_then_reported(cluster, tmp_path):
     """A task that raises (a calibration missing) is retried max_retries times, then reported."""
     from mcsim.runner.local import TaskError
     from mcsim.runner.plan import make_plan
-    from mcsim.runner.ray import RayExecutor
+    from mcsim.runner.ray_executor import RayExecutor
 
     sc = load_scenario(write_scenario(tmp_path, execution={"max_retries": 1}, data={"limit": 50}))
     task = make_plan(sc, 50).eval_tasks()[0]

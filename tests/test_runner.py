@@ -238,7 +238,7 @@ def test_a_killed_worker_is_replaced_and_its_task_rerun(tmp_path):
 
 
 def test_job_queue_keeps_groups_together_and_counts_retries(tmp_path):
-    from mcsim.runner.queue import JobQueue, TaskError
+    from mcsim.runner.jobs import JobQueue, TaskError
 
     sc = load_scenario(write_scenario(tmp_path, data={"limit": 200}))
     tasks = make_plan(sc, 200).eval_tasks()  # 4 points x 2 blocks x 2 shards

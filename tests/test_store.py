@@ -130,7 +130,7 @@ def test_store_of_another_scenario_is_refused_and_untouched(tmp_path):
     ResultStore.create(str(tmp_path / "out.zarr"), sc, make_plan(sc, 200))
     before = tree(tmp_path / "out.zarr")
     other = write_scenario(tmp_path, name="other.yaml", seed=4)
-    with pytest.raises(StoreError, match=r"another scenario.*--overwrite"):
+    with pytest.raises(StoreError, match=r"another scenario.*overwrite=True"):
         run_scenario(other, progress=False)
     with pytest.raises(StoreError, match="another scenario"):
         run_scenario(other, dry_run=True, progress=False)

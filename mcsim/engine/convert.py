@@ -27,12 +27,15 @@ from torch import nn
 
 from mcsim.engine.attention import ATTENTION_MODULES, DIGITAL_ATTENTION, projection_names, rewrite_attention
 from mcsim.engine.layers import AnalogLayer, Context, DigitalLayer
+from mcsim.errors import InputError
 from mcsim.hardware import Hardware, check_patterns
 from mcsim.physics import devices
 
 
-class ConversionError(ValueError):
+class ConversionError(InputError, ValueError):
     """A model mcsim cannot convert; the message names the module and why."""
+
+    in_scenario = True
 
 
 class _Tracer(torch.fx.Tracer):
@@ -338,11 +341,34 @@ class AnalogModel(nn.Module):
     @torch.no_grad()
     @ieee_float32()
     def forward(self, x: torch.Tensor, image_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Logits ``(T, B, ...)`` of every chip on the batch ``x`` ``(B, ...)``.
+        """Logits of every chip on the batch ``x``: the chips evaluate the same images.
 
-        ``image_ids`` are the images' global indices: read noise of image ``i`` on chip ``t`` is the
-        same whatever batch it comes in. Without them, images are numbered in the order this model
-        sees them (``images_seen``, ``images_seen + 1``, ...), so every batch gets fresh read noise.
+        Chips run in blocks that fit the memory budget (:meth:`chip_block`); the numbers do not
+        depend on the block (docs/physics.md section 9).
+
+        Args:
+            x: a batch ``(B, ...)`` as the digital model takes it (moved to this model's device).
+            image_ids: the images' global indices ``(B,)``: read noise of image ``i`` on chip ``t``
+                is the same whatever batch it comes in (docs/physics.md section 9). None: the
+                images are numbered in the order this model sees them (``images_seen``,
+                ``images_seen + 1``, ...), so every batch gets fresh read noise.
+
+        Returns:
+            The outputs ``(T, B, ...)``, one slice per chip in the order of ``trials`` (logits
+            ``(T, B, classes)`` for a classifier), on this model's device.
+
+        Raises:
+            RuntimeError: a model whose inputs or ADC need calibrating and that was neither
+                calibrated (:meth:`calibrate`) nor given a calibration (:meth:`load_calibration`).
+
+        Examples:
+            >>> import torch, mcsim
+            >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+            >>> analog = mcsim.convert(net, {"error": {"model": "proportional", "sigma": 0.05}}, trials=4,
+            ...                        device="cpu")
+            >>> _ = analog.calibrate([torch.rand(32, 1, 8, 8)])
+            >>> analog(torch.rand(5, 1, 8, 8)).shape
+            torch.Size([4, 5, 10])
         """
         x = x.to(self.device)
         b = x.shape[0]
@@ -368,11 +394,32 @@ class AnalogModel(nn.Module):
     @torch.no_grad()
     @ieee_float32()
     def calibrate(self, batches: Iterable) -> dict:
-        """Set input (DAC) ranges, then ADC ranges, from calibration images.
+        """Set input (DAC) ranges, then ADC ranges, from calibration images (docs/physics.md 5, 7).
 
         Pass 1 runs the digital model and records each analog layer's inputs; pass 2 runs the
         error-free analog model (quantized inputs, ideal ADC, parasitics included) and records the raw
-        column outputs. ``batches``: tensors or ``(images, labels)`` pairs.
+        column outputs: one range per layer, shared by every chip (the runner calibrates once per
+        sweep point). Layers whose ADC is ideal or whose range is not ``calibrated`` skip pass 2.
+
+        Args:
+            batches: an iterable of image tensors ``(B, ...)`` or ``(images, labels)`` pairs (a
+                ``DataLoader`` works); every image is kept in memory for the two passes.
+
+        Returns:
+            The calibration, ``{layer name: {"x_range", "signed", "adc_range"}}`` (as
+            :meth:`calibration`): save it with :meth:`save_calibration`, give it to another model of
+            the same network and hardware with :meth:`load_calibration`.
+
+        Raises:
+            ValueError: ``batches`` holds no image.
+
+        Examples:
+            >>> import torch, mcsim
+            >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+            >>> analog = mcsim.convert(net, {"adc": {"bits": 6}}, trials=2, device="cpu")
+            >>> state = analog.calibrate([torch.rand(32, 1, 8, 8)])
+            >>> sorted(state["1"])
+            ['adc_range', 'signed', 'x_range']
         """
         data = [(b[0] if isinstance(b, (tuple, list)) else b).to(self.device) for b in batches]
         if not data:
@@ -423,7 +470,49 @@ def convert(
     device: str | torch.device | None = "auto",
     memory_budget: Optional[int] = None,
 ) -> AnalogModel:
-    """The analog counterpart of ``model``: forward ``(B, ...) -> (T, B, classes)``, one slice per chip."""
+    """The analog counterpart of ``model``: the same network on ``trials`` Monte Carlo chips.
+
+    Every Conv2d and Linear (attention projections included) goes on crossbar arrays: its weights
+    quantized, mapped to conductances and programmed with each chip's device errors
+    (docs/physics.md sections 1-4); BatchNorm is folded into the layer before it first. What stays
+    digital, and why, is in :attr:`AnalogModel.digital_layers` (and a warning). The analog model
+    maps a batch ``(B, ...)`` to ``(T, B, classes)``: one slice per chip.
+
+    Args:
+        model: a torch classifier; it is copied, never changed.
+        hardware: the chip's settings: a :class:`~mcsim.hardware.Hardware`, a dict of its fields,
+            or None for the defaults.
+        trials: the number of chips (``16``: chips 0..15), or the chips' indices
+            (``range(40, 50)``): with the same ``seed``, chip ``t`` is the same chip in every
+            model and run (docs/physics.md section 9).
+        seed: the study's seed; with a chip's index it keys every random draw of that chip.
+        device: ``"auto"`` (CUDA when torch sees a GPU, else the CPU), ``"cpu"``, ``"cuda"`` or a
+            ``torch.device``.
+        memory_budget: bytes the evaluation may hold at once (chips run in blocks that fit);
+            default half the GPU's free memory, or on the CPU a quarter of the RAM, at most 4 GiB.
+
+    Returns:
+        An :class:`AnalogModel` in eval mode. Calibrate it (:meth:`AnalogModel.calibrate`) before
+        evaluating when its inputs are quantized or its ADC range is calibrated (the defaults).
+
+    Raises:
+        ConversionError: a model that cannot be converted (the message names the module and why).
+        LayerNameError: a pattern of ``hardware.layers`` that names no Conv2d or Linear of the model.
+        pydantic.ValidationError: a ``hardware`` dict with an invalid setting (the message names it).
+        ValueError: ``trials`` with no chip or a negative index.
+        RuntimeError: ``device="cuda"`` where torch sees no GPU.
+
+    Examples:
+        >>> import torch, mcsim
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+        >>> analog = mcsim.convert(net, {"error": {"model": "proportional", "sigma": 0.05}}, trials=4,
+        ...                        device="cpu")
+        >>> analog.layer_names
+        ['1']
+        >>> _ = analog.calibrate([torch.rand(32, 1, 8, 8)])
+        >>> analog(torch.rand(5, 1, 8, 8)).shape  # (chips, batch, classes)
+        torch.Size([4, 5, 10])
+    """
     if hardware is None:
         hardware = Hardware()
     elif isinstance(hardware, dict):

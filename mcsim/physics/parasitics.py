@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mcsim.errors import RunFailure
+
 __all__ = [
     "ParasiticSolveError",
     "solve_tridiagonal",
@@ -46,7 +48,7 @@ __all__ = [
 _GRID_ARRAYS_PER_RHS = 24
 
 
-class ParasiticSolveError(RuntimeError):
+class ParasiticSolveError(RunFailure, RuntimeError):
     """The iterative grid solve did not reach its tolerance."""
 
 

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Protocol
 
 import numpy as np
 
+from mcsim.errors import InputError
 from mcsim.runner.events import EventSink, Message, Phase, PhaseEnded, PhaseStarted, Plan, TaskDone, ignore
 from mcsim.runner.plan import RunPlan, make_plan
 from mcsim.runner.store import (
@@ -43,13 +44,15 @@ from mcsim.sweep import SweepPlan, expand, needs_layer_names
 __all__ = ["Executor", "ExecutorFactory", "Pending", "Prepared", "RunRecord", "SetupError", "prepare", "run"]
 
 
-class SetupError(ValueError):
+class SetupError(InputError, ValueError):
     """The scenario cannot run here (e.g. a CUDA device asked for on a machine without one)."""
+
+    in_scenario = True
 
 
 class Executor(Protocol):
     """What the driver needs of an executor (:class:`~mcsim.runner.local.LocalExecutor`,
-    :class:`~mcsim.runner.ray.RayExecutor`): a context manager that runs jobs.
+    :class:`~mcsim.runner.ray_executor.RayExecutor`): a context manager that runs jobs.
 
     ``workers`` and ``threads`` are logged in the run record once the executor has started (a
     Ray pool sizes itself then); ``device`` is known once a worker has loaded the model.
@@ -93,9 +96,9 @@ def versions() -> dict:
     """The versions that make the numbers (a store is only resumed by the same ones)."""
     import torch
 
-    import mcsim
+    from mcsim._version import __version__
 
-    return {"mcsim_version": mcsim.__version__, "torch_version": str(torch.__version__)}
+    return {"mcsim_version": __version__, "torch_version": str(torch.__version__)}
 
 
 def device_type(device: Optional[str]) -> Optional[str]:
@@ -103,7 +106,7 @@ def device_type(device: Optional[str]) -> Optional[str]:
     return None if device is None else str(device).split(":")[0]
 
 
-_AGAIN = "pass overwrite=True (CLI: --overwrite) to delete it and start again, or choose another output path"
+_AGAIN = "pass overwrite=True to delete it and start again, or choose another output path"
 
 
 def check_output(path: str, scenario: Scenario, overwrite: bool) -> StoreInfo:
@@ -115,8 +118,8 @@ def check_output(path: str, scenario: Scenario, overwrite: bool) -> StoreInfo:
     if overwrite:
         return info
     if info.kind == "zarr":
-        raise StoreError(f"{path} is a Zarr store that mcsim did not write; pass overwrite=True (CLI: "
-                         "--overwrite) to replace it, or choose another output path")
+        raise StoreError(f"{path} is a Zarr store that mcsim did not write; pass overwrite=True "
+                         "to replace it, or choose another output path")
     if info.kind == "mcsim" and info.attrs.get("state") != "creating":
         if info.fingerprint != scenario.fingerprint:
             other = info.attrs.get("name", "?")
@@ -290,7 +293,7 @@ def energy_layers(scenario: Scenario) -> Optional[list[str]]:
     """The layers whose energy a run counts (every Conv/Linear of the model); None: no counting."""
     if not scenario.energy:
         return None
-    from mcsim.engine.energy import layer_names
+    from mcsim.engine.counting import layer_names
     from mcsim.models import load_model
 
     return layer_names(load_model(scenario.model))
@@ -433,7 +436,7 @@ def run(
     """Run ``scenario`` (resuming its store) and return the result dataset; None for a dry run.
 
     ``executor_factory(scenario, workers)`` makes the executor (default: :class:`LocalExecutor`;
-    :class:`mcsim.runner.ray.RayExecutor` runs on Ray); it must be a context manager with
+    :class:`mcsim.runner.ray_executor.RayExecutor` runs on Ray); it must be a context manager with
     ``run(jobs)`` yielding results and a ``device`` attribute. ``check_device=False`` skips
     the check that ``execution.device`` exists on this machine (a Ray executor's workers run
     elsewhere: the driver of a GPU study may run on a CPU head). ``on_event`` receives the

@@ -1,8 +1,9 @@
 """What a run reports as it goes: a stream of small typed events, drawn by whoever listens.
 
-The driver calls ``on_event(event)`` for each of them; it never prints. The CLI
-(:class:`mcsim.cli.ProgressView`) draws them with rich: messages as lines, a phase as a progress
-bar (tasks done, images/s, ETA), or as a line every few seconds in a log (a Ray job's output).
+The driver calls ``on_event(event)`` for each of them; it never prints. The progress view of the
+CLI and the API (:class:`mcsim.progress.ProgressView`) draws them with rich: messages as lines, a
+phase as a progress bar (tasks done, images/s, ETA), or as a line every few seconds in a log (a
+Ray job's output).
 A notebook may collect them, or ignore them (the default).
 """
 from __future__ import annotations

@@ -27,7 +27,7 @@ from typing import Any, Iterable, Iterator, Optional
 
 from mcsim.runner.malloc import with_tunables
 from mcsim.runner.plan import Task
-from mcsim.runner.queue import JobQueue, RunError, TaskError
+from mcsim.runner.jobs import JobQueue, RunError, TaskError
 
 __all__ = ["LocalExecutor", "RunError", "TaskError", "available_cores", "default_workers"]
 
@@ -217,11 +217,8 @@ class LocalExecutor:
 
     def run(self, jobs: Iterable[tuple[Task, Optional[dict]]]) -> Iterator[Any]:
         """Run ``(task, calibration)`` jobs; yield each result as its task finishes."""
-        if not self._procs:
-            self.start()
-        queue = JobQueue(self.max_retries)
-        for task_id, (task, calibration) in enumerate(jobs):
-            queue.push((task_id, task, calibration))
+        self.start()  # a no-op once started
+        queue = JobQueue.of(jobs, self.max_retries)
         deaths = 0  # deaths of processes without a task (while starting)
         running = 0
         while len(queue) or running:

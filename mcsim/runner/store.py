@@ -66,6 +66,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from mcsim.errors import InputError
 from mcsim.runner.plan import RunPlan
 from mcsim.scenario import Scenario
 
@@ -84,7 +85,7 @@ STORE_FORMAT = 2  # bump when the layout changes (2: the result at the root, the
 LEDGER = "ledger"  # the ledger's group
 COUNT_VARS = ("correct_top1", "correct_top5")
 ENERGY_VARS = ("energy_counts", "energy_joules")  # ledger
-# Names of the energy dims' entries: engine.energy.COUNTS and physics.energy.COMPONENTS (kept in
+# Names of the energy dims' entries: engine.counting.COUNTS and physics.prices.COMPONENTS (kept in
 # step by tests/test_energy.py; this module does not import the engine).
 ENERGY_COUNTS = ("adc_conversions", "dac_pulses", "row_slots", "array_g_v2", "digital_adds", "digital_macs")
 ENERGY_COMPONENTS = ("adc", "dac", "array", "digital")
@@ -94,7 +95,7 @@ SETTING_VARS = ("weight_bits", "input_bits", "adc_bits")  # per layer, with laye
 _WRITE = dict(consolidated=False, zarr_format=3)  # metadata is consolidated once all of it is written
 
 
-class StoreError(Exception):
+class StoreError(InputError):
     """A result store that cannot be used as asked (refused, incomplete, not an mcsim store)."""
 
 
@@ -611,7 +612,7 @@ def check_readable(info: StoreInfo) -> None:
     if info.attrs.get("mcsim_store") != STORE_FORMAT:
         raise StoreError(f"{path}: store format {info.attrs.get('mcsim_store')} is not the format "
                          f"{STORE_FORMAT} of this mcsim version; run the scenario again with overwrite=True "
-                         "(CLI: --overwrite) to rewrite it")
+                         "to rewrite it")
     if info.attrs.get("state") == "creating":
         raise StoreError(f"{path}: the store was never completely created; run the scenario again")
 
@@ -654,7 +655,7 @@ def open_result(path: str, *, partial: bool = False) -> xr.Dataset:
                 f"{path}: the run is not finished ({int(done.sum())} of {done.size} evaluation tasks, "
                 f"{int(digital_done.sum())} of {digital_done.size} digital tasks done"
                 f"{'' if calibrated else ', not calibrated'}); run the scenario again to finish it, "
-                "or open it with partial=True (CLI: --partial)"
+                "or open it with partial=True"
             )
     out = xr.open_zarr(path).load()
     for name in list(out.variables):

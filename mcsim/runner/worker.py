@@ -25,7 +25,7 @@ import torch
 
 from mcsim.data import calibration_images, evaluation_dataset
 from mcsim.engine.convert import convert, crossbar_layers, pick_device
-from mcsim.engine.energy import counting
+from mcsim.engine.counting import counting
 from mcsim.models import load_model
 from mcsim.runner.plan import CalibrationTask, DigitalTask, EvalTask, Task
 from mcsim.scenario import Scenario
@@ -70,8 +70,8 @@ class EnergySums:
     """Energy counts of a task's chips, summed over its images (docs/physics.md section 12)."""
 
     layers: list[str]  # the counted layers (analog and kept-digital Conv/Linear), in model order
-    counts: np.ndarray  # (n_trials, len(engine.energy.COUNTS), n_layers) float64
-    joules: np.ndarray  # (n_trials, len(physics.energy.COMPONENTS)) float64, each layer at its hardware.energy
+    counts: np.ndarray  # (n_trials, len(engine.counting.COUNTS), n_layers) float64
+    joules: np.ndarray  # (n_trials, len(physics.prices.COMPONENTS)) float64, each layer at its hardware.energy
 
 
 def _diff(value, base):

@@ -11,7 +11,7 @@ progress are the same whether the work runs on this machine or on a cluster.
   point refers to it.
 * Resources: an actor reserves ``execution.gpus_per_task`` GPUs (fractions share a GPU) when
   the scenario's device is ``cuda``, else ``threads`` CPUs (``auto`` reserves CPUs: on a GPU
-  cluster say ``cuda``). The pool has ``workers`` actors (``--workers``, else
+  cluster say ``cuda``). The pool has ``workers`` actors (the ``workers`` argument, else
   ``execution.workers``, else as many as the cluster's resources allow now; give ``workers`` to
   make an autoscaling cluster grow to it). The driver does not need the device itself: a GPU
   study's driver may run on a CPU head.
@@ -33,10 +33,11 @@ import os
 import time
 from typing import Any, Iterable, Iterator, Optional
 
+from mcsim.errors import InputError
 from mcsim.runner.local import available_cores
 from mcsim.runner.malloc import with_tunables
 from mcsim.runner.plan import Task
-from mcsim.runner.queue import JobQueue, RunError, TaskError
+from mcsim.runner.jobs import JobQueue, RunError, TaskError
 
 __all__ = ["ConnectError", "RayExecutor", "check_address", "init_ray", "ray_env"]
 
@@ -44,7 +45,7 @@ __all__ = ["ConnectError", "RayExecutor", "check_address", "init_ray", "ray_env"
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 
 
-class ConnectError(RunError):
+class ConnectError(InputError, RuntimeError):
     """The Ray cluster cannot be reached (or started)."""
 
 
@@ -104,7 +105,7 @@ def check_address(address: Optional[str], timeout: float = 10.0) -> None:
     rest = address.split("://", 1)[-1].rstrip("/")
     host, _, port = rest.rpartition(":")
     if not host or not port.isdigit():
-        raise ConnectError(f"--address {address!r}: expected local, auto, HOST:PORT or ray://HOST:PORT")
+        raise ConnectError(f"address={address!r}: expected local, auto, HOST:PORT or ray://HOST:PORT")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as err:
@@ -275,17 +276,8 @@ class RayExecutor:
         """Run ``(task, calibration)`` jobs; yield each result as its task finishes."""
         import ray
 
-        if not self.actors:
-            self.start()
-        queue = JobQueue(self.max_retries)
-        refs: dict[int, Any] = {}  # id(calibration dict) -> (dict, its object ref): one put per point
-        for task_id, (task, calibration) in enumerate(jobs):
-            if calibration is not None:
-                key = id(calibration)
-                if key not in refs:
-                    refs[key] = (calibration, ray.put(calibration))
-                calibration = refs[key][1]
-            queue.push((task_id, task, calibration))
+        self.start()  # a no-op once started
+        queue = JobQueue.of(jobs, self.max_retries, share=ray.put)  # one put per point's calibration
         idle = list(self._ready)
         groups: dict[int, Optional[tuple]] = {i: None for i in range(len(self.actors))}
         running: dict[Any, tuple[int, tuple]] = {}  # ref -> (actor index, job)

@@ -3,7 +3,7 @@
 Opt-in, and off by default: ``with counting(analog_model) as counter: analog_model(x)`` makes every
 analog layer report, on each evaluation call, the operations its physical design performs, from
 the engine's own geometry (partitions, slices, input bits) and the programmed chips. The counts
-are exact; :mod:`mcsim.physics.energy` prices them. Counting never changes an output: it reads the
+are exact; :mod:`mcsim.physics.prices` prices them. Counting never changes an output: it reads the
 layer's quantized inputs, re-derives the chips' conductances from their keyed random streams (the
 same chips, docs/physics.md section 9) and runs its own convolutions beside the layer's.
 
@@ -45,7 +45,7 @@ from torch import nn
 
 from mcsim.hardware import Energy
 from mcsim.physics import dac
-from mcsim.physics import energy as price
+from mcsim.physics import prices as price
 
 if TYPE_CHECKING:  # the engine's modules import this one's hook through the Context only
     from mcsim.engine.convert import AnalogModel
@@ -72,7 +72,7 @@ class EnergyCounts:
         return np.stack([self.counts[k] for k in COUNTS], axis=1)
 
     def joules(self, energy: Optional[Energy] = None) -> np.ndarray:
-        """Energy ``(T, 4)`` by component (``physics.energy.COMPONENTS``), in J: each layer priced
+        """Energy ``(T, 4)`` by component (``physics.prices.COMPONENTS``), in J: each layer priced
         with its own ``hardware.energy``, or every layer with ``energy`` when given."""
         return self.joules_per_layer(energy).sum(2)
 
@@ -234,11 +234,37 @@ def layer_names(model: nn.Module) -> list[str]:
 
 @contextmanager
 def counting(model: "AnalogModel") -> Iterator[EnergyCounter]:
-    """Count the operations of every evaluation call (``model(x)``) made inside the block.
+    """Count the operations of every evaluation call (``model(x)``) made inside the block
+    (``mcsim.count_energy``; docs/physics.md section 12).
 
-    >>> with counting(analog) as counter:          # doctest: +SKIP
-    ...     analog(images)
-    >>> counter.result().joules()  # (T, 4) J per image, by component
+    The counts are exact and of the physical design (this module's documentation lists them);
+    counting changes no output. Calibration passes inside the block are not counted.
+
+    Args:
+        model: a converted model (:func:`mcsim.convert`), calibrated as it needs to evaluate.
+
+    Returns:
+        A context manager that yields an :class:`EnergyCounter`: its :meth:`~EnergyCounter.result`
+        gives the :class:`EnergyCounts` per image so far (``counts[name]`` ``(T, L)`` per chip and
+        layer; ``joules()`` ``(T, 4)`` J per image by component: ADC, DAC, array, digital, priced
+        with each layer's ``hardware.energy``).
+
+    Raises:
+        RuntimeError: from the evaluation inside the block, as without counting (an uncalibrated
+            model that needs calibrating).
+
+    Examples:
+        >>> import torch, mcsim
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+        >>> analog = mcsim.convert(net, trials=2, device="cpu")
+        >>> _ = analog.calibrate([torch.rand(32, 1, 8, 8)])
+        >>> with mcsim.count_energy(analog) as counter:
+        ...     _ = analog(torch.rand(5, 1, 8, 8))
+        >>> counts = counter.result()
+        >>> counts.images, counts.layers, counts.joules().shape  # (chips, components)
+        (5, ['1'], (2, 4))
+        >>> float(counts.counts["adc_conversions"][0, 0])  # 10 columns x 1 partition x 1 slice per image
+        10.0
     """
     from mcsim.engine.layers import AnalogLayer
 

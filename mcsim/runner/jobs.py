@@ -6,19 +6,21 @@ group takes its next job from the same group while there is one, then an untouch
 helps with the group that has the most jobs left. A failed job goes back to the front of its group
 until it has failed more than ``max_retries`` times (then :class:`TaskError`).
 
-Both executors (:mod:`mcsim.runner.local`, :mod:`mcsim.runner.ray`) use it; it knows nothing of
-processes or Ray.
+Both executors (:mod:`mcsim.runner.local`, :mod:`mcsim.runner.ray_executor`) open their runs with
+:meth:`JobQueue.of`; it knows nothing of processes or Ray.
 """
 from __future__ import annotations
 
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Callable, Iterable, Optional
+
+from mcsim.errors import RunFailure
 
 __all__ = ["JobQueue", "RunError", "TaskError"]
 
 
-class RunError(RuntimeError):
+class RunError(RunFailure, RuntimeError):
     """The run cannot go on (a task failed too often, the workers cannot start)."""
 
 
@@ -35,6 +37,26 @@ class JobQueue:
     groups: "OrderedDict[tuple, deque]" = field(default_factory=OrderedDict)
     started: set = field(default_factory=set)
     failures: dict = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, jobs: Iterable[tuple[Any, Optional[dict]]], max_retries: int = 0,
+           share: Optional[Callable[[dict], Any]] = None) -> "JobQueue":
+        """The queue of a run's ``(task, calibration)`` jobs, numbered in order: the opening of
+        both executors' ``run``.
+
+        ``share``: called once per calibration (a sweep point's dict, by identity) for what its
+        jobs carry instead (the Ray executor puts it into the object store once); default the
+        dict itself.
+        """
+        queue = cls(max_retries)
+        shared: dict[int, tuple[dict, Any]] = {}  # id -> (the dict, kept alive so ids stay unique; its stand-in)
+        for task_id, (task, calibration) in enumerate(jobs):
+            if calibration is not None and share is not None:
+                if id(calibration) not in shared:
+                    shared[id(calibration)] = (calibration, share(calibration))
+                calibration = shared[id(calibration)][1]
+            queue.push((task_id, task, calibration))
+        return queue
 
     def retry(self, job: tuple, why: str) -> None:
         task_id, task = job[0], job[1]

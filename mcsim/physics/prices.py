@@ -1,6 +1,6 @@
 """First-order energy per inference: exact operation counts to joules (docs/physics.md section 12).
 
-The engine counts, per analog layer and image, what the chip does (``mcsim/engine/energy.py``);
+The engine counts, per analog layer and image, what the chip does (``mcsim/engine/counting.py``);
 these pure functions price the counts. Only they depend on the energy parameters
 (``hardware.energy``), so a sweep over prices never needs a new simulation in principle, and
 nothing here changes an accuracy.
