@@ -12,7 +12,7 @@ import torchvision
 from torch import nn
 
 from mcsim import Hardware, convert
-from mcsim.engine.energy import counting
+from mcsim.engine.counting import counting
 from mcsim.engine.draws import adc_mismatch
 from mcsim.models import randomized
 

@@ -30,7 +30,7 @@ class Context:
     mode: Mode = "run"  # probe: digital pass measuring sizes; calibrate_*: the two calibration passes
     cache: bool = True  # keep programmed chips between forward calls
     pack: bool = False  # kept chips also keep the CPU kernel's layout of their weights (conv.ConvWeight)
-    energy: Optional[Any] = None  # an engine.energy.EnergyCounter while counting (opt-in), else None
+    energy: Optional[Any] = None  # an engine.counting.EnergyCounter while counting (opt-in), else None
 
     @contextmanager
     def switched(self, mode: Mode, chips: Optional[torch.Tensor] = None) -> Iterator["Context"]:
