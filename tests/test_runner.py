@@ -266,3 +266,21 @@ def test_one_keyed_hash():
                .replace("0XBF58476D1CE4E5B9", "0xBF58476D1CE4E5B9")]
     assert holders == ["engine/rng.py"]
     assert point_seed(2**64 + 3, 7) == point_seed(3, 7) and 0 <= point_seed(2**63 + 1, 2) < 2**63
+
+
+def test_the_driver_loads_the_model_once_and_plans_once(tmp_path, monkeypatch):
+    """Per-layer settings (the sweep needs the layer names), the preflight and the energy layers
+    all read one load of the model in the driver process; the plan is built once. The workers are
+    separate processes (each loads its own copy once), so the counters see the driver only."""
+    import mcsim.models
+    from mcsim.runner import driver
+
+    loads, plans = [], []
+    real_load, real_plan = mcsim.models.load_model, driver.make_plan
+    monkeypatch.setattr(mcsim.models, "load_model", lambda spec: loads.append(spec) or real_load(spec))
+    monkeypatch.setattr(driver, "make_plan", lambda *a, **k: plans.append(a) or real_plan(*a, **k))
+    sc = load_scenario(write_scenario(tmp_path, data={"limit": 50}, trials=1, sweep={}, energy=True,
+                                      hardware={"layers": {"7": {"adc": {"bits": 8}}}}))
+    ds = driver.run(sc)
+    assert len(loads) == 1 and len(plans) == 1
+    assert ds.sizes["trial"] == 1 and "energy" in " ".join(ds.data_vars)  # the energy layers were counted
