@@ -58,6 +58,7 @@ def _probe(**env):
     return json.loads(out.stdout.splitlines()[-1])
 
 
+@pytest.mark.slow
 @glibc
 def test_converting_a_model_keeps_large_buffers_in_the_heap():
     """In a plain process (no tunables), the first conversion sets both thresholds: a large
@@ -66,6 +67,7 @@ def test_converting_a_model_keeps_large_buffers_in_the_heap():
     assert _probe(MCSIM_MALLOPT="0") == {"set": [], "mapped": True}
 
 
+@pytest.mark.slow
 @glibc
 def test_thresholds_the_process_was_started_with_are_left_alone():
     assert _probe(GLIBC_TUNABLES="glibc.malloc.mmap_threshold=1048576")["set"] == ["trim_threshold"]
