@@ -115,6 +115,7 @@ def test_quickstart_counts_do_not_depend_on_trials_per_task(tmp_path):
     assert results[20].equals(results[5]) and results[20].equals(results[1])
 
 
+@pytest.mark.slow
 def test_layers_kept_digital_keep_the_contract():
     """The first and last layers kept digital run over every chip's images at once: a chip alone,
     with few images, must still see the same numbers there."""

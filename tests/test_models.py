@@ -103,6 +103,7 @@ def test_recipe_change_changes_cache_file():
     assert recipe.digest() == M.BUILTINS["digits-cnn"].digest()
 
 
+@pytest.mark.slow  # trains the digits CNN twice
 def test_training_is_deterministic_and_scoped():
     threads, flag = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.manual_seed(123)
