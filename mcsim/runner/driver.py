@@ -9,16 +9,16 @@
 2. :func:`preflight`: the device and the model (built-ins train here, once), so that setup, data
    and model errors come before anything is written.
 3. :func:`open_store`: create the store, or read its ledger (only the tasks not yet recorded run).
-
-The driver process loads the model once per run (:func:`model_once`: the sweep's layer names, the
-preflight and the energy layers read the same copy) and plans the run once (:func:`prepare`); each
-worker process loads its own.
 4. Inside a :class:`RunRecord` (its exit logs the run as finished, interrupted or failed):
    :func:`calibrate` every sweep point (unless stored), then :func:`evaluate` the digital
    baseline and the chips; each result is written to the store as it arrives.
 5. :func:`finish`: mark the store complete when nothing is left.
 
 The driver prints nothing: it reports :mod:`mcsim.runner.events` to ``on_event``.
+
+The driver process loads the model once per run (:func:`model_once`: the sweep's layer names, the
+preflight and the energy layers read the same copy) and plans the run once (:func:`prepare`); each
+worker process loads its own.
 """
 from __future__ import annotations
 
