@@ -29,9 +29,9 @@ Models: ``mnist-cnn`` (any built-in, batch 64; ``digits-vit`` is the built-in tr
 another size (batch 8).
 Targets (issue 14, T=8): (a) <= 1.3, (b) <= 5, (c) <= 10; parasitics <= 4x the same config without.
 Numbers from a machine shared with other jobs are noisy: read the range beside the median.
-The script re-runs itself under the allocator settings of mcsim's worker processes
-(mcsim/runner/malloc.py: large buffers reused instead of mapped anew per call); ``--default-malloc``
-keeps the process's own, to see the difference.
+The engine sets its allocator thresholds in-process on conversion, as in any process that
+converts a model (mcsim/engine/allocator.py: large buffers reused instead of mapped anew per call);
+``--default-malloc`` keeps glibc's own (``MCSIM_MALLOPT=0``), to see the difference.
 """
 from __future__ import annotations
 
@@ -42,7 +42,6 @@ import math
 import os
 import resource
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -52,8 +51,8 @@ import torchvision
 from torch import nn
 
 from mcsim import Hardware, convert
+from mcsim.engine.allocator import reuse_large_buffers
 from mcsim.engine.convert import AnalogModel, ieee_float32, pick_device
-from mcsim.runner.malloc import with_tunables
 
 ERR = {"model": "proportional", "sigma": 0.05}
 BITS = dict(weight_bits=8, input_bits=8, adc={"bits": 8}, error=ERR)
@@ -322,11 +321,10 @@ def main():
     p.add_argument("--device", default="auto")
     p.add_argument("--memory", action="store_true", help="only the ResNet50 peak-memory check")
     p.add_argument("--default-malloc", action="store_true",
-                   help="keep this process's allocator settings (default: those of mcsim's workers)")
+                   help="keep glibc's allocator thresholds (MCSIM_MALLOPT=0; default: the engine's)")
     a = p.parse_args()
-    env = with_tunables(os.environ)
-    if not a.default_malloc and env != dict(os.environ):  # measure what a worker feels (mcsim/runner/malloc.py)
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    if a.default_malloc:
+        os.environ["MCSIM_MALLOPT"] = "0"  # read on the first conversion (mcsim/engine/allocator.py)
     device = pick_device(a.device)
     if a.memory:
         return memory(device)
@@ -335,7 +333,8 @@ def main():
     for m in a.models:
         rows += bench(m, a.configs, a.trials, a.batch, device, a.repeat)
     cpu = cpu_line(start)
-    print(json.dumps({"cpu_time": cpu}), flush=True)
+    print(json.dumps({"cpu_time": cpu, "mallopt": list(reuse_large_buffers()),
+                      "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}), flush=True)
     print()
     print(table(rows))
     print(f"CPU time over the run: user {cpu['user_s']} s, system {cpu['system_s']} s, "

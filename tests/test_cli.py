@@ -88,6 +88,7 @@ def test_dry_run_writes_nothing(tmp_path):
     assert not (tmp_path / "out.zarr").exists()
 
 
+@pytest.mark.slow
 def test_store_of_another_scenario_is_refused_unless_overwrite(cli_run, tmp_path):
     _, _, finished, _ = cli_run
     store = tmp_path / "out.zarr"
@@ -107,6 +108,7 @@ def test_store_of_another_scenario_is_refused_unless_overwrite(cli_run, tmp_path
     assert inspect_store(str(store)).attrs["fingerprint"] != inspect_store(str(finished)).attrs["fingerprint"]
 
 
+@pytest.mark.slow
 def test_store_of_another_mcsim_version_is_refused_unless_overwrite(tmp_path):
     import zarr
 
@@ -123,6 +125,7 @@ def test_store_of_another_mcsim_version_is_refused_unless_overwrite(tmp_path):
     assert inspect_store(str(tmp_path / "out.zarr")).attrs["mcsim_version"] != "0.0.1"
 
 
+@pytest.mark.slow
 def test_progress_is_drawn_from_the_runs_events(tmp_path):
     """The driver reports typed events and prints nothing; the CLI's view draws them."""
     import io

@@ -63,6 +63,7 @@ def test_calls_off_onednn_plain_kernels_are_f_conv2d(case):
         torch.set_num_threads(before)
 
 
+@pytest.mark.slow  # three networks converted twice
 @pytest.mark.parametrize("hw", [
     dict(mapping="differential"),
     dict(mapping="offset", slices=2, rows_max=100),

@@ -47,6 +47,7 @@ CASES = {
 
 
 # Gated rows run on the ResNet only: on the depthwise network they take minutes here.
+@pytest.mark.slow  # ResNet18 and MobileNetV2 converted twice
 @pytest.mark.parametrize("arch,case", [("resnet18", c) for c in CASES] + [("mobilenet_v2", c) for c in CASES
                                                                           if c != "gated_rows"])
 def test_networks_agree_between_the_two_layouts(monkeypatch, arch, case):

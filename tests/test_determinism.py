@@ -44,6 +44,7 @@ def among_six(request):
     return model, x, request.param, analog.calibration(), analog(x, image_ids=torch.arange(6))
 
 
+@pytest.mark.slow
 def test_chip_alone_equals_chip_among_others(among_six):
     model, x, adc_bits, cal, full = among_six
     for chips in ([0], [2], [4], [5], [3, 1]):
@@ -52,6 +53,7 @@ def test_chip_alone_equals_chip_among_others(among_six):
         assert torch.equal(analog(x, image_ids=torch.arange(6)), full[chips]), chips
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [1, 2, 4])
 def test_any_batch_size_gives_the_same_logits(among_six, batch):
     model, x, adc_bits, cal, full = among_six
@@ -61,6 +63,7 @@ def test_any_batch_size_gives_the_same_logits(among_six, batch):
     assert torch.equal(torch.cat(parts, 1), full[[1, 4]])
 
 
+@pytest.mark.slow
 def test_one_or_two_threads_give_the_same_logits(among_six, tmp_path):
     model, x, adc_bits, cal, full = among_six
     torch.save(cal, tmp_path / "cal.pt")
@@ -96,6 +99,7 @@ def test_programming_draws_do_not_depend_on_the_threads_drawing_them(threads):
         torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_quickstart_counts_do_not_depend_on_trials_per_task(tmp_path):
     """The quickstart, cut into trial blocks of 20, 5 and 1 chips: identical correct counts."""
     base = yaml.safe_load((REPO / "scenarios" / "quickstart.yaml").read_text())
@@ -111,6 +115,7 @@ def test_quickstart_counts_do_not_depend_on_trials_per_task(tmp_path):
     assert results[20].equals(results[5]) and results[20].equals(results[1])
 
 
+@pytest.mark.slow
 def test_layers_kept_digital_keep_the_contract():
     """The first and last layers kept digital run over every chip's images at once: a chip alone,
     with few images, must still see the same numbers there."""
@@ -124,6 +129,7 @@ def test_layers_kept_digital_keep_the_contract():
     assert torch.equal(torch.cat([alone(x[i : i + 1], image_ids=[i]) for i in range(3)], 1), full[[2]])
 
 
+@pytest.mark.slow
 def test_trained_cnn_offset_chip_alone_equals_chip_among_twenty():
     """The case the quickstart caught: mnist-cnn's first layer (one input channel, a bias) took
     another kernel, and added its bias elsewhere in the sum, at 20 groups than at 3."""

@@ -214,6 +214,7 @@ def _energy(workload, hw):
     return counter.result().joules(hw.energy)[0]
 
 
+@pytest.mark.slow
 def test_differential_reads_less_array_energy_than_offset(workload):
     diff = _energy(workload, Hardware(mapping="differential"))
     off = _energy(workload, Hardware(mapping="offset"))
@@ -250,6 +251,7 @@ def energy_run(tmp_path_factory):
     return load_scenario(path), ds, d / "out.zarr", run_scenario(off, progress=False), d / "off.zarr"
 
 
+@pytest.mark.slow
 def test_run_stores_energy_per_image_beside_accuracy(energy_run):
     from mcsim.data import evaluation_dataset
     from mcsim.models import load_model
@@ -281,6 +283,7 @@ def test_run_stores_energy_per_image_beside_accuracy(energy_run):
     assert "energy_per_image" not in ds_off and "top1" in ds_off  # energy: false stores none
 
 
+@pytest.mark.slow
 def test_report_and_plot_energy(energy_run, tmp_path):
     from typer.testing import CliRunner
 

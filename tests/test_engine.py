@@ -24,6 +24,7 @@ def depthwise():
     return randomized(torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.35))
 
 
+@pytest.mark.slow  # ResNet18
 @pytest.mark.parametrize("mapping", ["differential", "offset"])
 @pytest.mark.parametrize("net", ["resnet18", "depthwise"])
 def test_ideal_hardware_reproduces_digital_logits(request, net, mapping):
@@ -59,6 +60,7 @@ def _fake_quantized(model, analog):
     return ref
 
 
+@pytest.mark.slow  # ResNet18
 @pytest.mark.parametrize("mapping", ["differential", "offset"])
 @pytest.mark.parametrize("slices", [1, 2, 4])
 def test_8bit_weights_and_inputs_equal_fake_quantized_model(resnet18, mapping, slices):
@@ -145,6 +147,7 @@ def test_split_path_matches_reference_on_partitioned_conv():
     assert torch.allclose(out.double(), ref, atol=1e-4 * ref.abs().max().item())
 
 
+@pytest.mark.slow  # ResNet18
 def test_same_chip_alone_or_among_others(resnet18):
     hw = Hardware(error={"model": "proportional", "sigma": 0.1}, read_noise={"model": "independent", "sigma": 0.01})
     calib = [torch.randn(4, 3, 32, 32)]

@@ -6,6 +6,8 @@ import torch
 from mcsim import Hardware, convert
 from workloads import mnist_cnn
 
+pytestmark = pytest.mark.slow  # sweeps of a trained network
+
 
 @pytest.fixture(scope="module")
 def workload():

@@ -22,6 +22,8 @@ import yaml
 
 from mcsim.api import open_result, run_scenario
 
+pytestmark = pytest.mark.slow  # each test runs a study on the trained MNIST CNN
+
 MODEL = {"name": "builtin:mnist-cnn"}
 ADC_BITS_RULE = 4  # where scenario 03 separates the offset cores on this CNN (z = 13 at 500 images)
 RP_GATED = 1.0e-3  # classifier rp where scenario 04 separates gated rows from analog inputs

@@ -273,6 +273,7 @@ def _logits(workload, **hw):
     return analog(xs)[0]
 
 
+@pytest.mark.slow
 def test_gated_bits_differ_from_analog_inputs_where_driven_rows_do_not(workload):
     """At rp = 1e-2, bit-serial inputs on gated rows (the default circuit) change accuracy beyond the
     images' sampling error (paired, McNemar: the images right under one circuit only); on driven rows

@@ -58,6 +58,7 @@ def test_cache_dir(monkeypatch, tmp_path):
 # ---------------------------------------------------------------- built-ins
 
 
+@pytest.mark.slow  # trains every built-in
 @pytest.mark.parametrize("name", list(M.BUILTINS))
 def test_builtin_accuracy(trained, name):
     meta, _ = trained[name]
@@ -70,6 +71,7 @@ def test_builtin_accuracy(trained, name):
     assert accuracy == pytest.approx(meta["test_accuracy"], abs=1e-6)
 
 
+@pytest.mark.slow  # trains every built-in
 @pytest.mark.parametrize("name", list(M.BUILTINS))
 def test_builtin_load_hits_cache(trained, monkeypatch, name):
     def no_training(name):
@@ -86,6 +88,7 @@ def test_builtin_load_hits_cache(trained, monkeypatch, name):
         assert torch.equal(a(x), b(x))
 
 
+@pytest.mark.slow  # trains every built-in
 def test_mnist_resnet_structure(trained):
     model = load_model(ModelSpec(name="builtin:mnist-resnet"))
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
@@ -100,6 +103,7 @@ def test_recipe_change_changes_cache_file():
     assert recipe.digest() == M.BUILTINS["digits-cnn"].digest()
 
 
+@pytest.mark.slow  # trains the digits CNN twice
 def test_training_is_deterministic_and_scoped():
     threads, flag = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.manual_seed(123)

@@ -187,6 +187,7 @@ def swept(tmp_path_factory):
     return open_result(run_scenario(path, progress=False) and d / "out.zarr")
 
 
+@pytest.mark.slow
 def test_swept_override_gives_different_results_and_records_settings(swept):
     ds = swept
     assert list(ds["top1"].dims) == ["3.bits", "trial"] and list(ds["3.bits"].values) == [2, 8]
@@ -213,6 +214,7 @@ def sensitivity(tmp_path_factory):
     return d, path, d / "out.zarr"
 
 
+@pytest.mark.slow
 def test_sensitivity_sweep_layer_dim_and_ranking(sensitivity):
     _, _, store = sensitivity
     ds = open_result(store)
@@ -229,6 +231,7 @@ def test_sensitivity_sweep_layer_dim_and_ranking(sensitivity):
         assert row["cost_se"] == pytest.approx(acc.std(ddof=1) / np.sqrt(acc.size))
 
 
+@pytest.mark.slow
 def test_sensitivity_report_plot_and_dry_run(sensitivity, tmp_path):
     d, path, store = sensitivity
     runner = CliRunner()

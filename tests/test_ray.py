@@ -26,6 +26,8 @@ from mcsim.runner.store import inspect_store
 from mcsim.scenario import load_scenario
 from runner_support import REPO, results_only, run_cli, write_scenario
 
+pytestmark = pytest.mark.slow  # a two-node Ray cluster and runs on it
+
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 LOCAL_SH = str(REPO / "cluster" / "local.sh")
 

@@ -129,6 +129,7 @@ def reference_run(tmp_path_factory):
     return path, ds
 
 
+@pytest.mark.slow
 def test_reference_run_is_complete_and_plausible(reference_run):
     path, ds = reference_run
     sc = load_scenario(path)
@@ -141,6 +142,7 @@ def test_reference_run_is_complete_and_plausible(reference_run):
     assert float(ds["top1"].sel(sigma=0.3).std("trial").max()) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("execution, threads", [
     ({"shard_images": 50, "trials_per_task": 2, "workers": 2}, 1),
     ({"shard_images": 1000, "trials_per_task": 6, "workers": 1}, 2),
@@ -161,6 +163,7 @@ def test_numbers_do_not_depend_on_the_cut_of_the_work(reference_run, tmp_path, m
 # ---------------------------------------------------------------- resume after a kill
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_computes_only_the_missing_tasks(reference_run, tmp_path):
     path, reference = reference_run
     # many small tasks so that the run can be caught in the middle: 4 points x 3 blocks x 4 shards
@@ -204,6 +207,7 @@ def test_resume_after_sigkill_computes_only_the_missing_tasks(reference_run, tmp
     assert third.returncode == 0 and "already complete" in third.stderr
 
 
+@pytest.mark.slow
 def test_failing_task_is_retried_then_reported(tmp_path):
     """A task that always fails (a calibration missing) fails the run after its retries."""
     from mcsim.runner.local import LocalExecutor, TaskError
@@ -217,6 +221,7 @@ def test_failing_task_is_retried_then_reported(tmp_path):
         assert ex.device == "cpu"
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_replaced_and_its_task_rerun(tmp_path):
     from mcsim.runner.local import LocalExecutor
 
@@ -266,3 +271,22 @@ def test_one_keyed_hash():
                .replace("0XBF58476D1CE4E5B9", "0xBF58476D1CE4E5B9")]
     assert holders == ["engine/rng.py"]
     assert point_seed(2**64 + 3, 7) == point_seed(3, 7) and 0 <= point_seed(2**63 + 1, 2) < 2**63
+
+
+@pytest.mark.slow
+def test_the_driver_loads_the_model_once_and_plans_once(tmp_path, monkeypatch):
+    """Per-layer settings (the sweep needs the layer names), the preflight and the energy layers
+    all read one load of the model in the driver process; the plan is built once. The workers are
+    separate processes (each loads its own copy once), so the counters see the driver only."""
+    import mcsim.models
+    from mcsim.runner import driver
+
+    loads, plans = [], []
+    real_load, real_plan = mcsim.models.load_model, driver.make_plan
+    monkeypatch.setattr(mcsim.models, "load_model", lambda spec: loads.append(spec) or real_load(spec))
+    monkeypatch.setattr(driver, "make_plan", lambda *a, **k: plans.append(a) or real_plan(*a, **k))
+    sc = load_scenario(write_scenario(tmp_path, data={"limit": 50}, trials=1, sweep={}, energy=True,
+                                      hardware={"layers": {"7": {"adc": {"bits": 8}}}}))
+    ds = driver.run(sc)
+    assert len(loads) == 1 and len(plans) == 1
+    assert ds.sizes["trial"] == 1 and "energy" in " ".join(ds.data_vars)  # the energy layers were counted

@@ -220,6 +220,7 @@ def test_a_store_refreshes_its_result_from_the_ledger(tmp_path):
     np.testing.assert_array_equal(xr.open_zarr(store.path)["top1"].values[0, 0, :3], [0.5] * 3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attrs, message", [
     ({"mcsim_version": "0.0.1"}, r"computed with mcsim 0\.0\.1, this is mcsim .*overwrite=True"),
     ({"torch_version": "1.0.0"}, r"computed with torch 1\.0\.0, this is torch .*overwrite=True"),

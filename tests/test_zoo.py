@@ -54,6 +54,7 @@ def zoo_model(request):
     return request.param, randomized(ZOO[request.param]())
 
 
+@pytest.mark.slow
 def test_ideal_hardware_reproduces_digital_logits(zoo_model):
     name, model = zoo_model
     x = torch.randn(2, 3, 32, 32)
@@ -70,6 +71,7 @@ def test_ideal_hardware_reproduces_digital_logits(zoo_model):
         assert any(d["type"] in ("MultiheadAttention", "WindowAttention") for d in analog.digital_layers)
 
 
+@pytest.mark.slow
 def test_crossbar_layer_names_are_the_converted_names(zoo_model):
     """Per-layer hardware patterns match the names the converted model uses (attention's in_proj too)."""
     from mcsim.engine.convert import crossbar_layers
@@ -79,6 +81,7 @@ def test_crossbar_layer_names_are_the_converted_names(zoo_model):
     assert crossbar_layers(model) == analog.layer_names
 
 
+@pytest.mark.slow
 def test_noisy_chips_run_and_differ(zoo_model):
     name, model = zoo_model
     x = torch.randn(2, 3, 32, 32)

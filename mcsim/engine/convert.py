@@ -25,6 +25,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from mcsim.engine.allocator import reuse_large_buffers
 from mcsim.engine.attention import ATTENTION_MODULES, DIGITAL_ATTENTION, projection_names, rewrite_attention
 from mcsim.engine.layers import AnalogLayer, Context, DigitalLayer
 from mcsim.errors import InputError
@@ -248,6 +249,7 @@ class AnalogModel(nn.Module):
         memory_budget: Optional[int] = None,
     ):
         super().__init__()
+        reuse_large_buffers()  # large buffers kept for the next call, not mapped anew (allocator.py)
         self.hardware = hardware
         for message in devices.hardware_warnings(hardware):
             warnings.warn(message)

@@ -15,19 +15,24 @@
 5. :func:`finish`: mark the store complete when nothing is left.
 
 The driver prints nothing: it reports :mod:`mcsim.runner.events` to ``on_event``.
+
+The driver process loads the model once per run (:func:`model_once`: the sweep's layer names, the
+preflight and the energy layers read the same copy) and plans the run once (:func:`prepare`); each
+worker process loads its own.
 """
 from __future__ import annotations
 
+import functools
 import platform
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Protocol
 
 import numpy as np
 
 from mcsim.errors import InputError
 from mcsim.runner.events import EventSink, Message, Phase, PhaseEnded, PhaseStarted, Plan, TaskDone, ignore
-from mcsim.runner.plan import RunPlan, make_plan
+from mcsim.runner.plan import RunPlan, make_plan, store_layout
 from mcsim.runner.store import (
     STORE_FORMAT,
     ResultStore,
@@ -40,6 +45,11 @@ from mcsim.runner.store import (
 )
 from mcsim.scenario import Scenario
 from mcsim.sweep import SweepPlan, expand, needs_layer_names
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from mcsim.specs import ModelSpec
 
 __all__ = ["Executor", "ExecutorFactory", "Pending", "Prepared", "RunRecord", "SetupError", "prepare", "run"]
 
@@ -180,31 +190,47 @@ class Prepared:
         return self.overwrite or self.info.kind in ("absent", "empty") or self.info.attrs.get("state") == "creating"
 
 
-def model_layer_names(scenario: Scenario) -> list[str]:
-    """The model's Conv2d/Linear layers (loads the model: a built-in trains here, once)."""
+#: A run's model: ``model()`` loads it on the first call and returns the same module after.
+ModelLoader = Callable[[], "nn.Module"]
+
+
+def model_once(spec: "ModelSpec") -> ModelLoader:
+    """The model of ``spec``, loaded on the first call only (a built-in trains then, once)."""
+
+    @functools.cache
+    def model() -> "nn.Module":
+        from mcsim.models import load_model
+
+        return load_model(spec)
+
+    return model
+
+
+def model_layer_names(model: "nn.Module") -> list[str]:
+    """The model's Conv2d/Linear layers: the names ``hardware.layers`` patterns match."""
     from mcsim.engine.convert import crossbar_layers
-    from mcsim.models import load_model
 
-    return crossbar_layers(load_model(scenario.model))
+    return crossbar_layers(model)
 
 
-def sweep_plan(scenario: Scenario) -> SweepPlan:
+def sweep_plan(scenario: Scenario, model: Optional[ModelLoader] = None) -> SweepPlan:
     """The sweep's points; a layer sweep, or per-layer overrides, load the model for its layer
-    names (the layer sweep's points are one per layer; every pattern must match a layer).
-    A pattern that matches no layer is a :class:`SetupError` naming the field."""
+    names (the layer sweep's points are one per layer; every pattern must match a layer), through
+    ``model`` when given. A pattern that matches no layer is a :class:`SetupError` naming the field."""
     if not needs_layer_names(scenario):
         return expand(scenario)
     from mcsim.hardware import LayerNameError
 
     try:
-        return expand(scenario, model_layer_names(scenario))
+        return expand(scenario, model_layer_names((model or model_once(scenario.model))()))
     except LayerNameError as err:
         raise SetupError(str(err)) from None
 
 
-def prepare(scenario: Scenario, *, output: Optional[str] = None, overwrite: bool = False) -> Prepared:
-    """Check the output and plan the work (no writes; loads the evaluation data set, and the model
-    when the sweep needs its layer names)."""
+def prepare(scenario: Scenario, *, output: Optional[str] = None, overwrite: bool = False,
+            model: Optional[ModelLoader] = None) -> Prepared:
+    """Check the output and plan the work (no writes; loads the evaluation data set, and the model,
+    through ``model`` when given, when the sweep needs its layer names)."""
     path = store_path(output or scenario.output)
     info = check_output(path, scenario, overwrite)
     n_images = count_images(scenario)
@@ -213,15 +239,14 @@ def prepare(scenario: Scenario, *, output: Optional[str] = None, overwrite: bool
     if resume and int(layout.get("n_images", -1)) != n_images:
         raise StoreError(f"{path} was written over {layout.get('n_images')} evaluation images, but the data "
                          f"set now has {n_images}; {_AGAIN}")
-    plan = make_plan(scenario, n_images, sweep_plan(scenario),
+    plan = make_plan(scenario, n_images, sweep_plan(scenario, model),
                      shard_images=layout.get("shard_size"), trials_per_task=layout.get("trials_per_task"))
     return Prepared(path, info, plan, overwrite)
 
 
 def layout_note(scenario: Scenario, plan: RunPlan) -> Optional[str]:
     """A note when an existing store's layout differs from this scenario's execution settings."""
-    own = make_plan(scenario, plan.n_images, plan.sweep)
-    if (own.shard_size, own.trials_per_task) == (plan.shard_size, plan.trials_per_task):
+    if store_layout(scenario) == (plan.shard_size, plan.trials_per_task):
         return None
     return (f"note: the store keeps its own layout (shards of {plan.shard_size} images, trial blocks of "
             f"{plan.trials_per_task}); execution.shard_images/trials_per_task apply to new stores only")
@@ -260,11 +285,10 @@ def report_dry_run(scenario: Scenario, prep: Prepared, on_event: EventSink) -> N
     on_event(Plan(title, tuple(prep.plan.describe() + describe_store(prep)), dry_run=True))
 
 
-def preflight(scenario: Scenario, prep: Prepared, *, check_device: bool) -> None:
+def preflight(scenario: Scenario, prep: Prepared, model: ModelLoader, *, check_device: bool) -> None:
     """Setup and model errors before any write: the device exists here (unless the tasks run
     elsewhere), the store's device type is this one, the model loads (a built-in trains once)."""
     from mcsim.engine.convert import pick_device
-    from mcsim.models import load_model
 
     if check_device:
         try:
@@ -273,30 +297,29 @@ def preflight(scenario: Scenario, prep: Prepared, *, check_device: bool) -> None
             raise SetupError(f"execution.device: {err}") from None
         if not prep.fresh and not prep.complete:
             check_device_type(prep.path, prep.info.attrs, str(device))
-    load_model(scenario.model)
+    model()
 
 
-def open_store(scenario: Scenario, prep: Prepared) -> ResultStore:
+def open_store(scenario: Scenario, prep: Prepared, model: ModelLoader) -> ResultStore:
     """Create the store (recording the versions), or open it to resume (its result arrays
     recomputed from its ledger, in case an interruption left them behind)."""
     if prep.fresh:
         return ResultStore.create(prep.path, scenario, prep.plan, extra_attrs=versions(),
                                   overwrite=prep.info.kind not in ("absent", "empty"),
-                                  energy_layers=energy_layers(scenario))
+                                  energy_layers=energy_layers(scenario, model))
     store = ResultStore(prep.path, prep.plan)
     if not prep.complete:
         store.refresh()
     return store
 
 
-def energy_layers(scenario: Scenario) -> Optional[list[str]]:
+def energy_layers(scenario: Scenario, model: ModelLoader) -> Optional[list[str]]:
     """The layers whose energy a run counts (every Conv/Linear of the model); None: no counting."""
     if not scenario.energy:
         return None
     from mcsim.engine.counting import layer_names
-    from mcsim.models import load_model
 
-    return layer_names(load_model(scenario.model))
+    return layer_names(model())
 
 
 def announce(scenario: Scenario, prep: Prepared, left: Pending, on_event: EventSink) -> None:
@@ -443,12 +466,13 @@ def run(
     :mod:`mcsim.runner.events` of the run.
     """
     on_event = on_event or ignore
-    prep = prepare(scenario, output=output, overwrite=overwrite)
+    model = model_once(scenario.model)
+    prep = prepare(scenario, output=output, overwrite=overwrite, model=model)
     if dry_run:
         report_dry_run(scenario, prep, on_event)
         return None
-    preflight(scenario, prep, check_device=check_device)
-    store = open_store(scenario, prep)
+    preflight(scenario, prep, model, check_device=check_device)
+    store = open_store(scenario, prep, model)
     left = pending(store, prep.plan)
     if left.nothing:
         on_event(Message(f"{prep.path}: already complete, nothing to run"))

@@ -1,15 +1,10 @@
-"""Memory-allocator settings for the processes mcsim starts (glibc's malloc tunables).
+"""The allocator settings in the environment of the processes mcsim starts (glibc's malloc tunables).
 
-The engine allocates and frees tensors of tens to hundreds of MB in every layer call. glibc serves
-each allocation above its mmap threshold (32 MB at most by default) from a fresh mmap and returns it
-on free, so every call pays page faults and page zeroing in the kernel: 20-45 % of a bench run's
-CPU time was system time on ResNet18. Raising the mmap and trim thresholds keeps freed memory in
-the heap for the next call: a worker keeps its peak memory reserved (the next batch needs it
-again) and spends its time in user space. Only where memory comes from changes, never a result.
-
-Tunables are read when a process starts, so they go into the environment of the processes mcsim
-starts: local workers and Ray workers. A Python session that imports mcsim itself gets them by
-starting with ``GLIBC_TUNABLES`` set to :data:`TUNABLES`.
+Large buffers are kept in the heap for the next call instead of being mapped anew on every call
+(why: :mod:`mcsim.engine.allocator`, which also sets the thresholds in any process that converts a
+model). Tunables are read when a process starts, so a worker started with :data:`TUNABLES` has them
+from its first allocation (data loading and the digital baseline, before any conversion), with the
+values ``mallopt`` cannot take: an mmap threshold of 4 GiB and a trim threshold of 16 GiB.
 """
 from __future__ import annotations
 

@@ -31,6 +31,7 @@ __all__ = [
     "Task",
     "make_plan",
     "point_seed",
+    "store_layout",
 ]
 
 def point_seed(seed: int, point: int) -> int:
@@ -192,17 +193,26 @@ def make_plan(
     """
     if n_images < 1:
         raise ValueError("the evaluation data set is empty")
-    bs = scenario.data.batch_size
     asked = shard_images if shard_images is not None else scenario.execution.shard_images
-    shard_size = max(1, math.ceil(asked / bs)) * bs
-    tpt = trials_per_task if trials_per_task is not None else scenario.execution.trials_per_task
+    shard_size, tpt = store_layout(scenario, shard_images=asked, trials_per_task=trials_per_task)
     return RunPlan(
         sweep=sweep if sweep is not None else expand(scenario),
         seed=scenario.seed,
         trials=scenario.trials,
         n_images=n_images,
-        batch_size=bs,
+        batch_size=scenario.data.batch_size,
         shard_size=shard_size,
-        trials_per_task=min(tpt, scenario.trials),
+        trials_per_task=tpt,
         shard_images_asked=asked,
     )
+
+
+def store_layout(scenario: Scenario, *, shard_images: Optional[int] = None,
+                 trials_per_task: Optional[int] = None) -> tuple[int, int]:
+    """``(shard size, trials per task)`` of a new store of ``scenario``: ``execution.shard_images``
+    rounded up to whole batches, ``execution.trials_per_task`` capped at the trials (either taken
+    from the arguments when given)."""
+    bs = scenario.data.batch_size
+    asked = shard_images if shard_images is not None else scenario.execution.shard_images
+    tpt = trials_per_task if trials_per_task is not None else scenario.execution.trials_per_task
+    return max(1, math.ceil(asked / bs)) * bs, min(tpt, scenario.trials)
