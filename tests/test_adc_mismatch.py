@@ -47,16 +47,16 @@ def test_the_mismatched_code_transform_is_the_definition():
     assert torch.equal(s1, same[0]) and torch.equal(h1, same[1])  # no mismatch: the same transform
 
 
-def test_comparator_noise_per_conversion():
-    hw = Hardware(adc={"bits": 8, "noise_lsb": 0.4})
+def test_one_normal_per_conversion():
+    """The normals that carry the read and comparator noise of every conversion (draws.read_noise)."""
     ids = torch.arange(100, 150)
-    z = draws.comparator_noise(hw, 2, torch.arange(4), 77, ids, nb=3, r=100, n=64)  # 2 tokens per image
+    z = draws.read_noise(2, torch.arange(4), 77, ids, nb=3, r=100, n=64)  # 2 tokens per image
     assert z.shape == (3, 100, 4, 64)
-    assert abs(z.std().item() / 0.4 - 1) < 4 / math.sqrt(2 * z.numel())
+    assert abs(z.std().item() - 1) < 4 / math.sqrt(2 * z.numel())
     flat = z.reshape(-1, 64)
     assert abs(np.corrcoef(flat[:-1].flatten(), flat[1:].flatten())[0, 1]) < 4 / math.sqrt(flat.numel())
     # an image's noise does not depend on the other images read with it
-    part = draws.comparator_noise(hw, 2, torch.arange(4), 77, ids[10:12], nb=3, r=4, n=64)
+    part = draws.read_noise(2, torch.arange(4), 77, ids[10:12], nb=3, r=4, n=64)
     assert torch.equal(part, z[:, 20:24])
 
 

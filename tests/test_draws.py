@@ -60,12 +60,11 @@ def test_a_chip_alone_equals_the_chip_among_others(name):
     g1, o1 = draws.adc_mismatch(hw, 7, torch.tensor([3]), key, n)
     assert torch.equal(g1[0], g8[3]) and torch.equal(o1[0], o8[3])
     ids = torch.tensor([4, 9])
-    c8 = draws.comparator_noise(hw, 7, torch.arange(8), key, ids, 2, 2, n)
-    c1 = draws.comparator_noise(hw, 7, torch.tensor([3]), key, ids, 2, 2, n)
+    c8 = draws.read_noise(7, torch.arange(8), key, ids, 2, 2, n)
+    c1 = draws.read_noise(7, torch.tensor([3]), key, ids, 2, 2, n)
     assert torch.equal(c1[:, :, 0], c8[:, :, 3])
 
 
 def test_zero_settings_draw_nothing():
     hw = Hardware(adc={"bits": 8})
     assert draws.adc_mismatch(hw, 1, torch.arange(2), 5, 10) is None
-    assert draws.comparator_noise(hw, 1, torch.arange(2), 5, torch.arange(3), 1, 3, 10) is None

@@ -4,7 +4,7 @@
 error (section 4, or a measured table or the user's function, section 13.1-13.2), the correlated chip,
 array and column components (13.4), clipping, stuck devices (13.3), then drift to the read time
 (sections 4 and 13.5). :func:`adc_mismatch` draws each ADC's offset and gain (13.6),
-:func:`comparator_noise` the comparator noise of every conversion.
+:func:`read_noise` the normals of every read (read and comparator noise).
 
 Keys: ``rng.derive(seed, chip, layer_key, stream)`` with one stream per quantity and device kind;
 the chip component leaves out the layer key (one draw per chip for all its layers). Every draw
@@ -26,7 +26,7 @@ from mcsim.physics import devices, faults, variation
 _STREAM_PROGRAM, _STREAM_DRIFT, _STREAM_READ = 1, 11, 101
 _STREAM_FAULTS = 21
 _STREAM_CHIP, _STREAM_ARRAY, _STREAM_COLUMN = 31, 32, 41
-_STREAM_ADC_GAIN, _STREAM_ADC_OFFSET, _STREAM_COMPARATOR = 51, 52, 102
+_STREAM_ADC_GAIN, _STREAM_ADC_OFFSET = 51, 52
 
 
 def row_partitions(part: Partitioning) -> torch.Tensor:
@@ -164,36 +164,22 @@ def adc_mismatch(hw: Hardware, seed: int, chips: torch.Tensor, layer_key: int, n
     return 1 + draw(a.gain_sigma, _STREAM_ADC_GAIN), draw(a.offset_lsb, _STREAM_ADC_OFFSET)
 
 
-def _per_read(seed: int, chips: torch.Tensor, layer_key: int, stream: int, image_ids: torch.Tensor,
-              nb: int, r: int, n: int, dtype) -> torch.Tensor:
-    """Normals ``(nb, r, Tc, n)`` drawn afresh at every read: one stream per (chip, image, token, input
-    bit), ``r`` rows being ``len(image_ids)`` images times their tokens (a Linear fed ``(batch, tokens,
-    features)`` reads each token on its own), ``n`` values per chip and row."""
+def read_noise(seed: int, chips: torch.Tensor, layer_key: int, image_ids: torch.Tensor, nb: int, r: int, n: int,
+               dtype=torch.float32) -> torch.Tensor:
+    """Normals ``(nb, r, Tc, n)`` drawn afresh at every read (section 4): one stream per (chip, image,
+    token, input bit), ``r`` rows being ``len(image_ids)`` images times their tokens (a Linear fed
+    ``(batch, tokens, features)`` reads each token on its own), ``n`` values per chip and row. They
+    carry the read noise of every column output, and the comparator noise of its conversion with it
+    (section 13.6: independent Gaussians at one ADC input add)."""
     tokens = r // len(image_ids)
     dev = chips.device
     keys = rng.derive(
         seed,
         chips.view(1, 1, -1),
         layer_key,
-        stream,
+        _STREAM_READ,
         image_ids.to(dev).repeat_interleave(tokens).view(1, -1, 1),
         torch.arange(tokens, device=dev).repeat(len(image_ids)).view(1, -1, 1),
         torch.arange(nb, device=dev).view(-1, 1, 1),
     )
     return rng.normal(keys, n, dtype)
-
-
-def read_noise(seed: int, chips: torch.Tensor, layer_key: int, image_ids: torch.Tensor, nb: int, r: int, n: int,
-               dtype=torch.float32) -> torch.Tensor:
-    """Read-noise normals ``(nb, r, Tc, n)`` (section 4), keyed by chip, image, token and input bit."""
-    return _per_read(seed, chips, layer_key, _STREAM_READ, image_ids, nb, r, n, dtype)
-
-
-def comparator_noise(hw: Hardware, seed: int, chips: torch.Tensor, layer_key: int, image_ids: torch.Tensor,
-                     nb: int, r: int, n: int, dtype=torch.float32) -> Optional[torch.Tensor]:
-    """Comparator noise in LSB, ``(nb, r, Tc, n)``, added to the codes before rounding (section 13.6):
-    one normal per conversion, keyed as the read noise on a stream of its own (``n`` ADC outputs per
-    chip and row); None when ``adc.noise_lsb`` is 0."""
-    if hw.adc.noise_lsb == 0:
-        return None
-    return hw.adc.noise_lsb * _per_read(seed, chips, layer_key, _STREAM_COMPARATOR, image_ids, nb, r, n, dtype)

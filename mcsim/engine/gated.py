@@ -35,7 +35,7 @@ _GATED_DTYPE, _GATED_DTYPE_DIGITIZED = torch.float64, torch.float32
 class GatedColumns:
     """The gated-row path of an analog layer, which provides ``hw``, ``geom``, ``part``, ``kinds``,
     ``n_slices``, ``conv_args``, ``digital_weight`` and the pass steps it shares (``_grouped_conv``,
-    ``_read_noise``)."""
+    ``_add_noise``)."""
 
     hw: Hardware
     geom: Geometry
@@ -68,11 +68,11 @@ class GatedColumns:
             for r0 in range(0, r, chunk):
                 y = self._gated_codes(u[:, c, r0 : r0 + chunk], g, bit_weights, prog, p, c)
                 k[:, r0 : r0 + chunk, c] = y.view(*y.shape[:-1], hp, wp)
+        var = None
         if u2 is not None:
             inp = part.gather_inputs(u2).permute(0, 2, 1, 3, 4, 5, 6, 7).flatten(0, 1).flatten(1, 4)
             var = self._grouped_conv(inp, prog.var, None, tc, geo.groups * part.parts).view_as(k)
-            k += var.sqrt_().mul_(self._read_noise(planes, r, var[0, 0, 0].numel()).view_as(var))
-        return k, (bit_weights if p.serial else [1.0])
+        return self._add_noise(k, var, p), (bit_weights if p.serial else [1.0])
 
     def _gated_codes(self, bits: torch.Tensor, g: torch.Tensor, bit_weights: list[float], prog: Programmed,
                      p: Pass, chip: int) -> torch.Tensor:

@@ -189,7 +189,7 @@ class AnalogLayer(Programming, Calibrated, GatedColumns, nn.Module):
             if p.gated:
                 k, plane_weights = self._gated_columns(u, u2, bit_weights, prog, p)
             else:
-                k, plane_weights = self._columns(u, u2, prog), bit_weights
+                k, plane_weights = self._columns(u, u2, prog, p), bit_weights
             z = self._recombine(self._digitize(k, p), plane_weights, p)
             if prog.alpha is not None:  # drift compensation rescales the analog outputs (section 4)
                 z.mul_(prog.alpha.to(z.dtype).view(1, -1, 1, 1, 1, 1))
@@ -259,9 +259,9 @@ class AnalogLayer(Programming, Calibrated, GatedColumns, nn.Module):
             out += var.sqrt_().mul_(self._read_noise(1, out.shape[0], var[0, 0].numel()).view_as(var))
         return out
 
-    def _columns(self, u: torch.Tensor, u2: Optional[torch.Tensor], prog: Programmed) -> torch.Tensor:
+    def _columns(self, u: torch.Tensor, u2: Optional[torch.Tensor], prog: Programmed, p: Pass) -> torch.Tensor:
         """Every column of every array, per input plane: ``(nb, r, Tc, g, P, S, N_g, H', W')`` ADC codes
-        before rounding (raw outputs when calibrating), with read noise (section 4)."""
+        before rounding (raw outputs when calibrating), with read and comparator noise (:meth:`_add_noise`)."""
         geo, part = self.geom, self.part
         nb, tc, r = u.shape[:3]
 
@@ -271,11 +271,22 @@ class AnalogLayer(Programming, Calibrated, GatedColumns, nn.Module):
 
         k = run(u, prog.weight, prog.bias)
         k = k.view(nb, r, tc, geo.groups, part.parts, self.n_slices, geo.ng, *k.shape[-2:])
-        if u2 is not None:
-            var = run(u2, prog.var).view_as(k)
-            k += var.sqrt_().mul_(self._read_noise(nb, r, var[0, 0, 0].numel()).view_as(var))
-        return k
+        return self._add_noise(k, run(u2, prog.var).view_as(k) if u2 is not None else None, p)
 
+    def _add_noise(self, k: torch.Tensor, var: Optional[torch.Tensor], p: Pass) -> torch.Tensor:
+        """In place on the column outputs ``k (nb, r, Tc, ...)``: read noise of variance ``var`` (section
+        4; None: none) and, ahead of a real ADC, the comparator noise of every conversion (section 13):
+        independent Gaussians at one ADC input, so one normal per conversion carries both,
+        ``k += sqrt(var + noise_lsb**2) * z``."""
+        comparator = self.hw.adc.noise_lsb if p.adc_bits is not None else 0.0
+        if var is None and not comparator:
+            return k
+        z = self._read_noise(k.shape[0], k.shape[1], k[0, 0, 0].numel()).view_as(k)
+        if var is None:
+            return k.add_(z.mul_(comparator))
+        if comparator:
+            var.add_(comparator**2)
+        return k.add_(var.sqrt_().mul_(z))
 
     def _digitize(self, k: torch.Tensor, p: Pass) -> tuple[torch.Tensor, list[float], list[float]]:
         """Section 7, in place: ADC codes, with each slice's ``(step, lo)`` to read them back. When
@@ -285,11 +296,6 @@ class AnalogLayer(Programming, Calibrated, GatedColumns, nn.Module):
                 for s in range(self.n_slices):
                     self._record(f"adc_{s}", subsample(k[:, :, :, :, :, s]))
             return k, [1.0] * self.n_slices, [0.0] * self.n_slices
-        c = self.ctx
-        noise = draws.comparator_noise(self.hw, c.seed, c.chips, self.key, c.image_ids, k.shape[0], k.shape[1],
-                                       k[0, 0, 0].numel(), k.dtype)
-        if noise is not None:  # comparator noise, one draw per conversion (docs/physics.md section 13)
-            k += noise.view_as(k)
         adc.codes_(k, p.adc_bits)
         lo, hi = self._adc_limits()
         return k, ((hi - lo) / (2**p.adc_bits - 1)).tolist(), lo.tolist()
