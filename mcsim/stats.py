@@ -79,10 +79,10 @@ def se_mean(acc, n_images):
 
 def mean_interval(acc, n_images, level: float = 0.95):
     """``(mean, lo, hi)``: the mean over chips (last axis) and its normal ``level`` interval
-    ``mean +- z SE`` (:func:`se_mean`)."""
+    ``mean +- z SE`` (:func:`se_mean`), clipped to [0, 1]."""
     acc = np.asarray(acc, dtype=float)
     mean, half = acc.mean(axis=-1), z_value(level) * se_mean(acc, n_images)
-    return mean, mean - half, mean + half
+    return mean, np.clip(mean - half, 0.0, 1.0), np.clip(mean + half, 0.0, 1.0)
 
 
 def _order_ranks(n: int, q: float, level: float) -> tuple[Optional[int], Optional[int]]:
@@ -139,9 +139,12 @@ def paired_difference(a, b, n_images: int) -> dict:
     """The difference ``mean(a) - mean(b)`` of two points measured on the same chips (last axis:
     chip ``t`` the same manufactured chip in ``a`` and ``b``) and the same images.
 
-    ``se_paired = std_t(a_t - b_t) / sqrt(T)``; ``se_unpaired = sqrt(SE_a**2 + SE_b**2)`` (each
-    with both error sources, :func:`se_mean`), what independent chips would give; ``reduction``:
-    the variance ratio ``se_unpaired**2 / se_paired**2`` (inf for identical chips' results).
+    ``se_paired = std_t(a_t - b_t) / sqrt(T)``: the shared images cancel in each chip's difference,
+    and with common chips so does most of the chip's own deviation. Beside it what independent
+    chips would give: ``se_unpaired = sqrt(SE_a**2 + SE_b**2)`` (each with both error sources,
+    :func:`se_mean`) and its chip part alone, ``se_unpaired_chips = sqrt((s_a**2 + s_b**2) / T)``.
+    ``reduction = se_unpaired_chips**2 / se_paired**2``: the variance common chips remove (about 1
+    for chips drawn per point; NaN where neither point varies between chips).
     """
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape:
@@ -149,10 +152,12 @@ def paired_difference(a, b, n_images: int) -> dict:
                          "pairing needs the same chips at both")
     t = a.shape[-1]
     se_paired = chip_spread(a - b) / math.sqrt(t)
-    se_unpaired = np.hypot(se_mean(a, n_images), se_mean(b, n_images))
+    chips = np.sqrt((chip_spread(a) ** 2 + chip_spread(b) ** 2) / t)
+    tiny = 1e-12  # below it a spread is rounding: identical chips' results
     with np.errstate(divide="ignore", invalid="ignore"):
-        reduction = np.where(se_paired > 0, se_unpaired**2 / np.where(se_paired > 0, se_paired, 1) ** 2, np.inf)
-    return {"diff": a.mean(axis=-1) - b.mean(axis=-1), "se_paired": se_paired, "se_unpaired": se_unpaired,
+        reduction = np.where(chips > tiny, chips**2 / np.where(se_paired > tiny, se_paired, 0.0) ** 2, np.nan)
+    return {"diff": a.mean(axis=-1) - b.mean(axis=-1), "se_paired": se_paired,
+            "se_unpaired": np.hypot(se_mean(a, n_images), se_mean(b, n_images)), "se_unpaired_chips": chips,
             "reduction": reduction}
 
 

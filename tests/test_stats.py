@@ -112,9 +112,11 @@ def test_paired_difference():
     assert d["diff"] == pytest.approx(0.01, abs=3e-4)
     assert d["se_paired"] == pytest.approx(0.001 / math.sqrt(200), rel=0.15)
     assert d["se_unpaired"] == pytest.approx(0.02 * math.sqrt(2 / 200), rel=0.15)
+    assert d["se_unpaired_chips"] == pytest.approx(d["se_unpaired"], rel=1e-4)  # images: n = 1e9
     assert d["reduction"] > 300
     independent = stats.paired_difference(a, rng.normal(0.89, 0.02, 200), n_images=10**9)
     assert 0.7 < independent["reduction"] < 1.4
+    assert math.isnan(stats.paired_difference(np.ones(5), np.ones(5), 100)["reduction"])  # no chip varies
     with pytest.raises(ValueError, match="same chips"):
         stats.paired_difference(a, a[:10], 100)
 
