@@ -103,7 +103,7 @@ def quantile_interval(x, q: float, level: float = 0.95):
     the sample quantile and the distribution-free order-statistic interval ``[x_(l), x_(u)]``,
     whose ranks come from ``#{x_i <= xi_q} ~ Binomial(T, q)`` (coverage >= ``level`` for any
     continuous distribution). An end no order statistic of ``T`` chips can give is infinite
-    (e.g. ``lo = -inf`` for the worst 1 % of fewer than 300 chips at 95 %)."""
+    (e.g. ``lo = -inf`` for the worst 1 % of fewer than 367 chips at 95 %: ``0.99**T > 0.025``)."""
     if not 0 < q < 1:
         raise ValueError(f"quantile: {q!r} is not in (0, 1); give e.g. 0.01 for the worst 1 % of chips")
     x = np.sort(np.asarray(x, dtype=float), axis=-1)
