@@ -440,6 +440,7 @@ def plot(ds: xr.Dataset, path: str, metric: str = "top1", band: str = "std", tit
         handle = ax.errorbar([0], [float(mean)], yerr=err.reshape(2, 1), fmt="o", capsize=4, label=metric)
         ax.fill_between([-0.2, 0.2], float(mean) - std, float(mean) + std, color=handle.lines[0].get_color(),
                         alpha=0.2, linewidth=0)
+        ax.set_xlim(-1, 1)
         ax.set_xticks([])
         spread = "+-1 std"
     digital = float(ds[f"digital_{metric}"].values)
@@ -487,9 +488,9 @@ def plot_yield(ds: xr.Dataset, path: str, delta: float, metric: str = "top1", ti
         ax.errorbar([0], [y], yerr=[[y - lo], [hi - y]], fmt="o", capsize=4, label=metric)
         ax.set_xticks([])
     ax.set_ylim(-0.02, 1.02)
-    ax.set_ylabel(f"yield: share of chips with {metric} >= digital - {100 * delta:g} pts")
-    ax.set_title(title or f"{ds.attrs.get('name', '')}: yield over {ds.sizes['trial']} chips (digital "
-                 f"{100 * digital:.2f} %), bars: {100 * LEVEL:g} % Wilson interval")
+    ax.set_ylabel(f"yield: chips with {metric} >= {100 * digital:.2f} - {100 * delta:g} %")
+    ax.set_title(title or f"{ds.attrs.get('name', '')}: yield over {ds.sizes['trial']} chips, bars "
+                 f"{100 * LEVEL:g} % Wilson CI; digital {100 * digital:.2f} %")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
