@@ -143,10 +143,22 @@ def report(
     csv: Optional[Path] = typer.Option(None, "--csv", help="also write the statistics to this CSV file"),
     partial: bool = typer.Option(False, "--partial", help="report an unfinished run (images done so far)"),
     energy: bool = typer.Option(False, "--energy", help="add the mean energy per image, total and by component"),
+    yield_pts: Optional[float] = typer.Option(
+        None, "--yield", metavar="POINTS",
+        help="add the yield: the share of chips within POINTS accuracy points (1.0 = 1 %) of digital, "
+             "with its 95% Wilson interval"),
+    quantile: Optional[float] = typer.Option(
+        None, "--quantile", metavar="Q",
+        help="add the Q-quantile chip (0.01: the worst 1%) with its 95% order-statistic interval"),
+    compare: Optional[str] = typer.Option(
+        None, "--compare", metavar="DIM[=A,B,...]",
+        help="paired differences between the values of a swept dim (all pairs, or those listed), chip by "
+             "chip, with the variance reduction against unpaired chips"),
 ) -> None:
     """Accuracy statistics over trials per sweep point: mean, std, min, 5th/95th percentile,
-    and the binomial standard error sqrt(p(1-p)/n) of the images; with --energy, the first-order
-    energy per image (mean over trials) and its components."""
+    the mean's standard error with both error sources (chips and images) and its 95% interval
+    (docs/physics.md section 14); with --energy, the first-order energy per image (mean over trials)
+    and its components."""
     with _Guard():
         from rich.table import Table
 
@@ -156,8 +168,18 @@ def report(
 
         from mcsim.report import ENERGY_COLUMNS, energy_unit, has_energy, point_labels, summarize, summarize_energy
 
+        if yield_pts is not None and not 0 <= yield_pts <= 100:
+            _fail(f"--yield: {yield_pts} is not an accuracy in points between 0 and 100; give e.g. 1.0 for "
+                  "chips within 1 point of digital", EXIT_BAD_INPUT)
+        if quantile is not None and not 0 < quantile < 1:
+            _fail(f"--quantile: {quantile} is not in (0, 1); give e.g. 0.01 for the worst 1% of chips",
+                  EXIT_BAD_INPUT)
         ds = open_result(store, partial=partial)
-        df = summarize(ds)
+        pairs = None
+        if compare is not None:
+            pairs = _compare_table(ds, compare)
+        delta = None if yield_pts is None else yield_pts / 100
+        df = summarize(ds, yield_delta=delta, quantile=quantile)
         labels = point_labels(ds)
         if energy:
             if not has_energy(ds):
@@ -170,12 +192,19 @@ def report(
         if csv is not None:
             df.to_csv(csv, index=False)
         table = Table(title=f"{ds.attrs.get('name', store)}: accuracy in % over {ds.sizes['trial']} trials "
-                      f"(chips), {int(ds['n_images'].max())} images; SE: binomial standard error of the mean")
+                      f"(chips), {int(ds['n_images'].max())} images; SE of the mean from chips and images, "
+                      "SE img: images alone (binomial)")
         for name in labels:
             table.add_column(name, no_wrap=True, min_width=max(len(_fmt(v)) for v in df[name]))
         table.add_column("metric")
-        for head in ("mean", "std", "min", "p5", "p95", "SE"):
-            table.add_column(head, justify="right")
+        for head in ("mean", "std", "min", "p5", "p95", "SE img", "SE", "95% CI"):
+            table.add_column(head, justify="right", no_wrap=True)
+        if delta is not None:
+            table.add_column(f"yield -{yield_pts:g}", justify="right", no_wrap=True)
+            table.add_column("95% CI", justify="right", no_wrap=True)
+        if quantile is not None:
+            table.add_column(f"q{quantile:g} chip", justify="right", no_wrap=True)
+            table.add_column("95% CI", justify="right", no_wrap=True)
         if energy:
             table.add_column(f"E/image ({unit})", justify="right")
             for head in ("E std", "ADC", "DAC", "array", "digital"):
@@ -183,9 +212,14 @@ def report(
         for i, row in df.iterrows():
             first = row["metric"] == df["metric"].iloc[0]
             cells = [f"{factor * row[c]:.4g}" if first else "" for c in ENERGY_COLUMNS] if energy else []
+            extra = []
+            if delta is not None:
+                extra += [f"{100 * row['yield']:.1f}", _interval(row["yield_lo"], row["yield_hi"], 1)]
+            if quantile is not None:
+                extra += [f"{100 * row['q_acc']:.2f}", _interval(row["q_lo"], row["q_hi"], 2)]
             table.add_row(*[_fmt(row[name]) if first else "" for name in labels], row["metric"],
-                          *[f"{100 * row[c]:.2f}" for c in ("mean", "std", "min", "p5", "p95", "se_binom")],
-                          *cells, end_section=not first)
+                          *[f"{100 * row[c]:.2f}" for c in ("mean", "std", "min", "p5", "p95", "se_binom", "se")],
+                          _interval(row["ci_lo"], row["ci_hi"], 2), *extra, *cells, end_section=not first)
         con = _console()
         from rich.measure import Measurement
 
@@ -195,12 +229,60 @@ def report(
         con.print(table)
         con.print(f"digital model: top1 {100 * float(ds['digital_top1']):.2f}%, "
                   f"top5 {100 * float(ds['digital_top5']):.2f}%", markup=False)
+        if delta is not None:
+            con.print(f"yield -{yield_pts:g}: % of chips with accuracy >= digital - {yield_pts:g} points (Wilson "
+                      "interval)", markup=False)
+        if quantile is not None:
+            con.print(f"q{quantile:g} chip: the accuracy the worst {100 * quantile:g}% of chips fall below "
+                      "(order-statistic interval; -inf/inf: too few chips to bound that end)", markup=False)
         if energy:
             con.print(f"energy per image in {unit}, mean over trials (E std: over trials); first order, priced with "
                       "hardware.energy (docs/physics.md section 12)", markup=False)
+        if pairs is not None:
+            con.print(pairs)
+            from mcsim.report import chips_common
+
+            if not chips_common(ds):
+                con.print("these chips were drawn per point (execution.chips: per_point): the points share no "
+                          "chip, so pairing cannot reduce the error; run with execution.chips: common",
+                          markup=False)
         _print_layer_ranking(con, ds)
         if csv is not None:
             con.print(f"wrote {csv}", markup=False)
+
+
+def _interval(lo: float, hi: float, digits: int) -> str:
+    """``[lo, hi]`` in %, an open end as -inf/inf."""
+    import math
+
+    end = lambda v: ("-inf" if v < 0 else "inf") if math.isinf(v) else f"{100 * v:.{digits}f}"
+    return f"[{end(lo)}, {end(hi)}]"
+
+
+def _compare_table(ds, spec: str):
+    """The table of ``--compare DIM[=A,B,...]``: paired differences of top-1 (mcsim.report.compare)."""
+    from rich.table import Table
+
+    from mcsim.report import compare
+
+    dim, _, listed = spec.partition("=")
+    try:
+        df = compare(ds, dim.strip(), [v.strip() for v in listed.split(",")] if listed else None)
+    except ValueError as exc:
+        _fail(f"--compare: {str(exc).removeprefix('compare: ')}", EXIT_BAD_INPUT)
+    stat_columns = ("a", "b", "diff", "se_paired", "se_unpaired", "se_unpaired_chips", "reduction", "trials")
+    labels = [c for c in df.columns if c not in stat_columns]
+    table = Table(title=f"paired differences along {dim}: top1 a - b in points over the same "
+                  f"{int(df['trials'].iloc[0])} chips and images; SE paired: std_t(a_t - b_t)/sqrt(T); SE unpaired: "
+                  "independent chips, from their spread alone and with the images' error, sqrt(SE_a^2 + SE_b^2); "
+                  "variance reduction: (SE unpaired chips / SE paired)^2")
+    for name in labels + ["a", "b", "a - b", "SE paired", "SE unpaired chips", "chips+images", "var. reduction"]:
+        table.add_column(name, justify="left" if name in labels + ["a", "b"] else "right", no_wrap=True)
+    for _, row in df.iterrows():
+        gain = "-" if row["reduction"] != row["reduction"] else f"{row['reduction']:.1f}x"
+        table.add_row(*[_fmt(row[n]) for n in labels], _fmt(row["a"]), _fmt(row["b"]), f"{100 * row['diff']:+.2f}",
+                      *[f"{100 * row[c]:.3f}" for c in ("se_paired", "se_unpaired_chips", "se_unpaired")], gain)
+    return table
 
 
 def _print_layer_ranking(con, ds) -> None:
@@ -242,17 +324,26 @@ def plot(
     partial: bool = typer.Option(False, "--partial", help="plot an unfinished run"),
     energy: bool = typer.Option(False, "--energy",
                                 help="accuracy against energy per image, one point per sweep point"),
+    yield_pts: Optional[float] = typer.Option(
+        None, "--yield", metavar="POINTS",
+        help="plot the yield instead: the share of chips within POINTS accuracy points of digital"),
 ) -> None:
     """Plot accuracy against the first numeric swept setting, one line per value of the other
-    dims, with a band over trials and the digital accuracy dashed. With --energy: accuracy against
-    the energy per image, one point per sweep point, error bars over the chips."""
+    dims: the chip spread as a band, the mean's 95% interval (chips and images) as error bars, the
+    digital accuracy dashed. With --energy: accuracy against the energy per image, one point per
+    sweep point, error bars over the chips. With --yield: the yield with its Wilson interval."""
     with _Guard():
         if metric not in ("top1", "top5"):
             _fail(f"--metric: {metric!r} is not top1 or top5", EXIT_BAD_INPUT)
         if band not in ("std", "percentile"):
             _fail(f"--band: {band!r} is not std or percentile", EXIT_BAD_INPUT)
         from mcsim.api import open_result
-        from mcsim.report import has_energy, plot_energy
+        if yield_pts is not None and not 0 <= yield_pts <= 100:
+            _fail(f"--yield: {yield_pts} is not an accuracy in points between 0 and 100; give e.g. 1.0",
+                  EXIT_BAD_INPUT)
+        if yield_pts is not None and energy:
+            _fail("--yield and --energy draw different figures; give one", EXIT_BAD_INPUT)
+        from mcsim.report import has_energy, plot_energy, plot_yield
         from mcsim.report import plot as draw
 
         ds = open_result(store, partial=partial)
@@ -262,9 +353,12 @@ def plot(
         if output is None:
             if "://" in store:
                 _fail("--output: give a PNG path for a remote store", EXIT_BAD_INPUT)
-            output = Path(store.rstrip("/").removesuffix(".zarr") + f".{metric}{'.energy' if energy else ''}.png")
+            kind = ".energy" if energy else ".yield" if yield_pts is not None else ""
+            output = Path(store.rstrip("/").removesuffix(".zarr") + f".{metric}{kind}.png")
         if energy:
             plot_energy(ds, str(output), metric=metric)
+        elif yield_pts is not None:
+            plot_yield(ds, str(output), yield_pts / 100, metric=metric)
         else:
             draw(ds, str(output), metric=metric, band=band)
         _console().print(f"wrote {output}", markup=False)

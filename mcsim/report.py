@@ -3,8 +3,13 @@
 ``summarize(ds)`` gives a pandas DataFrame with one row per sweep point and metric: mean, std,
 min, 5th and 95th percentile over the trials (chips), the binomial standard error
 ``sqrt(p (1 - p) / n)`` of the mean accuracy ``p`` over ``n`` images (the finite-image sampling
-error, beside the chip-to-chip spread), and the digital model's accuracy.
-``plot(ds, path)`` draws accuracy against the first numeric swept setting.
+error, beside the chip-to-chip spread), the mean's SE with both error sources and its 95 %
+interval, optionally the yield (chips within ``delta`` of digital, Wilson interval) and the
+``q``-quantile chip (order-statistic interval), and the digital model's accuracy; the statistics
+are :mod:`mcsim.stats`' (docs/physics.md section 14). ``compare(ds, dim)`` gives paired
+differences between the values of a swept dim, chip by chip.
+``plot(ds, path)`` draws accuracy against the first numeric swept setting: the chip spread as a
+band, the mean's 95 % interval as error bars; ``plot_yield`` draws the yield.
 ``summarize_energy(ds)`` gives the mean energy per image per sweep point (total and by component,
 docs/physics.md section 12), and ``plot_energy(ds, path)`` draws accuracy against it.
 
@@ -21,13 +26,17 @@ from typing import Optional
 import numpy as np
 import xarray as xr
 
-__all__ = ["ENERGY_COLUMNS", "METRICS", "STAT_COLUMNS", "energy_unit", "layer_sensitivity", "plot", "plot_energy",
-           "point_labels", "summarize", "summarize_energy", "x_axis"]
+from mcsim import stats
+
+__all__ = ["ENERGY_COLUMNS", "LEVEL", "METRICS", "STAT_COLUMNS", "chips_common", "compare", "energy_unit",
+           "layer_sensitivity", "plot", "plot_energy", "plot_yield", "point_labels", "summarize", "summarize_energy",
+           "x_axis"]
 
 LAYER_DIM, NO_LAYER = "target_layer", "(none)"  # as mcsim.sweep names them
 
 METRICS = ("top1", "top5")
-STAT_COLUMNS = ("mean", "std", "min", "p5", "p95", "se_binom")
+STAT_COLUMNS = ("mean", "std", "min", "p5", "p95", "se_binom", "se", "ci_lo", "ci_hi")
+LEVEL = 0.95  # the level of every interval of the report and the plots
 
 
 def sweep_dims(ds: xr.Dataset) -> list[str]:
@@ -51,8 +60,16 @@ def _value(v):
     return v.item() if hasattr(v, "item") else v
 
 
-def summarize(ds: xr.Dataset, metrics=METRICS):
-    """One row per sweep point and metric: the point's labels, then the statistics over trials."""
+def summarize(ds: xr.Dataset, metrics=METRICS, *, yield_delta: Optional[float] = None,
+              quantile: Optional[float] = None):
+    """One row per sweep point and metric: the point's labels, then the statistics over trials.
+
+    ``se`` is the mean's SE with both error sources (chips and images, :func:`mcsim.stats.se_mean`),
+    ``ci_lo``/``ci_hi`` its 95 % interval. ``yield_delta`` (a fraction: 0.01 is one accuracy point)
+    adds ``yield``, ``yield_lo``, ``yield_hi``: the share of chips within it of the digital accuracy,
+    with its Wilson interval; ``quantile`` (e.g. 0.01) adds ``q_acc``, ``q_lo``, ``q_hi``: the
+    accuracy of the ``q``-quantile chip with its order-statistic interval (an end that so few chips
+    cannot give is infinite)."""
     import pandas as pd
 
     dims = sweep_dims(ds)
@@ -66,21 +83,82 @@ def summarize(ds: xr.Dataset, metrics=METRICS):
         for metric in metrics:
             acc = point[metric].values.astype(float)
             n = int(point["n_images"].values.max())
-            mean = float(np.mean(acc))
-            rows.append({
+            digital = float(ds[f"digital_{metric}"].values)
+            mean, lo, hi = stats.mean_interval(acc, n, LEVEL) if n else (float(np.mean(acc)), math.nan, math.nan)
+            row = {
                 **base,
                 "metric": metric,
-                "mean": mean,
-                "std": float(np.std(acc, ddof=1)) if acc.size > 1 else 0.0,
+                "mean": float(mean),
+                "std": float(stats.chip_spread(acc)),
                 "min": float(np.min(acc)),
                 "p5": float(np.percentile(acc, 5)),
                 "p95": float(np.percentile(acc, 95)),
-                "se_binom": math.sqrt(mean * (1 - mean) / n) if n else math.nan,
-                "trials": int(acc.size),
-                "n_images": n,
-                "digital": float(ds[f"digital_{metric}"].values),
-            })
+                "se_binom": float(stats.se_binom(mean, n)) if n else math.nan,
+                "se": float(stats.se_mean(acc, n)) if n else math.nan,
+                "ci_lo": float(lo),
+                "ci_hi": float(hi),
+            }
+            if yield_delta is not None:
+                row["yield"], row["yield_lo"], row["yield_hi"] = map(
+                    float, stats.yield_interval(acc, digital, yield_delta, LEVEL))
+            if quantile is not None:
+                row["q_acc"], row["q_lo"], row["q_hi"] = map(float, stats.quantile_interval(acc, quantile, LEVEL))
+            rows.append({**row, "trials": int(acc.size), "n_images": n, "digital": digital})
     return pd.DataFrame(rows)
+
+
+def chips_common(ds: xr.Dataset) -> bool:
+    """Whether the result's chips are common random numbers (``execution.chips: common``): chip ``t``
+    the same manufactured chip at every point. Stores written before the setting existed keyed
+    chips per point."""
+    import yaml
+
+    scenario = yaml.safe_load(ds.attrs.get("scenario") or "{}") or {}
+    return (scenario.get("execution") or {}).get("chips", "per_point") == "common"
+
+
+def compare(ds: xr.Dataset, dim: str, values: Optional[list] = None, metric: str = "top1"):
+    """Paired differences between the values of the swept dim ``dim``, chip by chip, at every point of
+    the other dims: one row per pair ``(a, b)`` (all pairs of ``values``, default every value of the
+    dim, in order): ``diff = mean(a) - mean(b)``, ``se_paired = std_t(a_t - b_t) / sqrt(T)``,
+    ``se_unpaired = sqrt(SE_a**2 + SE_b**2)`` and ``reduction``, the variance ratio
+    (:func:`mcsim.stats.paired_difference`). Pairing holds only where the chips are common random
+    numbers (:func:`chips_common`); with per-point chips ``se_paired`` estimates the unpaired error."""
+    import pandas as pd
+
+    if dim not in sweep_dims(ds):
+        raise ValueError(f"compare: {dim!r} is not a swept dim of this result; its dims: {', '.join(sweep_dims(ds))}"
+                         " (a zipped setting is compared along 'point')")
+    known = [_value(v) for v in ds[dim].values]
+    chosen = known if values is None else [_match(dim, v, known) for v in values]
+    if len(chosen) < 2:
+        raise ValueError(f"compare: {dim} needs two values to compare, got {chosen}")
+    others = [d for d in sweep_dims(ds) if d != dim]
+    labels = [n for n in point_labels(ds) if ds[n].dims != (dim,)]
+    rows = []
+    for pos in itertools.product(*(range(ds.sizes[d]) for d in others)):
+        sub = ds.isel(dict(zip(others, pos)))
+        n = int(sub["n_images"].values.max())
+        base = {name: _value(sub[name].values) for name in labels}
+        for a, b in itertools.combinations(chosen, 2):
+            acc_a = sub[metric].isel({dim: known.index(a)}).values.astype(float)
+            acc_b = sub[metric].isel({dim: known.index(b)}).values.astype(float)
+            d = stats.paired_difference(acc_a, acc_b, n)
+            rows.append({**base, "a": a, "b": b, **{k: float(v) for k, v in d.items()}, "trials": acc_a.size})
+    return pd.DataFrame(rows)
+
+
+def _match(dim: str, value, known: list):
+    """The value of ``dim`` written ``value`` (text from the command line: ``8`` matches 8.0)."""
+    for k in known:
+        if str(k) == str(value) or _fmt(k) == str(value):
+            return k
+        try:
+            if float(k) == float(value):
+                return k
+        except (TypeError, ValueError):
+            pass
+    raise ValueError(f"compare: {dim} has no value {value!r}; its values: {', '.join(_fmt(k) for k in known)}")
 
 
 # --------------------------------------------------------------------------------------
@@ -290,9 +368,41 @@ def x_axis(ds: xr.Dataset) -> tuple[str, str]:
     return dims[0], dims[0]
 
 
+def _mean_ci(line: xr.DataArray, ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """The mean over trials and the half-widths below/above of its 95 % interval (both error
+    sources), along the last remaining dim of ``line`` (trial last)."""
+    acc = line.transpose(..., "trial").values.astype(float)
+    n = int(ds["n_images"].values.max())
+    mean, lo, hi = stats.mean_interval(acc, n, LEVEL)
+    return mean, np.stack([mean - lo, hi - mean])
+
+
+def _legend_with_bands(ax, spread: str) -> None:
+    """The legend, with two grey entries that say what the band and the bars are."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles, labels = ax.get_legend_handles_labels()
+    handles += [Patch(color="grey", alpha=0.25, linewidth=0),
+                Line2D([], [], color="grey", marker="|", linestyle="none", markersize=10)]
+    labels += [f"band: chip spread ({spread})", f"bars: {100 * LEVEL:g} % CI of the mean (chips + images)"]
+    ax.legend(handles, labels, fontsize="small")
+
+
+def _setup_x(ds: xr.Dataset):
+    """(xdim, xcoord, xs, order, numeric) of the x axis (:func:`x_axis`)."""
+    xdim, xcoord = x_axis(ds)
+    xv = ds[xcoord].values
+    numeric = _numeric(xv)
+    xs = xv.astype(float) if numeric else np.arange(len(xv))
+    return xdim, xcoord, xs, np.argsort(xs, kind="stable"), numeric
+
+
 def plot(ds: xr.Dataset, path: str, metric: str = "top1", band: str = "std", title: Optional[str] = None) -> str:
-    """Accuracy (mean over trials, band: +-1 std or 5-95 percentile) vs the first numeric swept
-    setting, one line per value of the other dims; the digital accuracy dashed. Writes ``path``."""
+    """Accuracy vs the first numeric swept setting, one line per value of the other dims: the mean
+    over trials with its 95 % interval (chips and images, :func:`mcsim.stats.mean_interval`) as
+    error bars, the chip spread (+-1 std or 5-95 percentile) as a band, the digital accuracy dashed.
+    Writes ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -303,38 +413,84 @@ def plot(ds: xr.Dataset, path: str, metric: str = "top1", band: str = "std", tit
     if layer_sweep_mode(ds) is not None:
         return plot_layer_sensitivity(ds, path, metric, title)
     acc = ds[metric]
-    xdim, xcoord = x_axis(ds)
-    others = [d for d in sweep_dims(ds) if d != xdim]
+    spread = "5-95 percentile" if band == "percentile" else "+-1 std"
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    if xdim:
-        xv = ds[xcoord].values
-        numeric = _numeric(xv)
-        xs = xv.astype(float) if numeric else np.arange(len(xv))
-        order = np.argsort(xs, kind="stable")
+    if sweep_dims(ds):
+        xdim, xcoord, xs, order, numeric = _setup_x(ds)
+        others = [d for d in sweep_dims(ds) if d != xdim]
         for pos in itertools.product(*(range(ds.sizes[d]) for d in others)):
             sel = dict(zip(others, pos))
             line = acc.isel(sel)
-            mean = line.mean("trial").values[order]
+            mean, err = _mean_ci(line, ds)
+            mean, err = mean[order], err[:, order]
             if band == "percentile":
                 lo, hi = line.quantile(0.05, "trial").values[order], line.quantile(0.95, "trial").values[order]
             else:
                 std = line.std("trial", ddof=1).values[order] if ds.sizes["trial"] > 1 else 0 * mean
                 lo, hi = mean - std, mean + std
             label = ", ".join(_label(ds, d, i) for d, i in sel.items()) or metric
-            (handle,) = ax.plot(xs[order], mean, marker="o", label=label)
-            ax.fill_between(xs[order], lo, hi, color=handle.get_color(), alpha=0.2, linewidth=0)
+            handle = ax.errorbar(xs[order], mean, yerr=err, marker="o", capsize=3, label=label)
+            ax.fill_between(xs[order], lo, hi, color=handle.lines[0].get_color(), alpha=0.2, linewidth=0)
         if not numeric:
-            ax.set_xticks(xs, [_fmt(v) for v in xv])
+            ax.set_xticks(xs, [_fmt(v) for v in ds[xcoord].values])
         ax.set_xlabel(xcoord)
-    else:  # a single point: one bar with its error
-        mean, std = float(acc.mean()), float(acc.std(ddof=1)) if ds.sizes["trial"] > 1 else 0.0
-        ax.errorbar([0], [mean], yerr=[std], fmt="o", capsize=4, label=metric)
+    else:  # a single point: the mean with its interval, the spread as a box
+        mean, err = _mean_ci(acc, ds)
+        std = float(acc.std(ddof=1)) if ds.sizes["trial"] > 1 else 0.0
+        handle = ax.errorbar([0], [float(mean)], yerr=err.reshape(2, 1), fmt="o", capsize=4, label=metric)
+        ax.fill_between([-0.2, 0.2], float(mean) - std, float(mean) + std, color=handle.lines[0].get_color(),
+                        alpha=0.2, linewidth=0)
+        ax.set_xlim(-1, 1)
         ax.set_xticks([])
+        spread = "+-1 std"
     digital = float(ds[f"digital_{metric}"].values)
     ax.axhline(digital, color="black", linestyle="--", linewidth=1, label=f"digital ({digital:.3f})")
     ax.set_ylabel(f"{metric} accuracy")
-    spread = "5-95 percentile" if band == "percentile" else "+-1 std"
-    ax.set_title(title or f"{ds.attrs.get('name', '')}: mean over {ds.sizes['trial']} chips, band {spread}")
+    ax.set_title(title or f"{ds.attrs.get('name', '')}: mean over {ds.sizes['trial']} chips, band {spread}, "
+                 f"bars {100 * LEVEL:g} % CI")
+    ax.grid(True, alpha=0.3)
+    _legend_with_bands(ax, spread)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_yield(ds: xr.Dataset, path: str, delta: float, metric: str = "top1", title: Optional[str] = None) -> str:
+    """The yield, the share of chips within ``delta`` (a fraction) of the digital accuracy, with its
+    95 % Wilson interval as error bars, vs the first numeric swept setting, one line per value of the
+    other dims (:func:`mcsim.stats.yield_interval`). Writes ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if metric not in METRICS:
+        raise ValueError(f"metric: {metric!r} is not one of {', '.join(METRICS)}")
+    digital = float(ds[f"digital_{metric}"].values)
+    acc = ds[metric]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    dims = sweep_dims(ds)
+    if dims:
+        xdim, xcoord, xs, order, numeric = _setup_x(ds)
+        others = [d for d in dims if d != xdim]
+        for pos in itertools.product(*(range(ds.sizes[d]) for d in others)):
+            sel = dict(zip(others, pos))
+            y, lo, hi = stats.yield_interval(acc.isel(sel).transpose(..., "trial").values, digital, delta, LEVEL)
+            label = ", ".join(_label(ds, d, i) for d, i in sel.items()) or metric
+            ax.errorbar(xs[order], y[order], yerr=np.stack([y - lo, hi - y])[:, order], marker="o", capsize=3,
+                        label=label)
+        if not numeric:
+            ax.set_xticks(xs, [_fmt(v) for v in ds[xcoord].values])
+        ax.set_xlabel(xcoord)
+    else:
+        y, lo, hi = stats.yield_interval(acc.values, digital, delta, LEVEL)
+        ax.errorbar([0], [y], yerr=[[y - lo], [hi - y]], fmt="o", capsize=4, label=metric)
+        ax.set_xticks([])
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel(f"yield: chips with {metric} >= {100 * digital:.2f} - {100 * delta:g} %")
+    ax.set_title(title or f"{ds.attrs.get('name', '')}: yield over {ds.sizes['trial']} chips, bars "
+                 f"{100 * LEVEL:g} % Wilson CI; digital {100 * digital:.2f} %")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()

@@ -24,7 +24,7 @@ sweep values are normalised to their validated form (``0`` -> ``0.0`` for a floa
 
 ``Scenario.text`` is the canonical YAML of the scenario (all defaults written out), and
 ``scenario_fingerprint`` hashes everything that can change results (all but ``execution``
-and ``output``).
+and ``output``, save ``execution.chips`` when it is ``common``).
 
 This module must stay light: it does not import torch, ray or zarr itself. The sweep's schema
 and expansion are :mod:`mcsim.sweep`'s, the validation messages :mod:`mcsim.validation`'s (both
@@ -73,7 +73,8 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class Execution(StrictModel):
-    """How the work is cut into tasks and run; never changes results."""
+    """How the work is cut into tasks and run; never changes results, save ``chips`` (how chips are
+    keyed, docs/physics.md section 14), which the fingerprint holds."""
 
     shard_images: int = Field(1000, ge=1, description="images per task")
     trials_per_task: int = Field(10, ge=1, description="Monte Carlo trials per task")
@@ -81,6 +82,10 @@ class Execution(StrictModel):
     gpus_per_task: float = Field(1.0, gt=0, description="GPUs a task reserves (ray); fractions share a GPU")
     workers: Optional[int] = Field(None, ge=1, description="local worker processes; null = one per core")
     max_retries: int = Field(3, ge=0, description="retries of a failed task")
+    chips: Literal["common", "per_point"] = Field(
+        "common", description="common: chip t is the same manufactured chip (the same draws) at every sweep "
+                              "point, so differences between points are paired chip by chip; per_point: each "
+                              "point draws its own chips (stores written before this setting)")
 
 
 class Scenario(StrictModel):
@@ -158,9 +163,13 @@ def scenario_fingerprint(scenario: Scenario) -> str:
     """sha256 hex of the canonical JSON of everything that can change results.
 
     ``execution`` and ``output`` are left out: how the work is cut and where it is written
-    never changes a number.
+    never changes a number. ``execution.chips`` does (it keys the chips): ``common`` is hashed in,
+    ``per_point`` is not, so a store written before the setting existed (its chips keyed per
+    point) keeps its fingerprint and resumes with ``chips: per_point`` only.
     """
     data = {k: v for k, v in scenario.canonical().items() if k not in NON_RESULT_FIELDS}
+    if scenario.execution.chips != "per_point":
+        data["chips"] = scenario.execution.chips
     return hashlib.sha256(canonical_json(data).encode("utf-8")).hexdigest()
 
 

@@ -11,7 +11,8 @@ study's conclusions the numbers mcsim measured, as mean +- std over the simulate
 binomial standard error of the images, and the margin between the compared designs with its
 standard error.
 
-Statistics. A sweep point is evaluated on T chips (trials), each on the same N images. Its mean
+Statistics (mcsim.stats, the selection of points and the brackets in mcsim.analysis; this script
+holds the page's prose and layout only). A sweep point is evaluated on T chips (trials), each on the same N images. Its mean
 accuracy p has two sources of error: the chip-to-chip spread (std s over the T chips; s**2 / T)
 and the finite image set (binomial, p (1 - p) / N, which averaging over chips does not reduce).
 So SE(p) = sqrt(s**2 / T + p (1 - p) / N), and the margin between two points, p_a - p_b, has
@@ -25,11 +26,13 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+
+from mcsim.analysis import (TOLERANCE, bit_position_drops, digital, fewest, pick, plain_dims, stat, stat_of, threshold, values,
+                            wall_seconds)
+from mcsim.stats import Margin, PointStat, Threshold
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "scenarios" / "cpu"
@@ -45,7 +48,6 @@ EXPERIMENTS = [
     "06_sonos_designs",
 ]
 
-TOLERANCE = 0.02  # "tolerated": mean accuracy within 2 percentage points of the digital model
 RP_BITS, BIT_ROWS = (1e-5, 1e-4, 1e-3), 784  # the bit-position measurement: rps around scenario 04's; its 1152-row partitions
 
 # What the paper says, beside each finding. Only the study's abstract could be retrieved as text
@@ -98,7 +100,7 @@ def load(name: str, run: bool = True):
 
     scenario = load_scenario(SCENARIOS / f"{name}.yaml")
     try:
-        return _plain_dims(open_result(scenario.output)), scenario
+        return plain_dims(open_result(scenario.output)), scenario
     except Exception as exc:  # missing or unfinished store
         if not run:
             raise SystemExit(f"{scenario.output}: no complete result ({exc}); run without --no-run") from exc
@@ -106,181 +108,13 @@ def load(name: str, run: bool = True):
     start = time.perf_counter()
     ds = run_scenario(scenario, progress=sys.stderr.isatty())
     print(f"  {name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-    return _plain_dims(ds), scenario
-
-
-def _plain_dims(ds):
-    """Per-layer sweep dims renamed to their setting (scenario 04 sweeps ``7.rp``, the classifier's rp)."""
-    return ds.rename({d: d.split(".")[-1] for d in ds.dims if "." in d and d.split(".")[-1] not in ds.dims})
-
-
-def wall_seconds(ds) -> float:
-    """Wall time of the runs recorded in a store (summed over resumed runs)."""
-    total = 0.0
-    for r in ds.attrs.get("runs", []):
-        if r.get("started") and r.get("ended"):
-            total += (datetime.fromisoformat(r["ended"]) - datetime.fromisoformat(r["started"])).total_seconds()
-    return total
-
-
-# --------------------------------------------------------------------------------------
-# statistics
-
-
-@dataclass(frozen=True)
-class Stat:
-    """Top-1 accuracy of one sweep point over its chips."""
-
-    mean: float
-    std: float  # chip-to-chip, ddof=1 (0 for one chip)
-    trials: int
-    n_images: int
-
-    @property
-    def se_binom(self) -> float:
-        return math.sqrt(max(self.mean * (1 - self.mean), 0.0) / self.n_images)
-
-    @property
-    def se(self) -> float:
-        return math.sqrt(self.std**2 / self.trials + self.se_binom**2)
-
-    def fmt(self) -> str:
-        if self.trials > 1:
-            return f"{100 * self.mean:.1f} ± {100 * self.std:.1f}"
-        return f"{100 * self.mean:.1f}"
-
-
-@dataclass(frozen=True)
-class Margin:
-    a: Stat
-    b: Stat
-
-    @property
-    def value(self) -> float:
-        return self.a.mean - self.b.mean
-
-    @property
-    def se(self) -> float:
-        return math.sqrt(self.a.se**2 + self.b.se**2)
-
-    @property
-    def z(self) -> float:
-        return self.value / self.se if self.se > 0 else math.inf * np.sign(self.value)
-
-    def fmt(self) -> str:
-        return f"{100 * self.value:+.1f} ± {100 * self.se:.1f} pts (z = {self.z:.1f})"
-
-
-def _is_null(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
-
-
-def pick(ds, **labels):
-    """The sub-dataset of one sweep point: grid dims selected by value (None selects the NaN that
-    stores a null setting, e.g. an infinite on/off ratio), zipped coordinates (along ``point``)
-    matched together."""
-    grid = {k: v for k, v in labels.items() if k in ds.dims}
-    zipped = {k: v for k, v in labels.items() if k not in ds.dims}
-    out = ds
-    for k, v in grid.items():
-        if _is_null(v):
-            idx = np.flatnonzero(np.isnan(np.asarray(out[k].values, dtype=float)))
-            out = out.isel({k: int(idx[0])})
-        else:
-            out = out.sel({k: v})
-    if zipped:
-        mask = np.ones(out.sizes["point"], dtype=bool)
-        for k, v in zipped.items():
-            mask &= np.asarray(out[k].values == v)
-        idx = np.flatnonzero(mask)
-        if len(idx) != 1:
-            raise KeyError(f"{labels}: {len(idx)} matching points")
-        out = out.isel(point=int(idx[0]))
-    return out
-
-
-def stat(ds, **labels) -> Stat:
-    p = pick(ds, **labels)
-    acc = np.asarray(p["top1"].values, dtype=float).ravel()
-    return Stat(float(acc.mean()), float(acc.std(ddof=1)) if acc.size > 1 else 0.0, int(acc.size),
-                int(np.asarray(p["n_images"].values).max()))
-
-
-def digital(ds) -> float:
-    return float(ds["digital_top1"].values)
-
-
-@dataclass(frozen=True)
-class Threshold:
-    """Where along a swept axis the accuracy stops being within TOLERANCE of the digital model,
-    with its Monte Carlo uncertainty. The floor is ``digital - TOLERANCE``. Walking the axis from
-    the benign end, ``ok`` is the last value of the unbroken run whose mean is above the floor by
-    more than 2 SE (clearly tolerated), and ``fail`` the first value whose mean is below it by more
-    than 2 SE (clearly not); values in between are undecided at this many chips and images. The
-    threshold lies between ``ok`` and ``fail``: a bracket, not a number. ``None`` for ``ok``: not
-    even the first value is clearly tolerated; ``None`` for ``fail``: no swept value clearly fails."""
-
-    ok: object
-    fail: object
-    axis_values: tuple
-    direction: str  # "up": larger values are worse (sigma, rp); "down": smaller are worse (bits)
-
-    def interval(self) -> tuple[float, float]:
-        """The range the threshold can lie in: from ``ok`` to ``fail``, open-ended where either is
-        missing (not even the first value clearly tolerated; none clearly fails)."""
-        if self.direction == "up":
-            return (-math.inf if self.ok is None else self.ok, math.inf if self.fail is None else self.fail)
-        return (-math.inf if self.fail is None else self.fail, math.inf if self.ok is None else self.ok)
-
-    def overlaps(self, other: "Threshold") -> bool:
-        (a, b), (c, d) = self.interval(), other.interval()
-        return a <= d and c <= b
-
-    def short(self) -> str:
-        """``0.01–0.03``: the bracket as a range of the axis (the threshold lies in it)."""
-        if self.ok is None and self.fail is None:
-            return "undecided"
-        if self.ok is None:
-            return f"< {self.fail:g}" if self.direction == "up" else f"> {self.fail:g}"
-        if self.fail is None:
-            return f"≥ {self.ok:g}" if self.direction == "up" else f"≤ {self.ok:g}"
-        return f"{self.ok:g}–{self.fail:g}"
-
-
-def threshold(ds, axis: str, vals, direction: str = "up", **labels) -> Threshold:
-    """The :class:`Threshold` of the accuracy along ``axis`` (``vals``) at the point ``labels``."""
-    floor = digital(ds) - TOLERANCE
-    order = sorted(vals, reverse=direction == "down")
-    ok, fail, unbroken = None, None, True
-    for v in order:
-        st = stat(ds, **{axis: v}, **labels)
-        if unbroken and st.mean - floor > 2 * st.se:
-            ok = v
-        else:
-            unbroken = False
-        if fail is None and floor - st.mean > 2 * st.se:
-            fail = v
-    return Threshold(ok, fail, tuple(order), direction)
+    return plain_dims(ds), scenario
 
 
 # One configuration, one threshold: when two scenarios measure the same configuration (the
 # unsliced chip of 01 and of 02), the findings quote the bracket of the scenario that measures it
 # with more chips and a finer grid, registered here by the first section that computes it.
 THRESHOLDS: dict[tuple, tuple[Threshold, str]] = {}
-
-
-def tolerated(ds, axis: str, values, **labels):
-    """The largest value along ``axis`` clearly tolerated (see :class:`Threshold`)."""
-    return threshold(ds, axis, values, "up", **labels).ok
-
-
-def fewest(ds, axis: str, values, **labels):
-    """The smallest value along ``axis`` from which on the accuracy is clearly tolerated."""
-    return threshold(ds, axis, values, "down", **labels).ok
-
-
-def values(ds, name):
-    return sorted(set(np.asarray(ds[name].values).tolist()), key=lambda v: (isinstance(v, str), v))
 
 
 # --------------------------------------------------------------------------------------
@@ -418,11 +252,8 @@ def design_text(ds, i: int) -> str:
     return f"{m}, {r} rows, {bpc} b/cell, {acc} accum., {adc}"
 
 
-def design_stat(ds, i: int, **grid) -> Stat:
-    sub = pick(ds, **grid).isel(point=i)
-    acc = np.asarray(sub["top1"].values, dtype=float).ravel()
-    return Stat(float(acc.mean()), float(acc.std(ddof=1)) if acc.size > 1 else 0.0, int(acc.size),
-                int(np.asarray(sub["n_images"].values).max()))
+def design_stat(ds, i: int, **grid) -> PointStat:
+    return stat_of(pick(ds, **grid).isel(point=i))
 
 
 def plot_designs(ds, path):
@@ -582,42 +413,6 @@ def plot_parasitics(ds, path):
         ax.set_title(f"{n}-row arrays", fontsize=9)
     _finish(fig, np.ravel(axes), ds, path, f"{ds.attrs['name']}: no device errors (deterministic); 8-bit ADC; "
             "resistive wires in the classifier", legend="figure", ncol=2)
-
-
-def bit_position_drops(rp: float, images: int = 500, rows: int = 784, bits: int = 8) -> list[dict]:
-    """The study's bit-position effect, measured on the circuit: per input bit k, the share of rows
-    switched on and the share of column current lost to the wires, on gated rows.
-
-    The trained builtin:mnist-cnn's classifier (1568 rows, two arrays of ``rows`` rows, as
-    scenario 04's 1152-row setting partitions it) holds its 8-bit weights as differential pairs with
-    Gmin = 0 (``G+ = max(q, 0)``, ``G- = max(-q, 0)`` in units of Gmax). Its inputs are the first
-    ``images`` mnist5k test images' activations, quantized to ``bits`` unsigned levels (range: their
-    maximum) and split into bit planes. Lost share of bit k = sum over (image, array, column) of
-    ``(u_k G - I_k) / sum u_k G``, I_k from :func:`mcsim.physics.parasitics.gated_column_currents`
-    (exact, float64)."""
-    import torch
-
-    from mcsim.data import load_split
-    from mcsim.models import load_model
-    from mcsim.physics.parasitics import gated_column_currents
-    from mcsim.specs import DataSpec, ModelSpec
-
-    model = load_model(ModelSpec(name="builtin:mnist-cnn"))
-    test = load_split(DataSpec(name="mnist5k"), "test")
-    xs = torch.stack([test[i][0] for i in range(images)])
-    with torch.no_grad():
-        act = model[:7](xs).double()  # the classifier's inputs (N, 1568), after ReLU
-    w = model[7].weight.detach().double().T  # (1568, 10)
-    q = torch.round(w / w.abs().max() * (2 ** (bits - 1) - 1)) / (2 ** (bits - 1) - 1)
-    G = torch.cat([q.clamp(min=0), (-q).clamp(min=0)], 1).reshape(-1, rows, 20)  # (arrays, rows, cols)
-    levels = torch.round(act / act.max() * (2**bits - 1)).to(torch.int64)
-    out = []
-    for k in range(bits):
-        u = ((levels >> k) & 1).double().reshape(images, -1, rows).transpose(0, 1)  # (arrays, images, rows)
-        ideal = u @ G
-        lost = (ideal - gated_column_currents(G.unsqueeze(1), u, rp)).sum() / ideal.sum()
-        out.append({"bit": k, "active": float(u.mean()), "lost": float(lost)})
-    return out
 
 
 def section_parasitics(ds) -> tuple[str, dict]:

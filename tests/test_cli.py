@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -68,6 +69,32 @@ def test_report(cli_run, tmp_path):
     assert row["se_binom"] == pytest.approx((p * (1 - p) / 200) ** 0.5)
 
 
+def test_report_yield_quantile_and_paired_differences(cli_run, tmp_path):
+    from mcsim import stats
+
+    _, _, store, _ = cli_run
+    csv = tmp_path / "report.csv"
+    result = invoke("report", store, "--yield", "1.0", "--quantile", "0.1", "--compare", "sigma", "--csv", csv)
+    assert result.exit_code == 0, result.output
+    assert "95% CI" in result.output and "yield -1" in result.output and "paired differences along sigma" in result.output
+    df = pd.read_csv(csv)
+    ds = open_result(store)
+    row = df[(df.metric == "top1") & (df.sigma == 0.3) & (df.mapping == "offset")].iloc[0]
+    trials = ds["top1"].sel(sigma=0.3).isel(point=1).values
+    p = trials.mean()
+    assert row["se"] == pytest.approx((trials.std(ddof=1) ** 2 / 6 + p * (1 - p) / 200) ** 0.5)
+    assert row["ci_lo"] == pytest.approx(p - 1.959964 * row["se"], abs=1e-6)
+    assert row["yield"] == pytest.approx(np.mean(trials >= float(ds["digital_top1"]) - 0.01))
+    assert (row["q_lo"], row["q_acc"]) == (-np.inf, pytest.approx(np.quantile(trials, 0.1)))  # 6 chips: no lower end
+    assert row["yield_lo"] == pytest.approx(float(stats.yield_interval(trials, float(ds["digital_top1"]), 0.01)[1]))
+    result = invoke("report", store, "--compare", "mapping")
+    assert result.exit_code == 2 and "--compare" in result.output and "sigma, point" in result.output
+    result = invoke("report", store, "--compare", "sigma=0,0.5")
+    assert result.exit_code == 2 and "no value '0.5'" in result.output
+    result = invoke("report", store, "--yield", "-1")
+    assert result.exit_code == 2 and "--yield" in result.output
+
+
 def test_plot(cli_run, tmp_path):
     _, _, store, _ = cli_run
     png = tmp_path / "acc.png"
@@ -77,6 +104,9 @@ def test_plot(cli_run, tmp_path):
     result = invoke("plot", store)  # default: next to the store
     assert result.exit_code == 0, result.output
     assert (store.parent / "out.top1.png").stat().st_size > 1000
+    result = invoke("plot", store, "--yield", "2", "--output", tmp_path / "yield.png")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "yield.png").stat().st_size > 1000
 
 
 def test_dry_run_writes_nothing(tmp_path):

@@ -255,7 +255,7 @@ def energy_run(tmp_path_factory):
 def test_run_stores_energy_per_image_beside_accuracy(energy_run):
     from mcsim.data import evaluation_dataset
     from mcsim.models import load_model
-    from mcsim.runner.plan import make_plan, point_seed
+    from mcsim.runner.plan import make_plan
     from mcsim.runner.store import ResultStore
     from mcsim.sweep import expand
 
@@ -270,9 +270,10 @@ def test_run_stores_energy_per_image_beside_accuracy(energy_run):
     # The stored counts (two shards of 50 images) are the engine's own on the same chips and images.
     model, data = load_model(sc.model), evaluation_dataset(sc.data)
     xs = torch.stack([torch.as_tensor(data[i][0]) for i in range(100)])
-    calibrations = ResultStore(str(store), make_plan(sc, 100)).read_calibration()
+    plan = make_plan(sc, 100)
+    calibrations = ResultStore(str(store), plan).read_calibration()
     for p, point in enumerate(expand(sc).points):
-        analog = convert(model, point.hardware, trials=2, seed=point_seed(sc.seed, p), device="cpu")
+        analog = convert(model, point.hardware, trials=2, seed=plan.engine_seed(p), device="cpu")
         analog.load_calibration(calibrations[p])
         with counting(analog) as counter:
             for i in range(0, 100, 25):

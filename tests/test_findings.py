@@ -11,15 +11,13 @@ and the binomial error of its finite image set:
 """
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+from mcsim.analysis import stat_of
 from mcsim.api import open_result, run_scenario
 
 pytestmark = pytest.mark.slow  # each test runs a study on the trained MNIST CNN
@@ -51,13 +49,9 @@ def run(tmp_path, name: str, hardware: dict, grid: dict, trials: int, zip_: dict
 
 
 def point(ds, **sel) -> tuple[float, float]:
-    """(mean, SE) of top-1 at one sweep point."""
-    p = ds.sel(sel)
-    acc = np.asarray(p["top1"].values, dtype=float).ravel()
-    n = int(np.asarray(p["n_images"].values).max())
-    mean = float(acc.mean())
-    std = float(acc.std(ddof=1)) if acc.size > 1 else 0.0
-    return mean, math.sqrt(std**2 / acc.size + mean * (1 - mean) / n)
+    """(mean, SE) of top-1 at one sweep point (mcsim.stats: both error sources)."""
+    st = stat_of(ds.sel(sel))
+    return st.mean, st.se
 
 
 def assert_better(ds, a: dict, b: dict, what: str):
@@ -171,15 +165,13 @@ def test_finding4_gated_rows_make_bit_serial_differ(tmp_path):
                                    f"|margin| {abs(ma - mg):.3f} is not above 3 SE = {3 * se:.3f}")
 
 
-def test_finding4_low_input_bits_lose_most_current(monkeypatch):
+def test_finding4_low_input_bits_lose_most_current():
     """(4, bit position) On gated rows a low-order input bit switches on more rows, so its columns
     lose more current to the wires: the measurement behind docs/findings.md's bit-position table
     (the trained CNN's classifier, real MNIST activations, exact solves), at 100 images."""
-    spec = importlib.util.spec_from_file_location("findings", Path(__file__).parents[1] / "scripts" / "findings.py")
-    findings = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "findings", findings)  # its dataclasses look themselves up there
-    spec.loader.exec_module(findings)
-    bits = findings.bit_position_drops(1e-4, images=100)
+    from mcsim.analysis import bit_position_drops
+
+    bits = bit_position_drops(1e-4, images=100)
     lost, active = [b["lost"] for b in bits], [b["active"] for b in bits]
     assert all(a > b for a, b in zip(active, active[1:]))
     assert all(a > b for a, b in zip(lost, lost[1:])), lost

@@ -34,6 +34,8 @@ __all__ = [
     "store_layout",
 ]
 
+COMMON_POINT = -1  # the point index common chips are keyed by: no sweep point has it
+
 def point_seed(seed: int, point: int) -> int:
     """The engine seed of sweep point ``point``: ``mcsim.engine.rng.derive(seed, point)`` (the
     keyed hash of ``(seed, point)``) with the sign bit cleared, in [0, 2**63).
@@ -117,6 +119,13 @@ class RunPlan:
     shard_size: int  # images per shard (a multiple of batch_size)
     trials_per_task: int
     shard_images_asked: int  # execution.shard_images as written
+    chips: str = "per_point"  # execution.chips
+
+    def engine_seed(self, point: int) -> int:
+        """The engine seed of sweep point ``point``: with ``chips: common`` one seed for every point
+        (``point_seed(seed, COMMON_POINT)``), so chip ``t`` is the same chip everywhere; with
+        ``per_point`` :func:`point_seed` of the point (docs/physics.md section 14)."""
+        return point_seed(self.seed, COMMON_POINT if self.chips == "common" else point)
 
     @property
     def shards(self) -> list[tuple[int, int]]:
@@ -135,7 +144,7 @@ class RunPlan:
         return [(b, min(b + self.batch_size, i1)) for b in range(i0, i1, self.batch_size)]
 
     def calibration_tasks(self) -> list[CalibrationTask]:
-        return [CalibrationTask(p.index, point_seed(self.seed, p.index)) for p in self.sweep.points]
+        return [CalibrationTask(p.index, self.engine_seed(p.index)) for p in self.sweep.points]
 
     def digital_tasks(self) -> list[DigitalTask]:
         return [DigitalTask(s, i0, i1) for s, (i0, i1) in enumerate(self.shards)]
@@ -144,7 +153,7 @@ class RunPlan:
         """All evaluation tasks, point-major, then trial block, then shard."""
         tasks = []
         for p in self.sweep.points:
-            seed = point_seed(self.seed, p.index)
+            seed = self.engine_seed(p.index)
             for b, (t0, t1) in enumerate(self.trial_blocks):
                 for s, (i0, i1) in enumerate(self.shards):
                     tasks.append(EvalTask(p.index, seed, b, t0, t1, s, i0, i1))
@@ -160,7 +169,8 @@ class RunPlan:
         dims = " x ".join(dim(d, n) for d, n in zip(self.sweep.dims, self.sweep.shape)) or "no sweep"
         lines = [
             f"sweep points: {self.n_points} ({dims})",
-            f"trials per point: {self.trials}, in {len(blocks)} block(s) of up to {self.trials_per_task}",
+            f"trials per point: {self.trials}, in {len(blocks)} block(s) of up to {self.trials_per_task}; "
+            f"chips {'common to every point' if self.chips == 'common' else 'drawn per point'}",
             f"evaluation images: {self.n_images}, in batches of {self.batch_size}",
         ]
         size = f"{self.shard_size} images"
@@ -204,6 +214,7 @@ def make_plan(
         shard_size=shard_size,
         trials_per_task=tpt,
         shard_images_asked=asked,
+        chips=scenario.execution.chips,
     )
 
 
