@@ -47,3 +47,21 @@ def test_a_fully_stuck_off_differential_chip_has_zero_weights():
     layer = analog_layer("resnet18.layer1.0.conv1", hw, chips=[0, 1])
     g, _ = draw(layer)
     assert torch.equal(g["pos"] - g["neg"], torch.zeros_like(g["pos"]))
+
+
+def test_chip_events_are_a_bernoulli_process():
+    """Every device stuck with probability p, independently of its neighbours, whatever its position
+    (the geometric gaps of rng.chip_events), and one chip's events do not depend on the block."""
+    from mcsim.engine import rng
+
+    p, n, chips = 0.3, 40, 4000
+    keys = rng.derive(11, torch.arange(chips), 5)
+    hits = torch.zeros(chips, n)
+    for c, (idx, _) in enumerate(rng.chip_events(keys, n, p)):
+        hits[c, idx] = 1
+    se = math.sqrt(p * (1 - p) / chips)
+    assert ((hits.mean(0) - p).abs() < 4 * se).all()  # each position, first to last
+    both = (hits[:, 1:] * hits[:, :-1]).mean()
+    assert abs(both - p * p) < 4 * math.sqrt(p * p / (chips * (n - 1)))  # neighbours independent
+    alone = rng.chip_events(keys[7:8], n, p)[0]
+    assert torch.equal(alone[0], rng.chip_events(keys, n, p)[7][0])

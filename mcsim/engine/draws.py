@@ -121,8 +121,8 @@ def program_devices(hw: Hardware, targets: dict[str, torch.Tensor], seed: int, c
             else:
                 g = devices.program(g, err, eps, hw.gmin)
         if stuck:
-            u = rng.chip_uniform(keys(_STREAM_FAULTS + i), n, dev).view_as(g)
-            off, on = faults.stuck_masks(u, flt.stuck_off, flt.stuck_on)
+            events = rng.chip_events(keys(_STREAM_FAULTS + i), n, flt.stuck_off + flt.stuck_on)
+            off, on = faults.stuck_indices(events, n, flt.stuck_off, flt.stuck_on)
             g = faults.apply_stuck(g, off, on, hw.gmin)
         if drifting:
             if d.model == "constant":

@@ -52,23 +52,26 @@ def name_key(name: str) -> int:
     return _i64(int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little"))
 
 
-def _chip_draws(keys: torch.Tensor, n: int, device, fill) -> torch.Tensor:
-    """``(len(keys), n)`` float32 draws, row ``i`` from ``fill(n, generator, out)`` with a CPU generator
-    seeded by ``keys[i]``, on up to ``torch.get_num_threads()`` threads (a generator's draws are
-    sequential; the rows do not depend on the thread count)."""
-    out = torch.empty(len(keys), n)
-
-    def draw(i: int, k: int) -> None:
-        fill(n, generator=torch.Generator().manual_seed(k & (2**63 - 1)), out=out[i])
-
+def _per_chip(keys: torch.Tensor, draw) -> list:
+    """``[draw(i, generator_i)]`` for every key, generator ``i`` a CPU generator seeded by ``keys[i]``,
+    side by side on up to ``torch.get_num_threads()`` threads (a generator's draws are sequential; the
+    results do not depend on the thread count)."""
     ks = keys.tolist()
+
+    def one(i: int):
+        return draw(i, torch.Generator().manual_seed(ks[i] & (2**63 - 1)))
+
     threads = min(len(ks), torch.get_num_threads())
     if threads > 1:
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(draw, range(len(ks)), ks))
-    else:
-        for i, k in enumerate(ks):
-            draw(i, k)
+            return list(pool.map(one, range(len(ks))))
+    return [one(i) for i in range(len(ks))]
+
+
+def _chip_draws(keys: torch.Tensor, n: int, device, fill) -> torch.Tensor:
+    """``(len(keys), n)`` float32 draws, row ``i`` from ``fill(n, generator, out)`` (:func:`_per_chip`)."""
+    out = torch.empty(len(keys), n)
+    _per_chip(keys, lambda i, gen: fill(n, generator=gen, out=out[i]))
     return out.to(device)
 
 
@@ -78,9 +81,31 @@ def chip_normal(keys: torch.Tensor, n: int, device) -> torch.Tensor:
     return _chip_draws(keys, n, device, torch.randn)
 
 
-def chip_uniform(keys: torch.Tensor, n: int, device) -> torch.Tensor:
-    """``(len(keys), n)`` uniforms in [0, 1) (float32), keyed per chip as :func:`chip_normal`."""
-    return _chip_draws(keys, n, device, torch.rand)
+def chip_events(keys: torch.Tensor, n: int, p: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per key, a Bernoulli(``p``) process over ``n`` trials: the indices of its successes (int64,
+    increasing) and a uniform in [0, 1) for each (float64), from a CPU generator seeded by the key.
+
+    The gaps between successes are geometric, ``floor(log(1 - u) / log(1 - p)) + 1`` for uniforms
+    ``u`` (float64), so a rare event costs about ``n * p`` draws rather than ``n``."""
+    if p <= 0:
+        return [(torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.float64))] * len(keys)
+    block = int(n * p + 4 * math.sqrt(n * p)) + 16
+
+    def draw(i: int, gen: torch.Generator):
+        if p >= 1:
+            idx = torch.arange(n)
+        else:
+            found, last = [], -1
+            while last < n - 1:
+                u = torch.rand(block, generator=gen, dtype=torch.float64)
+                gaps = torch.log1p(-u).div_(math.log1p(-p)).floor_().long() + 1
+                found.append(last + gaps.cumsum(0))
+                last = int(found[-1][-1])
+            idx = torch.cat(found)
+            idx = idx[idx < n]
+        return idx, torch.rand(len(idx), generator=gen, dtype=torch.float64)
+
+    return _per_chip(keys, draw)
 
 
 def normal(keys: torch.Tensor, n: int, dtype=torch.float32) -> torch.Tensor:

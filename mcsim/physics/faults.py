@@ -1,20 +1,30 @@
 """Stuck devices: docs/physics.md section 13.3.
 
-After programming (and clipping), each device is stuck at ``Gmin`` with probability ``p_off`` and at
-``Gmax`` with probability ``p_on``, decided by one keyed uniform ``u`` per device drawn once per chip:
-stuck off when ``u < p_off``, stuck on when ``u >= 1 - p_on`` (disjoint since ``p_off + p_on <= 1``).
-A stuck device does not drift. The two devices of a differential pair have their own uniforms.
+After programming (and clipping), each device is stuck with probability ``p_off + p_on``, at ``Gmin``
+(a share ``p_off / (p_off + p_on)`` of the stuck ones) or at ``Gmax``: per chip, the stuck devices
+are the events of a keyed Bernoulli process over the devices (:func:`mcsim.engine.rng.chip_events`),
+each with a uniform ``u`` that makes it stuck off when ``u < p_off / (p_off + p_on)``. A stuck device
+does not drift. The two devices of a differential pair are drawn from their own streams.
 """
 from __future__ import annotations
 
 import torch
 
 
-def stuck_masks(u: torch.Tensor, p_off: float, p_on: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Boolean masks ``(off, on)`` of the devices stuck at Gmin and at Gmax, from uniforms ``u`` in [0, 1)."""
-    return u < p_off, u >= 1 - p_on
+def stuck_indices(events: list[tuple[torch.Tensor, torch.Tensor]], n: int, p_off: float, p_on: float
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices into ``(chips, n)`` devices of those stuck at Gmin and at Gmax, from each chip's
+    events (the indices of its stuck devices and one uniform each)."""
+    off, on = [], []
+    share_off = p_off / (p_off + p_on) if p_off + p_on > 0 else 0.0
+    for chip, (idx, u) in enumerate(events):
+        is_off = u < share_off
+        off.append(idx[is_off] + chip * n)
+        on.append(idx[~is_off] + chip * n)
+    return torch.cat(off), torch.cat(on)
 
 
 def apply_stuck(g: torch.Tensor, off: torch.Tensor, on: torch.Tensor, gmin: float) -> torch.Tensor:
-    """``g`` with the stuck devices at ``Gmin`` (off) or ``Gmax = 1`` (on)."""
-    return g.masked_fill(off, gmin).masked_fill_(on, 1.0)
+    """``g`` (chips first) with the stuck devices (flat indices) at ``Gmin`` (off) or ``Gmax = 1`` (on)."""
+    flat = g.reshape(-1).index_fill(0, off.to(g.device), gmin)
+    return flat.index_fill_(0, on.to(g.device), 1.0).view_as(g)
