@@ -46,6 +46,9 @@ EXPERIMENTS = [
     "10_on_off_ratio",
     "05_bitserial_accumulation",
     "06_sonos_designs",
+    "11_stuck_cells",
+    "12_die_variation",
+    "13_measured_pcm_table",
 ]
 
 RP_BITS, BIT_ROWS = (1e-5, 1e-4, 1e-3), 784  # the bit-position measurement: rps around scenario 04's; its 1152-row partitions
@@ -996,6 +999,167 @@ full-scale scenario has 1,000 images and 100 chips.
     return text, {"res": res, **extra}
 
 
+# --------------------------------------------------------------------------------------
+# the user's devices and chips (docs/physics.md section 13): beyond the study
+
+
+def _rates(ds) -> list[float]:
+    return [float(v) for v in np.asarray(ds["stuck_off"].values)]
+
+
+def plot_stuck(ds, path):
+    plt = _plt()
+    rates = _rates(ds)
+    xs = np.arange(len(rates))
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for m in ["differential", "offset"]:
+        _line(ax, xs, [stat(ds, stuck_off=r, stuck_on=r, mapping=m) for r in rates], m, color=COLORS[m])
+    ax.set_xticks(xs, [f"{100 * r:g}" for r in rates])
+    ax.set_xlabel("stuck off = stuck on, % of devices each")
+    _finish(fig, ax, ds, path, f"{ds.attrs['name']}: mean over {ds.sizes['trial']} chips, band +-1 std; dashed: digital")
+
+
+def section_stuck(ds) -> tuple[str, dict]:
+    rates = _rates(ds)
+    rows, ok = [], {}
+    for m in ["differential", "offset"]:
+        ok[m] = threshold(ds, "stuck_off", rates, mapping=m)
+        rows.append([m] + [stat(ds, stuck_off=r, stuck_on=r, mapping=m).fmt() for r in rates] + [ok[m].short()])
+    worst = max(rates[1:], key=lambda r: abs(Margin(stat(ds, stuck_off=r, stuck_on=r, mapping="differential"),
+                                                     stat(ds, stuck_off=r, stuck_on=r, mapping="offset")).z))
+    gap = Margin(stat(ds, stuck_off=worst, stuck_on=worst, mapping="differential"),
+                 stat(ds, stuck_off=worst, stuck_on=worst, mapping="offset"))
+    text = f"""## Beyond the study: stuck cells
+
+Scenario `scenarios/cpu/11_stuck_cells.yaml`. {ds.attrs['name']}: builtin:mnist-resnet, 8-bit weights and inputs,
+ideal ADC, no other device error, {int(ds['n_images'].max())} test images, {ds.sizes['trial']} chips per point.
+Digital model: {pct(digital(ds))} %. Each device is stuck at Gmin and at Gmax with the rate below each, drawn once
+per chip after programming (docs/physics.md 13.3); the two devices of a differential pair fail independently.
+
+![accuracy vs stuck-cell rate](findings_11_stuck_cells.png)
+
+**Expectation** (no claim of the study): a stuck-off device in the differential mapping zeroes one half of a weight,
+a stuck-on device writes a full-scale weight of either sign; in the offset mapping every stuck device moves its
+weight by up to half the range around the mid-level zero, so offset should degrade sooner.
+
+**mcsim.** Largest rate tolerated, as a fraction of the devices stuck at each end (within {100 * TOLERANCE:.0f} points
+of digital; bracket as above): differential {ok['differential'].short()}, offset {ok['offset'].short()}. The widest gap between the mappings
+is at {100 * worst:g} % each: differential − offset = {gap.fmt()}. Stuck-on devices dominate: a full-scale weight in
+a layer whose typical weight is a few per cent of its largest is a large error, and a few per ten thousand devices
+already cost points, with a wide spread from chip to chip (which devices fail matters).
+
+Top-1 % (mean ± std over chips) per rate of stuck-off and of stuck-on devices, each:
+
+{table(["mapping"] + [f"{100 * r:g} %" for r in rates] + ["tolerated"], rows)}
+"""
+    return text, {"tolerated": ok, "gap": gap}
+
+
+def _die_shares(ds) -> list[float]:
+    return [float(v) for v in np.asarray(ds["chip"].values)]
+
+
+def plot_die(ds, path):
+    plt = _plt()
+    chips = _die_shares(ds)
+    xs = np.arange(len(chips))
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for m in ["differential", "offset"]:
+        _line(ax, xs, [stat(ds, chip=c, mapping=m) for c in chips], m, color=COLORS[m])
+    ax.set_xticks(xs, [f"{c:g}" for c in chips])
+    ax.set_xlabel("die-level sigma s_chip (cell sigma lowered to keep the total)")
+    _finish(fig, ax, ds, path, f"{ds.attrs['name']}: mean over {ds.sizes['trial']} chips, band +-1 std; dashed: digital")
+
+
+def section_die(ds) -> tuple[str, dict]:
+    chips = _die_shares(ds)
+    cells = {c: float(pick(ds, chip=c, mapping="differential")["sigma"].values) for c in chips}
+    rows = [[m] + [stat(ds, chip=c, mapping=m).fmt() for c in chips] for m in ["differential", "offset"]]
+    cost = Margin(stat(ds, chip=chips[0], mapping="differential"), stat(ds, chip=chips[-1], mapping="differential"))
+    text = f"""## Beyond the study: die-level variation at a fixed total variance
+
+Scenario `scenarios/cpu/12_die_variation.yaml`. {ds.attrs['name']}: builtin:mnist-resnet, 8-bit weights and inputs,
+ideal ADC, {int(ds['n_images'].max())} test images, {ds.sizes['trial']} chips per point. Digital model: {pct(digital(ds))} %.
+Each point keeps a device's total relative variance, (1 + s_cell²)(1 + s_chip²) = 1.01, and moves it from the cell
+(state-proportional programming error s_cell) to the die (one factor 1 + s_chip e_c per chip, shared by every device
+of every layer; docs/physics.md 13.4): s_cell {', '.join(f'{cells[c]:g}' for c in chips)} against s_chip
+{', '.join(f'{c:g}' for c in chips)}.
+
+![accuracy vs die-level share of the variance](findings_12_die_variation.png)
+
+**Expectation** (no claim of the study): a die factor scales every weight of a chip alike, so one might expect it to
+be benign, each layer's output merely rescaled.
+
+**mcsim.** It is not: on the differential chips all-cell variance costs {cost.fmt()} points less than all-die variance
+(mean of all-cell minus all-die). Per-cell errors average out over a column's rows; a die factor does not, and it
+multiplies every layer's output, so it compounds through the network ((1 + s e_c) per layer) while each layer's
+input range (calibrated on the error-free chip) and its digital bias stay fixed: chips with e_c > 0 clip their
+activations, chips with e_c < 0 lose levels against the bias. The offset mapping suffers far more: its digital
+subtraction of G_zero·Σx uses the nominal G_zero, so a die factor leaves (1 + s e_c − 1)·G_zero·Σx, a large error in
+every column whatever the weights. A global rescaling (as `drift.compensate` applies to drift) would remove a
+die factor from the differential chips; mcsim does not apply one to it.
+
+Top-1 % (mean ± std over chips) per die-level sigma:
+
+{table(["mapping"] + [f"s_chip {c:g}" for c in chips], rows)}
+"""
+    return text, {"cost": cost}
+
+
+def _times(ds) -> list[float]:
+    return values(ds, "time_s")
+
+
+def _time_label(t: float) -> str:
+    for unit, sec in (("y", 31536000), ("d", 86400), ("h", 3600)):
+        if t >= sec:
+            return f"{t / sec:g} {unit}"
+    return f"{t:g} s"
+
+
+def plot_pcm(ds, path):
+    plt = _plt()
+    ts = _times(ds)
+    xs = np.arange(len(ts))
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for comp, color in ((False, COLORS["offset"]), (True, COLORS["differential"])):
+        _line(ax, xs, [stat(ds, time_s=t, compensate=comp) for t in ts],
+              "compensated" if comp else "uncompensated", color=color)
+    ax.set_xticks(xs, [_time_label(t) for t in ts])
+    ax.set_xlabel("time since programming")
+    _finish(fig, ax, ds, path, f"{ds.attrs['name']}: mean over {ds.sizes['trial']} chips, band +-1 std; dashed: digital")
+
+
+def section_pcm(ds) -> tuple[str, dict]:
+    ts = _times(ds)
+    rows = [[label] + [stat(ds, time_s=t, compensate=comp).fmt() for t in ts]
+            for comp, label in ((False, "uncompensated"), (True, "compensated"))]
+    year = stat(ds, time_s=ts[-1], compensate=True)
+    first = stat(ds, time_s=ts[0], compensate=True)
+    text = f"""## Beyond the study: a measured PCM table, drift and read noise in time
+
+Scenario `scenarios/cpu/13_measured_pcm_table.yaml`. {ds.attrs['name']}: builtin:mnist-resnet, differential, 8-bit
+weights and inputs, ideal ADC, {int(ds['n_images'].max())} test images, {ds.sizes['trial']} chips per point. Digital
+model: {pct(digital(ds))} %. The cell is the shipped table `scenarios/devices/pcm_joshi2020.csv` (docs/physics.md
+13.1): its programming spread sigma(G) (Joshi et al. 2020) and drift exponents nu_mean(G), nu_std(G) (Nandakumar et
+al. 2019), with PCM 1/f read noise growing with the time since programming (13.5), read at each time with and
+without global drift compensation.
+
+![accuracy vs time since programming](findings_13_measured_pcm_table.png)
+
+**mcsim.** Without compensation the conductances lose 30-40 % within an hour (nu 0.05-0.1), and the network
+collapses as in the die-variation section: a common loss of scale compounds through the layers against their
+fixed input ranges. Global compensation restores the scale, and what remains is the spread of nu (larger at low G)
+and the growing read noise: the compensated chips go from {first.fmt()} at {_time_label(ts[0])} to {year.fmt()} after
+{_time_label(ts[-1])}.
+
+Top-1 % (mean ± std over chips) per time since programming:
+
+{table(["drift compensation"] + [_time_label(t) for t in ts], rows)}
+"""
+    return text, {"year": year}
+
+
 def discussion(results: dict) -> str:
     return """## Where mcsim and the study differ, and what the small models cannot show
 
@@ -1082,6 +1246,9 @@ def main(argv=None) -> int:
         "05_bitserial_accumulation": (plot_bitserial, section_bitserial),
         "06_sonos_designs": (plot_designs, section_designs),
         "10_on_off_ratio": (plot_onoff, section_onoff),
+        "11_stuck_cells": (plot_stuck, section_stuck),
+        "12_die_variation": (plot_die, section_die),
+        "13_measured_pcm_table": (plot_pcm, section_pcm),
     }
     sections, results, walls = [], {}, {}
     missing = []
