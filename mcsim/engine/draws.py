@@ -29,16 +29,20 @@ _STREAM_CHIP, _STREAM_ARRAY, _STREAM_COLUMN = 31, 32, 41
 _STREAM_ADC_GAIN, _STREAM_ADC_OFFSET = 51, 52
 
 
-def row_partitions(part: Partitioning) -> torch.Tensor:
-    """The partition (array) holding each of a group's ``K`` rows, ``(K,)`` int64 (section 6)."""
+def partition_rows(part: Partitioning) -> list[slice]:
+    """The rows of a group's ``K`` each partition (array) holds: near-equal contiguous ranges, in
+    order (section 6)."""
     geom, taps = part.geom, part.geom.taps
     chans, mask = part.chans.cpu(), part.mask.cpu()
-    out = torch.empty(geom.rows, dtype=torch.int64)
+    owner = torch.empty(geom.rows, dtype=torch.int64)
     for p in range(part.parts):
         owned = (chans[p] < geom.cg).view(-1, 1) & mask[p].flatten(1).bool()  # (Cp, taps)
         rows = chans[p].view(-1, 1) * taps + torch.arange(taps)
-        out[rows[owned]] = p
-    return out
+        owner[rows[owned]] = p
+    counts = torch.bincount(owner, minlength=part.parts)
+    assert torch.equal(owner, torch.repeat_interleave(torch.arange(part.parts), counts)), "partitions not contiguous"
+    ends = counts.cumsum(0).tolist()
+    return [slice(end - n, end) for end, n in zip(ends, counts.tolist())]
 
 
 def _array_columns(hw: Hardware, part: Partitioning, kinds: int) -> tuple[torch.Tensor, int]:
@@ -56,7 +60,7 @@ def variation_factors(hw: Hardware, seed: int, chips: torch.Tensor, layer_key: i
                       slices: int, kinds: int, device) -> list[Optional[torch.Tensor]]:
     """Per device kind, the factor of section 13.4 of every array column, float64 ``(Tc, S, C_out, P)``
     (``(Tc, 1, 1, 1)`` with the chip component alone; a group's rows read their partition's column,
-    :func:`row_partitions`), or None per kind when no component is set. Normals: the chip's one per
+    :func:`partition_rows`), or None per kind when no component is set. Normals: the chip's one per
     chip (keyed without the layer); the array's one per (slice, group, partition, column block),
     shared by both devices of a differential pair; the column's one per physical column (kind,
     slice, output column, partition)."""
@@ -103,7 +107,7 @@ def program_devices(hw: Hardware, targets: dict[str, torch.Tensor], seed: int, c
 
     factors = (variation_factors(hw, seed, chips, layer_key, part, next(iter(targets.values())).shape[0],
                                  len(targets), dev) if programmed else [None] * len(targets))
-    rows = row_partitions(part).to(dev) if factors[0] is not None and factors[0].shape[-1] > 1 else None
+    rows = partition_rows(part) if factors[0] is not None and factors[0].shape[-1] > 1 else None
     out, g0_sum, gt_sum = {}, None, None
     for i, (kind, target) in enumerate(targets.items()):
         g = target.expand(tc, -1, -1, -1)
@@ -114,16 +118,14 @@ def program_devices(hw: Hardware, targets: dict[str, torch.Tensor], seed: int, c
             eps = (rng.chip_normal(keys(_STREAM_PROGRAM + i), n, dev).view_as(g) if err.model != "none"
                    else None)
             if factors[i] is not None:
-                g = devices.perturb(g, err, eps, hw.gmin) if eps is not None else g
-                f = factors[i].to(g.dtype)
-                f = f if rows is None else f.index_select(-1, rows)  # each device its array column's factor
-                g = devices.clip(g * f, err, hw.gmin)
+                g = devices.perturb(g, err, eps, hw.gmin) if eps is not None else g  # g is this call's own
+                g = devices.clip(variation.scale_(g, factors[i].to(g.dtype), rows), err, hw.gmin)
             else:
                 g = devices.program(g, err, eps, hw.gmin)
         if stuck:
             events = rng.chip_events(keys(_STREAM_FAULTS + i), n, flt.stuck_off + flt.stuck_on)
             off, on = faults.stuck_indices(events, n, flt.stuck_off, flt.stuck_on)
-            g = faults.apply_stuck(g, off, on, hw.gmin)
+            g = faults.apply_stuck_(g, off, on, hw.gmin)
         if drifting:
             if d.model == "constant":
                 nu = d.nu_mean + d.nu_std * rng.chip_normal(keys(_STREAM_DRIFT + i), n, dev).view_as(g)
@@ -133,7 +135,7 @@ def program_devices(hw: Hardware, targets: dict[str, torch.Tensor], seed: int, c
             g0 = g.sum((1, 2, 3), dtype=torch.float64)
             g = devices.drift(g, nu, d)
             if stuck:  # a stuck device holds its state
-                g = faults.apply_stuck(g, off, on, hw.gmin)
+                g = faults.apply_stuck_(g, off, on, hw.gmin)
             gt = g.sum((1, 2, 3), dtype=torch.float64)
             g0_sum, gt_sum = (g0, gt) if g0_sum is None else (g0_sum + g0, gt_sum + gt)
         out[kind] = g

@@ -24,7 +24,9 @@ def stuck_indices(events: list[tuple[torch.Tensor, torch.Tensor]], n: int, p_off
     return torch.cat(off), torch.cat(on)
 
 
-def apply_stuck(g: torch.Tensor, off: torch.Tensor, on: torch.Tensor, gmin: float) -> torch.Tensor:
-    """``g`` (chips first) with the stuck devices (flat indices) at ``Gmin`` (off) or ``Gmax = 1`` (on)."""
-    flat = g.reshape(-1).index_fill(0, off.to(g.device), gmin)
-    return flat.index_fill_(0, on.to(g.device), 1.0).view_as(g)
+def apply_stuck_(g: torch.Tensor, off: torch.Tensor, on: torch.Tensor, gmin: float) -> torch.Tensor:
+    """In place on contiguous ``g`` (chips first): the stuck devices (flat indices) at ``Gmin`` (off)
+    or ``Gmax = 1`` (on)."""
+    flat = g.view(-1)
+    flat.index_fill_(0, off.to(g.device), gmin).index_fill_(0, on.to(g.device), 1.0)
+    return g

@@ -28,3 +28,13 @@ def factor(v: Variation, e_chip: Optional[torch.Tensor], e_array: Optional[torch
             f = 1 + s * e.double()
             out = f if out is None else out * f
     return out
+
+
+def scale_(g: torch.Tensor, f: torch.Tensor, rows: Optional[list[slice]]) -> torch.Tensor:
+    """In place: conductances ``g (..., C_out, K)`` times each device's factor, ``f (..., C_out, P)`` per
+    array column, the rows of partition ``p`` being ``rows[p]`` (None: one factor for every row)."""
+    if rows is None:
+        return g.mul_(f)
+    for p, r in enumerate(rows):
+        g[..., r].mul_(f[..., p : p + 1])
+    return g
