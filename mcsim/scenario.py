@@ -41,6 +41,7 @@ from typing import Literal, Optional, Union
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from mcsim import tables
 from mcsim.hardware import Hardware
 from mcsim.specs import DataSpec, ModelSpec
 from mcsim.sweep import RESERVED_DIMS, Sweep, dim_name, dim_name_problems, normalized_sweep
@@ -170,6 +171,10 @@ def scenario_fingerprint(scenario: Scenario) -> str:
     data = {k: v for k, v in scenario.canonical().items() if k not in NON_RESULT_FIELDS}
     if scenario.execution.chips != "per_point":
         data["chips"] = scenario.execution.chips
+    swept = sorted({str(v) for key, vals in {**scenario.sweep.grid, **scenario.sweep.zip}.items()
+                    if key.endswith(".file") for v in vals if v is not None})
+    if swept:  # swept device tables: their contents, as the hardware's own tables (docs/physics.md 13.1)
+        data["swept_tables"] = {path: tables.read(path).sha256 for path in swept}
     return hashlib.sha256(canonical_json(data).encode("utf-8")).hexdigest()
 
 

@@ -329,6 +329,8 @@ def _set_path(data: dict, key: str, value: Any) -> None:
             raise ValueError(f"{key}: '{'.'.join(parts[:i + 1])}' is a single setting, not a group of settings")
         node = nxt
     node[parts[-1]] = copy.deepcopy(value)
+    if parts[-1] == "file" and "sha256" in node:  # another device table: its own hash, filled on validation
+        node["sha256"] = None
 
 
 def _get_path(data: dict, key: str) -> Any:

@@ -132,6 +132,15 @@ def test_the_fingerprint_records_the_table_and_resume_refuses_a_changed_one(tmp_
         parse_scenario(sc.text)  # the canonical text records the old table
 
 
+def test_a_swept_table_changed_changes_the_fingerprint(tmp_path):
+    a, b = write(tmp_path, GOOD, "a.csv"), write(tmp_path, GOOD, "b.csv")
+    path = write_scenario(tmp_path, hardware={"error": {"model": "table", "file": a, "sigma": 0.0}},
+                          sweep={"grid": {"hardware.error.file": [a, b]}})
+    before = load_scenario(path).fingerprint
+    write(tmp_path, GOOD.replace("0.60", "0.65"), "b.csv")
+    assert load_scenario(path).fingerprint != before  # the swept file's content, not only its name
+
+
 def test_validate_exits_2_on_a_bad_table(tmp_path):
     table = write(tmp_path, MALFORMED["negative_sigma"][0])
     result = CliRunner().invoke(app, ["validate", str(_scenario(tmp_path, table))])
