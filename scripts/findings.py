@@ -1007,16 +1007,23 @@ def _rates(ds) -> list[float]:
     return [float(v) for v in np.asarray(ds["stuck_off"].values)]
 
 
-def plot_stuck(ds, path):
+def _plot_sweep(ds, path, ticks: list[str], series: dict, xlabel: str):
+    """One panel: accuracy along a swept setting (``ticks``), one line per ``label: (stats, color)``."""
     plt = _plt()
-    rates = _rates(ds)
-    xs = np.arange(len(rates))
+    xs = np.arange(len(ticks))
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for m in ["differential", "offset"]:
-        _line(ax, xs, [stat(ds, stuck_off=r, stuck_on=r, mapping=m) for r in rates], m, color=COLORS[m])
-    ax.set_xticks(xs, [f"{100 * r:g}" for r in rates])
-    ax.set_xlabel("stuck off = stuck on, % of devices each")
+    for label, (stats, color) in series.items():
+        _line(ax, xs, stats, label, color=color)
+    ax.set_xticks(xs, ticks)
+    ax.set_xlabel(xlabel)
     _finish(fig, ax, ds, path, f"{ds.attrs['name']}: mean over {ds.sizes['trial']} chips, band +-1 std; dashed: digital")
+
+
+def plot_stuck(ds, path):
+    rates = _rates(ds)
+    _plot_sweep(ds, path, [f"{100 * r:g}" for r in rates],
+                {m: ([stat(ds, stuck_off=r, stuck_on=r, mapping=m) for r in rates], COLORS[m])
+                 for m in ["differential", "offset"]}, "stuck off = stuck on, % of devices each")
 
 
 def section_stuck(ds) -> tuple[str, dict]:
@@ -1060,15 +1067,10 @@ def _die_shares(ds) -> list[float]:
 
 
 def plot_die(ds, path):
-    plt = _plt()
     chips = _die_shares(ds)
-    xs = np.arange(len(chips))
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for m in ["differential", "offset"]:
-        _line(ax, xs, [stat(ds, chip=c, mapping=m) for c in chips], m, color=COLORS[m])
-    ax.set_xticks(xs, [f"{c:g}" for c in chips])
-    ax.set_xlabel("die-level sigma s_chip (cell sigma lowered to keep the total)")
-    _finish(fig, ax, ds, path, f"{ds.attrs['name']}: mean over {ds.sizes['trial']} chips, band +-1 std; dashed: digital")
+    _plot_sweep(ds, path, [f"{c:g}" for c in chips],
+                {m: ([stat(ds, chip=c, mapping=m) for c in chips], COLORS[m]) for m in ["differential", "offset"]},
+                "die-level sigma s_chip (cell sigma lowered to keep the total)")
 
 
 def section_die(ds) -> tuple[str, dict]:
@@ -1118,16 +1120,11 @@ def _time_label(t: float) -> str:
 
 
 def plot_pcm(ds, path):
-    plt = _plt()
     ts = _times(ds)
-    xs = np.arange(len(ts))
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for comp, color in ((False, COLORS["offset"]), (True, COLORS["differential"])):
-        _line(ax, xs, [stat(ds, time_s=t, compensate=comp) for t in ts],
-              "compensated" if comp else "uncompensated", color=color)
-    ax.set_xticks(xs, [_time_label(t) for t in ts])
-    ax.set_xlabel("time since programming")
-    _finish(fig, ax, ds, path, f"{ds.attrs['name']}: mean over {ds.sizes['trial']} chips, band +-1 std; dashed: digital")
+    _plot_sweep(ds, path, [_time_label(t) for t in ts],
+                {("compensated" if comp else "uncompensated"): ([stat(ds, time_s=t, compensate=comp) for t in ts], color)
+                 for comp, color in ((False, COLORS["offset"]), (True, COLORS["differential"]))},
+                "time since programming")
 
 
 def section_pcm(ds) -> tuple[str, dict]:

@@ -72,33 +72,35 @@ def _lsb_units(analog, out, ref):
 ADC16 = dict(adc={"bits": 16, "range": "max"}, input_bits=8)
 
 
-def test_an_adc_offset_shifts_every_code_of_its_column_by_the_offset():
+def _mismatched(**adc):
+    """A 16-bit ADC's output differences in codes with ``adc`` errors against the ideal converter, the
+    column outputs ``y``, the layer's step and the drawn ``(gain, offset)`` (None for noise alone)."""
     net, x = _linear()
     analog, ref = _run(net, ADC16, x, 4)
-    _, out = _run(net, {**ADC16, "adc": {**ADC16["adc"], "offset_lsb": 3.0}}, x, 4)
-    codes, _ = _lsb_units(analog, out, ref)
+    _, out = _run(net, {**ADC16, "adc": {**ADC16["adc"], **adc}}, x, 4)
+    codes, y = _lsb_units(analog, out, ref)
     layer = analog.analog_layers()[0]
-    hw = Hardware(adc={"bits": 16, "range": "max", "offset_lsb": 3.0})
-    gain, offset = adc_mismatch(hw, 3, torch.arange(4), layer.key, 6)
+    lo, hi = layer._adc_limits()
+    drawn = adc_mismatch(Hardware(adc={**ADC16["adc"], **adc}), 3, torch.arange(4), layer.key, 6)
+    return codes, y, float(hi[0] - lo[0]) / (2**16 - 1), drawn
+
+
+def test_an_adc_offset_shifts_every_code_of_its_column_by_the_offset():
+    codes, _, _, (gain, offset) = _mismatched(offset_lsb=3.0)
     assert torch.equal(gain, torch.ones_like(gain))
     # round(a + o) - round(a) is o to within one code, the same for every image of the column
     assert (codes - offset.view(4, 1, 6)).abs().max() <= 1.0
     assert offset.std() > 1.5
 
 
-def test_an_adc_gain_error_scales_its_column_and_comparator_noise_has_its_sigma():
-    net, x = _linear()
-    analog, ref = _run(net, ADC16, x, 4)
-    _, out = _run(net, {**ADC16, "adc": {**ADC16["adc"], "gain_sigma": 0.05}}, x, 4)
-    codes, y = _lsb_units(analog, out, ref)
-    layer = analog.analog_layers()[0]
-    hw = Hardware(adc={"bits": 16, "range": "max", "gain_sigma": 0.05})
-    gain, _ = adc_mismatch(hw, 3, torch.arange(4), layer.key, 6)
-    step = float(layer._adc_limits()[1][0] - layer._adc_limits()[0][0]) / (2**16 - 1)
-    expected = (gain.view(4, 1, 6) - 1) * y / step  # (g' - 1) y in codes
-    assert (codes - expected).abs().max() <= 1.0
-    _, noisy = _run(net, {**ADC16, "adc": {**ADC16["adc"], "noise_lsb": 4.0}}, x, 4)
-    codes, _ = _lsb_units(analog, noisy, ref)
+def test_an_adc_gain_error_scales_its_column():
+    codes, y, step, (gain, _) = _mismatched(gain_sigma=0.05)
+    assert (codes - (gain.view(4, 1, 6) - 1) * y / step).abs().max() <= 1.0  # (g' - 1) y in codes
+
+
+def test_comparator_noise_has_its_sigma():
+    codes, _, _, drawn = _mismatched(noise_lsb=4.0)
+    assert drawn is None  # nothing drawn per chip: one normal per conversion
     assert abs(codes.std().item() / (4.0**2 + 1 / 6) ** 0.5 - 1) < 0.1  # noise plus two roundings
     assert abs(codes.mean().item()) < 0.3
 
