@@ -105,12 +105,12 @@ def run(
         ds = run_scenario(sc, overwrite=overwrite, dry_run=dry_run, progress=not quiet or dry_run,
                           output=output, workers=workers, address=address)
         if ds is not None and not quiet:
-            from mcsim.report import summarize
+            from mcsim.report import summarize, trials_text
 
             table = summarize(ds, metrics=("top1",))
             best, worst = table["mean"].max(), table["mean"].min()
             _console(stderr=True).print(
-                f"done: {output or sc.output}; top-1 accuracy (mean over {ds.sizes['trial']} trials) "
+                f"done: {output or sc.output}; top-1 accuracy (mean over {trials_text(ds)} trials) "
                 f"from {worst:.4f} to {best:.4f} over {len(table)} sweep point(s); digital "
                 f"{float(ds['digital_top1']):.4f}. See `mcsim report`.", markup=False)
 
@@ -130,8 +130,10 @@ def validate(scenario: Path = ScenarioArg) -> None:
         con.print(f"{scenario}: valid scenario {sc.name!r} (fingerprint {sc.fingerprint[:12]})", markup=False)
         con.print(f"  model {sc.model.name or sc.model.factory}; data {sc.data.name}/{sc.data.split}"
                   f"{'' if sc.data.limit is None else f' (limit {sc.data.limit})'}", markup=False)
-        con.print(f"  {plan.size} sweep point(s) ({dims}), {sc.trials} trials each; output {sc.output}",
-                  markup=False)
+        a = sc.adaptive
+        trials = (f"{sc.trials} trials each" if a is None else
+                  f"{a.min} to {a.max} trials each, until the mean's SE <= {a.target_se:g}")
+        con.print(f"  {plan.size} sweep point(s) ({dims}), {trials}; output {sc.output}", markup=False)
         for name, values in plan.coords.items():
             if name != "point":
                 con.print(f"  {name}: {values}", markup=False)
@@ -166,7 +168,7 @@ def report(
         import numpy as np
         import pandas as pd
 
-        from mcsim.report import ENERGY_COLUMNS, energy_unit, has_energy, point_labels, summarize, summarize_energy
+        from mcsim.report import ENERGY_COLUMNS, energy_unit, has_energy, point_labels, summarize, summarize_energy, trials_text
 
         if yield_pts is not None and not 0 <= yield_pts <= 100:
             _fail(f"--yield: {yield_pts} is not an accuracy in points between 0 and 100; give e.g. 1.0 for "
@@ -191,7 +193,7 @@ def report(
             unit, factor = energy_unit(float(df["energy"].max()))
         if csv is not None:
             df.to_csv(csv, index=False)
-        table = Table(title=f"{ds.attrs.get('name', store)}: accuracy in % over {ds.sizes['trial']} trials "
+        table = Table(title=f"{ds.attrs.get('name', store)}: accuracy in % over {trials_text(ds)} trials "
                       f"(chips), {int(ds['n_images'].max())} images; SE of the mean from chips and images, "
                       "SE img: images alone (binomial)")
         for name in labels:
@@ -289,7 +291,7 @@ def _print_layer_ranking(con, ds) -> None:
     """A layer sensitivity result: the layers ranked by the top-1 accuracy each costs."""
     from rich.table import Table
 
-    from mcsim.report import layer_sensitivity, layer_sweep_mode
+    from mcsim.report import layer_sensitivity, layer_sweep_mode, trials_text
 
     mode = layer_sweep_mode(ds)
     if mode is None:
@@ -301,7 +303,7 @@ def _print_layer_ranking(con, ds) -> None:
             else "recovered with only this layer ideal (vs every layer analog, top1 "
                  f"{100 * df['reference'].iloc[0]:.2f}%)")
     table = Table(title=f"layer sensitivity ({mode}): top1 accuracy {cost}, in %; +-: Monte Carlo "
-                  f"standard error std/sqrt({ds.sizes['trial']} trials)")
+                  f"standard error std/sqrt({trials_text(ds)} trials)")
     for name in labels:
         table.add_column(name, no_wrap=True)
     for head in ("rank", "layer", "top1", "cost"):

@@ -13,7 +13,7 @@ how the work is cut and run (``execution``) and where results go (``output``)::
     sweep:
       grid: {hardware.error.sigma: [0.0, 0.05, 0.1], hardware.mapping: [differential, offset]}
       zip: {}            # same-length lists swept together, along one dim named `point`
-    trials: 20
+    trials: 20         # or adaptive: {target_se: 0.002, min: 10, max: 2000}
     execution: {shard_images: 500, trials_per_task: 10, device: auto}
     output: outputs/quickstart.zarr
 
@@ -36,10 +36,10 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from mcsim.hardware import Hardware
 from mcsim.specs import DataSpec, ModelSpec
@@ -47,6 +47,7 @@ from mcsim.sweep import RESERVED_DIMS, Sweep, dim_name, dim_name_problems, norma
 from mcsim.validation import ScenarioError, StrictModel, canonical_json, format_validation_error
 
 __all__ = [
+    "AdaptiveTrials",
     "Execution",
     "RESERVED_DIMS",
     "Scenario",
@@ -88,6 +89,28 @@ class Execution(StrictModel):
                               "point draws its own chips (stores written before this setting)")
 
 
+class AdaptiveTrials(StrictModel):
+    """Adaptive trials (docs/physics.md section 14): a point runs chips ``0, 1, 2, ...`` until the SE of
+    its mean top-1 accuracy (chips and images) is at most ``target_se``, with at least ``min`` and at
+    most ``max`` chips. The stop is checked after each block of ``execution.trials_per_task`` chips."""
+
+    target_se: float = Field(gt=0, lt=1, description="stop once the mean's SE (a fraction: 0.002 is 0.2 points) "
+                                                      "is at most this")
+    min: int = Field(10, ge=2, description="chips run before the first stop check (the chip spread needs two)")
+    max: int = Field(ge=2, description="chips run at most (the store's trial dim)")
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.max < self.min:
+            raise ValueError(f"max: {self.max} is below min {self.min}; give max >= min")
+        return self
+
+
+def _trials_kind(value) -> str:
+    """``trials`` is a number of chips, or a mapping of adaptive settings (errors name one form only)."""
+    return "adaptive" if isinstance(value, (dict, AdaptiveTrials)) else "number"
+
+
 class Scenario(StrictModel):
     """A whole study, as read from a scenario YAML file."""
 
@@ -97,7 +120,10 @@ class Scenario(StrictModel):
     data: DataSpec
     hardware: Hardware = Hardware()
     sweep: Sweep = Sweep()
-    trials: int = Field(ge=1, description="Monte Carlo trials per sweep point")
+    trials: Annotated[Union[Annotated[int, Tag("number")], Annotated[AdaptiveTrials, Tag("adaptive")]],
+                      Discriminator(_trials_kind)] = Field(
+        description="Monte Carlo trials (chips) per sweep point: a number, or {target_se, min, max} to run "
+                    "chips until the mean's SE reaches target_se")
     energy: bool = Field(
         True, description="count each chip's operations and price the energy per image (docs/physics.md "
                           "section 12; hardware.energy); false skips the counting (~5-15 % faster on the CPU)")
@@ -118,6 +144,13 @@ class Scenario(StrictModel):
                 data["output"] = f"outputs/{data['name']}.zarr"
         return data
 
+    @field_validator("trials")
+    @classmethod
+    def _trials(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"give at least 1 trial (got {v}), or {{target_se, min, max}} for adaptive trials")
+        return v
+
     @field_validator("name")
     @classmethod
     def _name(cls, v: str):
@@ -137,6 +170,16 @@ class Scenario(StrictModel):
         if sweep is not self.sweep:
             object.__setattr__(self, "sweep", sweep)
         return self
+
+    @property
+    def max_trials(self) -> int:
+        """The chips a point runs at most: ``trials``, or ``trials.max`` when adaptive."""
+        return self.trials.max if isinstance(self.trials, AdaptiveTrials) else self.trials
+
+    @property
+    def adaptive(self) -> Optional[AdaptiveTrials]:
+        """The adaptive trials' settings; None for a fixed number of trials."""
+        return self.trials if isinstance(self.trials, AdaptiveTrials) else None
 
     # ---- canonical forms ----
 

@@ -8,7 +8,10 @@ for zipped keys; the sweep values are coordinates)::
     correct_top1, correct_top5   int64 (S..., trial)  images classified right by each chip
     n_images                     int64 (S..., trial)  images evaluated so far (all, when complete)
     top1, top5                   float64 (S..., trial)  correct / n_images; NaN where none yet
-    complete                     bool (S...)  every chip of the point saw every image
+    complete                     bool (S...)  the point is done: every chip saw every image (adaptive
+                                   trials: the point stopped, its SE at the target or all chips run)
+    n_trials                     int64 (S...)  chips run to the end (adaptive: to the stop); the
+                                   chips past it are NaN in top1/top5 (n_images 0)
     digital_top1, digital_top5   float64 ()  the digital model (NaN until its shards are done)
     energy_per_image             float64 (S..., trial, component)  J per image: adc, dac, array, digital
                                  (docs/physics.md section 12); NaN where none yet
@@ -45,6 +48,9 @@ that result chunk: the driver, the store's only writer, writes results one at a 
 arrays are a view of the ledger: a run recomputes them all when it opens a store to resume and
 when it finishes, so an interrupted store always opens with plain xarray, ``complete`` telling
 which points are done.
+With adaptive trials the ``trial`` dim is sized ``max`` (chunked by the trial block like every
+fixed run) and a point's stop is a function of its ledger (:func:`adaptive_stop`), so it is never
+stored apart from the counts it is decided from, and a resumed run decides it the same way.
 The calibration arrays are written once, when every point is calibrated (they are cheap to redo),
 then the ``calibration_written`` attribute (the calibration's ledger).
 
@@ -66,6 +72,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from mcsim import stats
 from mcsim.errors import InputError
 from mcsim.runner.plan import RunPlan
 from mcsim.scenario import Scenario
@@ -206,17 +213,48 @@ def _merge_layers(lists: list[list[str]]) -> list[str]:
 
 def _summary(counts: dict, done: np.ndarray, shard_images: np.ndarray, trials_per_task: int) -> dict:
     """The result arrays of ledger entries: ``counts[var]`` (..., trial, shard) and ``done``
-    (..., trial_block, shard) give counts, ``n_images``, accuracies (..., trial) and ``complete`` (...)."""
+    (..., trial_block, shard) give counts, ``n_images`` and accuracies (..., trial)."""
     n_trials = counts[COUNT_VARS[0]].shape[-2]
     done_trial = done[..., np.arange(n_trials) // trials_per_task, :]  # (..., trial, shard)
     n_images = (done_trial * shard_images.astype(np.int64)).sum(-1)
-    out = {"n_images": n_images, "complete": done.all(axis=(-2, -1))}
+    out = {"n_images": n_images}
     with np.errstate(invalid="ignore", divide="ignore"):
         for var in COUNT_VARS:
             correct = (counts[var].astype(np.int64) * done_trial).sum(-1)
             out[var] = correct
             out[var.removeprefix("correct_")] = np.where(n_images > 0, correct / np.maximum(n_images, 1), np.nan)
     return out
+
+
+def adaptive_stop(correct: np.ndarray, done: np.ndarray, shard_images: np.ndarray, trials_per_task: int,
+                  adaptive: Optional[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Per point ``(S...)``: the chips run to its end, and whether it has ended.
+
+    ``correct`` (S..., trial, shard) and ``done`` (S..., trial_block, shard) are the ledger's top-1
+    counts and entries. The chips run are those of the leading blocks whose shards are all done.
+    Without ``adaptive`` a point ends when every block is done. With it (``{target_se, min, max}``,
+    docs/physics.md section 14) a point ends at the first of its leading blocks that brings it to at
+    least ``min`` chips with :func:`mcsim.stats.se_mean` of their top-1 accuracies at most
+    ``target_se`` (the stop is checked per block), or when all ``max`` chips are run.
+    """
+    n_trials = correct.shape[-2]
+    full = done.all(axis=-1)  # (S..., block)
+    n_images = int(shard_images.astype(np.int64).sum())
+    acc = correct.astype(np.int64).sum(-1) / n_images  # (S..., trial), valid in full blocks
+    chips = np.zeros(full.shape[:-1], np.int64)
+    ended = np.zeros(full.shape[:-1], bool)
+    for pos in np.ndindex(chips.shape):
+        lead = int(np.argmin(full[pos])) if not full[pos].all() else full.shape[-1]
+        chips[pos] = min(lead * trials_per_task, n_trials)
+        ended[pos] = lead == full.shape[-1]
+        if adaptive is None:
+            continue
+        for block in range(lead):
+            t1 = min((block + 1) * trials_per_task, n_trials)
+            if t1 >= adaptive["min"] and stats.se_mean(acc[pos][:t1], n_images) <= adaptive["target_se"]:
+                chips[pos], ended[pos] = t1, True
+                break
+    return chips, ended
 
 
 def _energy_summary(m: dict, done: np.ndarray, n_images: np.ndarray, trials_per_task: int) -> dict:
@@ -303,6 +341,7 @@ class ResultStore:
                 "shard_size": plan.shard_size,
                 "trials": plan.trials,
                 "trials_per_task": plan.trials_per_task,
+                "adaptive": plan.adaptive.model_dump() if plan.adaptive is not None else None,
                 "dims": store.dims,
                 "coord_dims": dict(plan.sweep.coord_dims),
                 "energy_layers": store._energy_layers,
@@ -332,6 +371,7 @@ class ResultStore:
             "top1": (per_trial, np.full(s_shape + (trials,), np.nan), {"long_name": "top-1 accuracy"}),
             "top5": (per_trial, np.full(s_shape + (trials,), np.nan), {"long_name": "top-5 accuracy"}),
             "complete": (s_dims, np.zeros(s_shape, bool)),
+            "n_trials": (s_dims, np.zeros(s_shape, np.int64), {"long_name": "chips run"}),
             "digital_top1": ((), np.nan, {"long_name": "top-1 accuracy of the digital model"}),
             "digital_top5": ((), np.nan, {"long_name": "top-5 accuracy of the digital model"}),
         }
@@ -340,6 +380,7 @@ class ResultStore:
         encoding = {var: {"chunks": ones + (plan.trials_per_task,)}
                     for var in ("correct_top1", "correct_top5", "n_images", "top1", "top5")}
         encoding["complete"] = {"chunks": ones}
+        encoding["n_trials"] = {"chunks": ones}
         if self._energy_layers:
             n_layers, n_c, n_k = len(self._energy_layers), len(ENERGY_COMPONENTS), len(ENERGY_COUNTS)
             data["energy_per_image"] = (per_trial + ["component"], np.full(s_shape + (trials, n_c), np.nan),
@@ -460,7 +501,17 @@ class ResultStore:
             ledger = {var: m[var][pos][t0:t1] for var in ENERGY_VARS}
             for var, values in _energy_summary(ledger, done, summary["n_images"], tpt).items():
                 root[var][pos + (slice(t0, t1),)] = values
-        root["complete"][pos] = bool(m["done"][pos].all())
+        chips, ended = self.stops(pos)
+        root["complete"][pos] = bool(ended)
+        if "n_trials" in root:  # stores written before n_trials lack it
+            root["n_trials"][pos] = int(chips)
+
+    def stops(self, pos: tuple = ()) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`adaptive_stop` of the points at ``pos`` (default: all) from the ledger."""
+        m = self._ledger()
+        adaptive = self.plan.adaptive.model_dump() if self.plan.adaptive is not None else None
+        return adaptive_stop(m["correct_top1"][pos], m["done"][pos], m["shard_images"], self.plan.trials_per_task,
+                             adaptive)
 
     def write_digital(self, result) -> None:
         """Counts of one digital task, its ledger entry, then the digital accuracies."""
@@ -486,8 +537,10 @@ class ResultStore:
         m, root = self._ledger(), self._root()
         summary = _summary({var: m[var] for var in COUNT_VARS}, m["done"], m["shard_images"],
                            self.plan.trials_per_task)
+        summary["n_trials"], summary["complete"] = self.stops()
         for var, values in summary.items():
-            root[var][...] = values
+            if var in root:  # stores written before n_trials lack it
+                root[var][...] = values
         if self.energy_layers:
             energy = _energy_summary({var: m[var] for var in ENERGY_VARS}, m["done"], summary["n_images"],
                                      self.plan.trials_per_task)
@@ -629,7 +682,8 @@ def open_result(path: str, *, partial: bool = False) -> xr.Dataset:
         The ``xarray.Dataset`` at the store's root. Dims: the sweep dims, ``trial`` (and
         ``layer``/``slice`` for the calibration). Variables: ``top1``, ``top5`` (fractions),
         ``correct_top1``, ``correct_top5``, ``n_images``, ``complete``, ``digital_top1``,
-        ``digital_top5``, and the calibration (``x_range``, ``input_signed``, ``adc_lo``,
+        ``digital_top5``, ``n_trials`` (chips run; with adaptive trials the chips past it are NaN),
+        and the calibration (``x_range``, ``input_signed``, ``adc_lo``,
         ``adc_hi``, ``adc_slices``, ``analog``, ``calibrated``); when the scenario counts energy,
         ``energy_per_image`` (J, along ``component``) and ``energy_counts`` (along ``count``,
         ``layer``). Attributes: the scenario, its
@@ -647,10 +701,14 @@ def open_result(path: str, *, partial: bool = False) -> xr.Dataset:
     check_readable(info)
     if not partial:
         group = zarr.open_group(path, mode="r")
-        done = np.asarray(group[LEDGER]["done"][...])
-        digital_done = np.asarray(group[LEDGER]["digital_done"][...])
+        ledger = group[LEDGER]
+        done = np.asarray(ledger["done"][...])
+        digital_done = np.asarray(ledger["digital_done"][...])
         calibrated = bool(info.attrs.get("calibration_written"))
-        if not (done.all() and digital_done.all() and calibrated):
+        layout = info.layout
+        _, ended = adaptive_stop(np.asarray(ledger["correct_top1"][...]), done, np.asarray(ledger["shard_images"][...]),
+                                 int(layout["trials_per_task"]), layout.get("adaptive"))
+        if not (ended.all() and digital_done.all() and calibrated):
             raise StoreError(
                 f"{path}: the run is not finished ({int(done.sum())} of {done.size} evaluation tasks, "
                 f"{int(digital_done.sum())} of {digital_done.size} digital tasks done"
