@@ -156,6 +156,9 @@ def report(
         None, "--compare", metavar="DIM[=A,B,...]",
         help="paired differences between the values of a swept dim (all pairs, or those listed), chip by "
              "chip, with the variance reduction against unpaired chips"),
+    per_class_: bool = typer.Option(
+        False, "--per-class", help="add the top-1 accuracy per class (needs the per-image outcomes: "
+                                   "output: {path: ..., per_image: true})"),
 ) -> None:
     """Accuracy statistics over trials per sweep point: mean, std, min, 5th/95th percentile,
     the mean's standard error with both error sources (chips and images) and its 95% interval
@@ -177,6 +180,9 @@ def report(
             _fail(f"--quantile: {quantile} is not in (0, 1); give e.g. 0.01 for the worst 1% of chips",
                   EXIT_BAD_INPUT)
         ds = open_result(store, partial=partial)
+        if per_class_ and "image_top1" not in ds:
+            _fail(f"--per-class: {store} keeps no per-image outcomes; run its scenario with "
+                  "output: {path: ..., per_image: true}", EXIT_BAD_INPUT)
         pairs = None
         if compare is not None:
             pairs = _compare_table(ds, compare)
@@ -248,6 +254,8 @@ def report(
                 con.print("these chips were drawn per point (execution.chips: per_point): the points share no "
                           "chip, so pairing cannot reduce the error; run with execution.chips: common",
                           markup=False)
+        if per_class_:
+            con.print(_per_class_table(ds))
         _print_layer_ranking(con, ds)
         if csv is not None:
             con.print(f"wrote {csv}", markup=False)
@@ -259,6 +267,25 @@ def _interval(lo: float, hi: float, digits: int) -> str:
 
     end = lambda v: ("-inf" if v < 0 else "inf") if math.isinf(v) else f"{100 * v:.{digits}f}"
     return f"[{end(lo)}, {end(hi)}]"
+
+
+def _per_class_table(ds):
+    """The table of ``--per-class``: top-1 per class and point (mcsim.report.per_class)."""
+    from rich.table import Table
+
+    from mcsim.report import per_class, point_labels, trials_text
+
+    df = per_class(ds)
+    table = Table(title=f"top-1 accuracy in % per class over {trials_text(ds)} chips; SE from chips and the "
+                        "class's images")
+    names = point_labels(ds)
+    for name in names + ["class", "images", "mean", "std", "SE", "95% CI"]:
+        table.add_column(name, no_wrap=True, justify="left" if name in names else "right")
+    for _, row in df.iterrows():
+        table.add_row(*[_fmt(row[n]) for n in names], str(row["class"]), str(row["images"]),
+                      f"{100 * row['mean']:.2f}", f"{100 * row['std']:.2f}", f"{100 * row['se']:.2f}",
+                      _interval(row["ci_lo"], row["ci_hi"], 2))
+    return table
 
 
 def _compare_table(ds, spec: str):

@@ -29,7 +29,7 @@ import xarray as xr
 from mcsim import stats
 
 __all__ = ["ENERGY_COLUMNS", "LEVEL", "METRICS", "STAT_COLUMNS", "chips_common", "compare", "energy_unit",
-           "layer_sensitivity", "plot", "plot_energy", "plot_yield", "point_labels", "summarize", "summarize_energy",
+           "layer_sensitivity", "per_class", "plot", "plot_energy", "plot_yield", "point_labels", "summarize", "summarize_energy",
            "trials_text", "x_axis"]
 
 LAYER_DIM, NO_LAYER = "target_layer", "(none)"  # as mcsim.sweep names them
@@ -118,6 +118,35 @@ def summarize(ds: xr.Dataset, metrics=METRICS, *, yield_delta: Optional[float] =
             if quantile is not None:
                 row["q_acc"], row["q_lo"], row["q_hi"] = map(float, stats.quantile_interval(acc, quantile, LEVEL))
             rows.append({**row, "trials": int(acc.size), "n_images": n, "digital": digital})
+    return pd.DataFrame(rows)
+
+
+def per_class(ds: xr.Dataset):
+    """One row per sweep point and class, from the per-image outcomes (``output: {per_image: true}``):
+    the point's labels, ``class``, ``images`` of the class, and over the point's chips run the top-1
+    accuracy on the class's images: ``mean``, ``std`` (chip spread), ``se`` (both error sources, the
+    class's images as N) and ``ci_lo``/``ci_hi`` (:func:`mcsim.stats.mean_interval`)."""
+    import pandas as pd
+
+    if "image_top1" not in ds:
+        raise ValueError("per-class accuracy needs the per-image outcomes, which this store does not keep; run "
+                         "its scenario with output: {path: ..., per_image: true}")
+    dims, names = sweep_dims(ds), point_labels(ds)
+    labels = ds["label"].values
+    classes = np.unique(labels)
+    rows = []
+    for pos in itertools.product(*(range(ds.sizes[d]) for d in dims)):
+        point = ds.isel(dict(zip(dims, pos)))
+        run = ~np.isnan(point["top1"].values)  # the chips run (adaptive trials stop early)
+        hits = np.unpackbits(point["image_top1"].values[run], axis=-1, count=labels.size)  # (chip, image)
+        base = {name: _value(point[name].values) for name in names}
+        for c in classes:
+            acc = hits[:, labels == c].mean(-1)
+            n = int((labels == c).sum())
+            mean, lo, hi = stats.mean_interval(acc, n, LEVEL)
+            rows.append({**base, "class": int(c), "images": n, "mean": float(mean),
+                         "std": float(stats.chip_spread(acc)), "se": float(stats.se_mean(acc, n)),
+                         "ci_lo": float(lo), "ci_hi": float(hi), "trials": int(acc.size)})
     return pd.DataFrame(rows)
 
 

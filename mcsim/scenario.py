@@ -15,7 +15,7 @@ how the work is cut and run (``execution``) and where results go (``output``)::
       zip: {}            # same-length lists swept together, along one dim named `point`
     trials: 20         # or adaptive: {target_se: 0.002, min: 10, max: 2000}
     execution: {shard_images: 500, trials_per_task: 10, device: auto}
-    output: outputs/quickstart.zarr
+    output: outputs/quickstart.zarr   # or {path: ..., per_image: true}: also each image's outcome
 
 ``load_scenario`` / ``parse_scenario`` turn such a file into a validated, frozen ``Scenario``;
 every problem raises ``ScenarioError`` with one ``<file>: <field path>: <message>`` line per
@@ -23,8 +23,8 @@ problem. Every sweep point is validated at load time (its ``Hardware`` is built)
 sweep values are normalised to their validated form (``0`` -> ``0.0`` for a float setting).
 
 ``Scenario.text`` is the canonical YAML of the scenario (all defaults written out), and
-``scenario_fingerprint`` hashes everything that can change results (all but ``execution``
-and ``output``, save ``execution.chips`` when it is ``common``).
+``scenario_fingerprint`` hashes everything that can change results (all but ``execution``,
+``output`` and ``per_image``, save ``execution.chips`` when it is ``common``).
 
 This module must stay light: it does not import torch, ray or zarr itself. The sweep's schema
 and expansion are :mod:`mcsim.sweep`'s, the validation messages :mod:`mcsim.validation`'s (both
@@ -64,7 +64,7 @@ __all__ = [
 ]
 
 #: Top-level fields that never change results (left out of the fingerprint).
-NON_RESULT_FIELDS = frozenset({"execution", "output"})
+NON_RESULT_FIELDS = frozenset({"execution", "output", "per_image"})
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -131,6 +131,9 @@ class Scenario(StrictModel):
     output: str = Field(
         min_length=1, description="result store: a path or an fsspec URL; default outputs/<name>.zarr"
     )
+    per_image: bool = Field(
+        False, description="also store each chip's top-1 outcome per image, packed as bits (written as "
+                           "output: {path: ..., per_image: true})")
 
     @model_validator(mode="before")
     @classmethod
@@ -140,6 +143,17 @@ class Scenario(StrictModel):
             for key in ("hardware", "sweep", "execution"):
                 if key in data and data[key] is None:
                     del data[key]
+            if isinstance(data.get("output"), dict):  # output: {path: ..., per_image: ...}
+                out = dict(data["output"])
+                unknown = sorted(set(out) - {"path", "per_image"})
+                if unknown:
+                    raise ValueError(f"output: {', '.join(map(str, unknown))} is not a setting of output (known: "
+                                     "path, per_image)")
+                if "per_image" in out and "per_image" in data:
+                    raise ValueError("output.per_image: given twice (also at the top level); give it once")
+                data["output"] = out.get("path")
+                if "per_image" in out:
+                    data["per_image"] = out["per_image"]
             if data.get("output") is None and isinstance(data.get("name"), str):
                 data["output"] = f"outputs/{data['name']}.zarr"
         return data
@@ -205,9 +219,9 @@ def scenario_text(scenario: Scenario) -> str:
 def scenario_fingerprint(scenario: Scenario) -> str:
     """sha256 hex of the canonical JSON of everything that can change results.
 
-    ``execution`` and ``output`` are left out: how the work is cut and where it is written
-    never changes a number. ``execution.chips`` does (it keys the chips): ``common`` is hashed in,
-    ``per_point`` is not, so a store written before the setting existed (its chips keyed per
+    ``execution``, ``output`` and ``per_image`` are left out: how the work is cut, where it is
+    written and what more it keeps never change a number. ``execution.chips`` does (it keys the
+    chips): ``common`` is hashed in, ``per_point`` is not, so a store written before the setting existed (its chips keyed per
     point) keeps its fingerprint and resumes with ``chips: per_point`` only.
     """
     data = {k: v for k, v in scenario.canonical().items() if k not in NON_RESULT_FIELDS}

@@ -243,16 +243,18 @@ def prepare(scenario: Scenario, *, output: Optional[str] = None, overwrite: bool
         raise StoreError(f"{path} was written over {layout.get('n_images')} evaluation images, but the data "
                          f"set now has {n_images}; {_AGAIN}")
     plan = make_plan(scenario, n_images, sweep_plan(scenario, model),
-                     shard_images=layout.get("shard_size"), trials_per_task=layout.get("trials_per_task"))
+                     shard_images=layout.get("shard_size"), trials_per_task=layout.get("trials_per_task"),
+                     per_image=layout.get("per_image", False) if resume else None)
     return Prepared(path, info, plan, overwrite)
 
 
 def layout_note(scenario: Scenario, plan: RunPlan) -> Optional[str]:
     """A note when an existing store's layout differs from this scenario's execution settings."""
-    if store_layout(scenario) == (plan.shard_size, plan.trials_per_task):
+    if store_layout(scenario) == (plan.shard_size, plan.trials_per_task) and scenario.per_image == plan.per_image:
         return None
     return (f"note: the store keeps its own layout (shards of {plan.shard_size} images, trial blocks of "
-            f"{plan.trials_per_task}); execution.shard_images/trials_per_task apply to new stores only")
+            f"{plan.trials_per_task}, per-image outcomes {'kept' if plan.per_image else 'not kept'}); "
+            "execution.shard_images/trials_per_task and output.per_image apply to new stores only")
 
 
 def pending(store: ResultStore, plan: RunPlan) -> Pending:

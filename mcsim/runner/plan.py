@@ -68,6 +68,7 @@ class DigitalTask:
     shard: int
     i0: int  # images [i0, i1) of the evaluation list
     i1: int
+    per_image: bool = False  # also return the shard's labels
 
     kind = "digital"
 
@@ -90,6 +91,7 @@ class EvalTask:
     shard: int  # shard index
     i0: int  # images [i0, i1) of the evaluation list
     i1: int
+    per_image: bool = False  # also return each chip's top-1 outcome per image, packed as bits
 
     kind = "evaluate"
 
@@ -124,6 +126,7 @@ class RunPlan:
     shard_images_asked: int  # execution.shard_images as written
     chips: str = "per_point"  # execution.chips
     adaptive: Optional[AdaptiveTrials] = None  # adaptive trials; ``trials`` is then their max
+    per_image: bool = False  # the store keeps each chip's outcome per image
 
     def engine_seed(self, point: int) -> int:
         """The engine seed of sweep point ``point``: with ``chips: common`` one seed for every point
@@ -158,7 +161,7 @@ class RunPlan:
         return [CalibrationTask(p.index, self.engine_seed(p.index)) for p in self.sweep.points]
 
     def digital_tasks(self) -> list[DigitalTask]:
-        return [DigitalTask(s, i0, i1) for s, (i0, i1) in enumerate(self.shards)]
+        return [DigitalTask(s, i0, i1, self.per_image) for s, (i0, i1) in enumerate(self.shards)]
 
     def eval_tasks(self) -> list[EvalTask]:
         """All evaluation tasks, point-major, then trial block, then shard."""
@@ -167,7 +170,7 @@ class RunPlan:
             seed = self.engine_seed(p.index)
             for b, (t0, t1) in enumerate(self.trial_blocks):
                 for s, (i0, i1) in enumerate(self.shards):
-                    tasks.append(EvalTask(p.index, seed, b, t0, t1, s, i0, i1))
+                    tasks.append(EvalTask(p.index, seed, b, t0, t1, s, i0, i1, self.per_image))
         return tasks
 
     def describe(self) -> list[str]:
@@ -201,6 +204,8 @@ class RunPlan:
             size += (f" (execution.shard_images {self.shard_images_asked} rounded up to a multiple of the "
                      f"batch size {self.batch_size})")
         lines.append(f"image shards: {len(shards)} of {size}")
+        if self.per_image:
+            lines.append("per-image outcomes: kept (top-1 per chip and image, packed as bits)")
         if "target_layer" in self.sweep.coords:
             lines.append(f"layers swept (target_layer): {', '.join(self.sweep.coords['target_layer'])}")
         evaluation = (f"{self.n_points * len(blocks) * len(shards)} evaluation "
@@ -219,10 +224,11 @@ def make_plan(
     *,
     shard_images: Optional[int] = None,
     trials_per_task: Optional[int] = None,
+    per_image: Optional[bool] = None,
 ) -> RunPlan:
     """The plan of ``scenario`` over ``n_images`` evaluation images.
 
-    ``shard_images`` / ``trials_per_task`` default to the scenario's ``execution`` settings; an
+    ``shard_images`` / ``trials_per_task`` / ``per_image`` default to the scenario's settings; an
     existing store passes its own (the layout of a store never changes once written).
     """
     if n_images < 1:
@@ -240,6 +246,7 @@ def make_plan(
         shard_images_asked=asked,
         chips=scenario.execution.chips,
         adaptive=scenario.adaptive,
+        per_image=scenario.per_image if per_image is None else per_image,
     )
 
 

@@ -16,6 +16,11 @@ for zipped keys; the sweep values are coordinates)::
     energy_per_image             float64 (S..., trial, component)  J per image: adc, dac, array, digital
                                  (docs/physics.md section 12); NaN where none yet
     energy_counts                float64 (S..., trial, count, layer)  the counts per image and layer
+    image_top1                   uint8 (S..., trial, image_byte)  with ``per_image``: chip ``t``'s top-1
+                                   outcome on image ``i`` is bit ``i`` of ``np.packbits`` along the
+                                   images (``np.unpackbits(..., axis=-1, count=N)``); 0 where not run
+    label                        int64 (image)  with ``per_image``: the class of each image; the
+                                   ``image`` coordinate is its index in the evaluation list
     calibrated                   bool (S...)  the point's hardware needed a calibration
     analog                       bool (S..., layer)  the layer is analog at that point
     weight_bits, input_bits,     float64 (S..., layer)  the layer's effective resolution (per-layer
@@ -35,6 +40,8 @@ for zipped keys; the sweep values are coordinates)::
     shard_images                 int32 (shard,)  images per shard
     energy_counts                float64 (S..., trial, shard, count, layer)  sums over the shard's images
     energy_joules                float64 (S..., trial, shard, component)  chunks (1..., trials_per_task, 1, all)
+    image_top1                   uint8 (S..., trial, shard, shard_byte)  with ``per_image``: each shard's
+                                   bits (``np.packbits`` of its images), chunks (1..., trials_per_task, 1, all)
 
 The energy arrays exist when the scenario counts energy (``energy: true``); their ``layer`` dim is
 every Conv/Linear of the model (``layout.energy_layers``), analog or kept digital, and the
@@ -92,6 +99,7 @@ STORE_FORMAT = 2  # bump when the layout changes (2: the result at the root, the
 LEDGER = "ledger"  # the ledger's group
 COUNT_VARS = ("correct_top1", "correct_top5")
 ENERGY_VARS = ("energy_counts", "energy_joules")  # ledger
+IMAGE_VAR = "image_top1"  # per-image outcomes (ledger and result), with ``per_image``
 # Names of the energy dims' entries: engine.counting.COUNTS and physics.prices.COMPONENTS (kept in
 # step by tests/test_energy.py; this module does not import the engine).
 ENERGY_COUNTS = ("adc_conversions", "dac_pulses", "row_slots", "array_g_v2", "digital_adds", "digital_macs")
@@ -272,6 +280,15 @@ def _energy_summary(m: dict, done: np.ndarray, n_images: np.ndarray, trials_per_
     return out
 
 
+def _image_bits(bits: np.ndarray, done_trial: np.ndarray, shard_images: np.ndarray) -> np.ndarray:
+    """The result's per-image bits ``(..., trial, image_byte)`` of the ledger's per-shard bits
+    ``(..., trial, shard, shard_byte)``: each shard's images unpacked, the shards not done zero,
+    concatenated along the images and packed again."""
+    parts = [np.unpackbits(bits[..., s, :], axis=-1, count=int(n)) * done_trial[..., s, None].astype(np.uint8)
+             for s, n in enumerate(shard_images)]
+    return np.packbits(np.concatenate(parts, axis=-1), axis=-1)
+
+
 def _digital_summary(counts: dict, done: np.ndarray, shard_images: np.ndarray) -> dict:
     """``digital_top1``/``digital_top5`` over the digital shards done (NaN: none yet)."""
     n = int((shard_images.astype(np.int64) * done).sum())
@@ -341,6 +358,7 @@ class ResultStore:
                 "shard_size": plan.shard_size,
                 "trials": plan.trials,
                 "trials_per_task": plan.trials_per_task,
+                "per_image": plan.per_image,
                 "adaptive": plan.adaptive.model_dump() if plan.adaptive is not None else None,
                 "dims": store.dims,
                 "coord_dims": dict(plan.sweep.coord_dims),
@@ -390,6 +408,14 @@ class ResultStore:
             coords.update(_energy_coords(self._energy_layers))
             encoding["energy_per_image"] = {"chunks": ones + (plan.trials_per_task, n_c)}
             encoding["energy_counts"] = {"chunks": ones + (plan.trials_per_task, n_k, n_layers)}
+        if plan.per_image:
+            n_bytes = -(-plan.n_images // 8)
+            data[IMAGE_VAR] = (per_trial + ["image_byte"], np.zeros(s_shape + (trials, n_bytes), np.uint8),
+                               {"long_name": "top-1 outcome per image, np.packbits along the images"})
+            data["label"] = ("image", np.full(plan.n_images, -1, np.int64), {"long_name": "class of the image"})
+            coords["image"] = ("image", np.arange(plan.n_images, dtype=np.int64))
+            encoding[IMAGE_VAR] = {"chunks": ones + (plan.trials_per_task, n_bytes)}
+            encoding["label"] = {"chunks": (plan.shard_size,)}
         return xr.Dataset(data, coords=coords, attrs=attrs), encoding
 
     def _empty_ledger(self) -> tuple[xr.Dataset, dict]:
@@ -414,6 +440,11 @@ class ResultStore:
             data["energy_joules"] = (base + ["component"], np.zeros(shape + (n_c,)))
             encoding["energy_counts"] = {"chunks": ones + (plan.trials_per_task, 1, n_k, n_layers)}
             encoding["energy_joules"] = {"chunks": ones + (plan.trials_per_task, 1, n_c)}
+        if plan.per_image:
+            n_bytes = -(-plan.shard_size // 8)
+            data[IMAGE_VAR] = (s_dims + ["trial", "shard", "shard_byte"],
+                               np.zeros(s_shape + (plan.trials, n_shards, n_bytes), np.uint8))
+            encoding[IMAGE_VAR] = {"chunks": ones + (plan.trials_per_task, 1, n_bytes)}
         return xr.Dataset(data), encoding
 
     # ---- attributes
@@ -441,6 +472,7 @@ class ResultStore:
             group = zarr.open_group(self.path, mode="r")[LEDGER]
             names = COUNT_VARS + DIGITAL_VARS + ("done", "digital_done", "shard_images")
             names += ENERGY_VARS if self.energy_layers else ()
+            names += (IMAGE_VAR,) if self.plan.per_image else ()
             self._mirror = {name: np.asarray(group[name][...]) for name in names}
         return self._mirror
 
@@ -466,6 +498,11 @@ class ResultStore:
             m[var][pos + (slice(task.t0, task.t1), task.shard)] = values
         if self.energy_layers:
             self._write_energy(result, pos, ledger, m)
+        if self.plan.per_image:
+            bits = np.zeros((task.n_trials, m[IMAGE_VAR].shape[-1]), np.uint8)
+            bits[:, : result.image_top1.shape[-1]] = result.image_top1
+            ledger[IMAGE_VAR][pos + (slice(task.t0, task.t1), task.shard)] = bits
+            m[IMAGE_VAR][pos + (slice(task.t0, task.t1), task.shard)] = bits
         ledger["done"][pos + (task.block, task.shard)] = True
         m["done"][pos + (task.block, task.shard)] = True
         self._write_result(pos, task.block)
@@ -501,6 +538,10 @@ class ResultStore:
             ledger = {var: m[var][pos][t0:t1] for var in ENERGY_VARS}
             for var, values in _energy_summary(ledger, done, summary["n_images"], tpt).items():
                 root[var][pos + (slice(t0, t1),)] = values
+        if self.plan.per_image:
+            done_trial = np.broadcast_to(done, (t1 - t0,) + done.shape[1:])
+            root[IMAGE_VAR][pos + (slice(t0, t1),)] = _image_bits(m[IMAGE_VAR][pos][t0:t1], done_trial,
+                                                                   m["shard_images"])
         chips, ended = self.stops(pos)
         root["complete"][pos] = bool(ended)
         if "n_trials" in root:  # stores written before n_trials lack it
@@ -521,6 +562,9 @@ class ResultStore:
             value = int(getattr(result, var.removeprefix("digital_")))
             ledger[var][s] = value
             m[var][s] = value
+        if self.plan.per_image:
+            task = result.task
+            self._root()["label"][task.i0:task.i1] = np.asarray(result.labels, np.int64)
         ledger["digital_done"][s] = True
         m["digital_done"][s] = True
         self._write_digital_result()
@@ -546,6 +590,11 @@ class ResultStore:
                                      self.plan.trials_per_task)
             for var, values in energy.items():
                 root[var][...] = values
+        if self.plan.per_image:  # a point at a time: the unpacked bits are 8 times the packed
+            blocks = np.arange(self.plan.trials) // self.plan.trials_per_task
+            for p in self.plan.sweep.points:
+                root[IMAGE_VAR][p.position] = _image_bits(m[IMAGE_VAR][p.position], m["done"][p.position][blocks],
+                                                          m["shard_images"])
         self._write_digital_result()
 
     def write_calibration(self, results: list) -> None:
