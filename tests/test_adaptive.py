@@ -5,6 +5,7 @@ chips, resume after SIGKILL against an uninterrupted run. Real runs on the digit
 from __future__ import annotations
 
 import math
+from pathlib import Path
 import signal
 import subprocess
 import time
@@ -197,3 +198,15 @@ def test_resume_after_sigkill_gives_the_same_result(runs, tmp_path):
     xr.testing.assert_identical(ds[["n_trials", "complete"]].drop_attrs(), reference[["n_trials", "complete"]].drop_attrs())
     third = run_cli("run", str(scenario))
     assert third.returncode == 0 and "already complete" in third.stderr
+
+
+@pytest.mark.slow
+def test_plots_draw_the_chips_run(runs, tmp_path):
+    from mcsim.report import _mean_ci, plot, plot_yield
+
+    _, ds, _, _ = runs
+    mean, _ = _mean_ci(ds["top1"], ds)
+    acc, n = ds["top1"].values.reshape(-1, MAX), ds["n_trials"].values.ravel()
+    np.testing.assert_allclose(mean.ravel(), [a[:k].mean() for a, k in zip(acc, n)], rtol=0, atol=1e-15)
+    assert Path(plot(ds, str(tmp_path / "a.png"))).exists()
+    assert Path(plot_yield(ds, str(tmp_path / "y.png"), 0.05)).exists()
