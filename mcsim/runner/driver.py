@@ -266,7 +266,7 @@ def pending(store: ResultStore, plan: RunPlan) -> Pending:
         wanted = None
     else:
         full = done.all(axis=-1)
-        chips, ended = store.stops()
+        _, ended = store.stops()
         wanted = {p.index: set() if ended[p.position]
                   else set(range(plan.min_blocks)) | {int(np.argmin(full[p.position]))}
                   for p in plan.sweep.points}
