@@ -16,7 +16,7 @@ from datetime import datetime
 import numpy as np
 import xarray as xr
 
-from mcsim.stats import PointStat, Threshold, bracket, point_stat
+from mcsim.stats import PointStat, Threshold, bracket, chips_run, point_stat
 
 __all__ = ["TOLERANCE", "bit_position_drops", "digital", "fewest", "pick", "plain_dims", "stat", "stat_of",
            "threshold", "tolerated", "values", "wall_seconds"]
@@ -67,8 +67,8 @@ def pick(ds: xr.Dataset, **labels) -> xr.Dataset:
 
 
 def stat_of(point: xr.Dataset, metric: str = "top1") -> PointStat:
-    """The :class:`PointStat` of one selected point (its chips along ``trial``)."""
-    return point_stat(point[metric].values, int(np.asarray(point["n_images"].values).max()))
+    """The :class:`PointStat` of one selected point (its chips along ``trial``, those run)."""
+    return point_stat(chips_run(point[metric].values), int(np.asarray(point["n_images"].values).max()))
 
 
 def stat(ds: xr.Dataset, **labels) -> PointStat:

@@ -105,12 +105,12 @@ def run(
         ds = run_scenario(sc, overwrite=overwrite, dry_run=dry_run, progress=not quiet or dry_run,
                           output=output, workers=workers, address=address)
         if ds is not None and not quiet:
-            from mcsim.report import summarize
+            from mcsim.report import summarize, trials_text
 
             table = summarize(ds, metrics=("top1",))
             best, worst = table["mean"].max(), table["mean"].min()
             _console(stderr=True).print(
-                f"done: {output or sc.output}; top-1 accuracy (mean over {ds.sizes['trial']} trials) "
+                f"done: {output or sc.output}; top-1 accuracy (mean over {trials_text(ds)} trials) "
                 f"from {worst:.4f} to {best:.4f} over {len(table)} sweep point(s); digital "
                 f"{float(ds['digital_top1']):.4f}. See `mcsim report`.", markup=False)
 
@@ -130,8 +130,10 @@ def validate(scenario: Path = ScenarioArg) -> None:
         con.print(f"{scenario}: valid scenario {sc.name!r} (fingerprint {sc.fingerprint[:12]})", markup=False)
         con.print(f"  model {sc.model.name or sc.model.factory}; data {sc.data.name}/{sc.data.split}"
                   f"{'' if sc.data.limit is None else f' (limit {sc.data.limit})'}", markup=False)
-        con.print(f"  {plan.size} sweep point(s) ({dims}), {sc.trials} trials each; output {sc.output}",
-                  markup=False)
+        a = sc.adaptive
+        trials = (f"{sc.trials} trials each" if a is None else
+                  f"{a.min} to {a.max} trials each, until the mean's SE <= {a.target_se:g}")
+        con.print(f"  {plan.size} sweep point(s) ({dims}), {trials}; output {sc.output}", markup=False)
         for name, values in plan.coords.items():
             if name != "point":
                 con.print(f"  {name}: {values}", markup=False)
@@ -154,6 +156,9 @@ def report(
         None, "--compare", metavar="DIM[=A,B,...]",
         help="paired differences between the values of a swept dim (all pairs, or those listed), chip by "
              "chip, with the variance reduction against unpaired chips"),
+    per_class_: bool = typer.Option(
+        False, "--per-class", help="add the top-1 accuracy per class (needs the per-image outcomes: "
+                                   "output: {path: ..., per_image: true})"),
 ) -> None:
     """Accuracy statistics over trials per sweep point: mean, std, min, 5th/95th percentile,
     the mean's standard error with both error sources (chips and images) and its 95% interval
@@ -166,7 +171,7 @@ def report(
         import numpy as np
         import pandas as pd
 
-        from mcsim.report import ENERGY_COLUMNS, energy_unit, has_energy, point_labels, summarize, summarize_energy
+        from mcsim.report import ENERGY_COLUMNS, energy_unit, has_energy, point_labels, summarize, summarize_energy, trials_text
 
         if yield_pts is not None and not 0 <= yield_pts <= 100:
             _fail(f"--yield: {yield_pts} is not an accuracy in points between 0 and 100; give e.g. 1.0 for "
@@ -175,6 +180,9 @@ def report(
             _fail(f"--quantile: {quantile} is not in (0, 1); give e.g. 0.01 for the worst 1% of chips",
                   EXIT_BAD_INPUT)
         ds = open_result(store, partial=partial)
+        if per_class_ and "image_top1" not in ds:
+            _fail(f"--per-class: {store} keeps no per-image outcomes; run its scenario with "
+                  "output: {path: ..., per_image: true}", EXIT_BAD_INPUT)
         pairs = None
         if compare is not None:
             pairs = _compare_table(ds, compare)
@@ -191,7 +199,7 @@ def report(
             unit, factor = energy_unit(float(df["energy"].max()))
         if csv is not None:
             df.to_csv(csv, index=False)
-        table = Table(title=f"{ds.attrs.get('name', store)}: accuracy in % over {ds.sizes['trial']} trials "
+        table = Table(title=f"{ds.attrs.get('name', store)}: accuracy in % over {trials_text(ds)} trials "
                       f"(chips), {int(ds['n_images'].max())} images; SE of the mean from chips and images, "
                       "SE img: images alone (binomial)")
         for name in labels:
@@ -246,6 +254,8 @@ def report(
                 con.print("these chips were drawn per point (execution.chips: per_point): the points share no "
                           "chip, so pairing cannot reduce the error; run with execution.chips: common",
                           markup=False)
+        if per_class_:
+            con.print(_per_class_table(ds))
         _print_layer_ranking(con, ds)
         if csv is not None:
             con.print(f"wrote {csv}", markup=False)
@@ -257,6 +267,25 @@ def _interval(lo: float, hi: float, digits: int) -> str:
 
     end = lambda v: ("-inf" if v < 0 else "inf") if math.isinf(v) else f"{100 * v:.{digits}f}"
     return f"[{end(lo)}, {end(hi)}]"
+
+
+def _per_class_table(ds):
+    """The table of ``--per-class``: top-1 per class and point (mcsim.report.per_class)."""
+    from rich.table import Table
+
+    from mcsim.report import per_class, point_labels, trials_text
+
+    df = per_class(ds)
+    table = Table(title=f"top-1 accuracy in % per class over {trials_text(ds)} chips; SE from chips and the "
+                        "class's images")
+    names = point_labels(ds)
+    for name in names + ["class", "images", "mean", "std", "SE", "95% CI"]:
+        table.add_column(name, no_wrap=True, justify="left" if name in names else "right")
+    for _, row in df.iterrows():
+        table.add_row(*[_fmt(row[n]) for n in names], str(row["class"]), str(row["images"]),
+                      f"{100 * row['mean']:.2f}", f"{100 * row['std']:.2f}", f"{100 * row['se']:.2f}",
+                      _interval(row["ci_lo"], row["ci_hi"], 2))
+    return table
 
 
 def _compare_table(ds, spec: str):
@@ -289,7 +318,7 @@ def _print_layer_ranking(con, ds) -> None:
     """A layer sensitivity result: the layers ranked by the top-1 accuracy each costs."""
     from rich.table import Table
 
-    from mcsim.report import layer_sensitivity, layer_sweep_mode
+    from mcsim.report import layer_sensitivity, layer_sweep_mode, trials_text
 
     mode = layer_sweep_mode(ds)
     if mode is None:
@@ -301,7 +330,7 @@ def _print_layer_ranking(con, ds) -> None:
             else "recovered with only this layer ideal (vs every layer analog, top1 "
                  f"{100 * df['reference'].iloc[0]:.2f}%)")
     table = Table(title=f"layer sensitivity ({mode}): top1 accuracy {cost}, in %; +-: Monte Carlo "
-                  f"standard error std/sqrt({ds.sizes['trial']} trials)")
+                  f"standard error std/sqrt({trials_text(ds)} trials)")
     for name in labels:
         table.add_column(name, no_wrap=True)
     for head in ("rank", "layer", "top1", "cost"):

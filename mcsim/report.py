@@ -29,8 +29,8 @@ import xarray as xr
 from mcsim import stats
 
 __all__ = ["ENERGY_COLUMNS", "LEVEL", "METRICS", "STAT_COLUMNS", "chips_common", "compare", "energy_unit",
-           "layer_sensitivity", "plot", "plot_energy", "plot_yield", "point_labels", "summarize", "summarize_energy",
-           "x_axis"]
+           "layer_sensitivity", "per_class", "plot", "plot_energy", "plot_yield", "point_labels", "summarize", "summarize_energy",
+           "trials_text", "x_axis"]
 
 LAYER_DIM, NO_LAYER = "target_layer", "(none)"  # as mcsim.sweep names them
 
@@ -41,6 +41,20 @@ LEVEL = 0.95  # the level of every interval of the report and the plots
 
 def sweep_dims(ds: xr.Dataset) -> list[str]:
     return [d for d in ds["top1"].dims if d != "trial"]
+
+
+def _per_point(f, acc: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``f(chips)`` (a tuple of numbers) of each row of ``acc`` (chips last), on the chips run."""
+    rows = [f(stats.chips_run(a)) for a in acc.reshape(-1, acc.shape[-1])]
+    return tuple(np.array(x, dtype=float).reshape(acc.shape[:-1]) for x in zip(*rows))
+
+
+def trials_text(ds: xr.Dataset) -> str:
+    """The chips per point: ``"20"``, or with adaptive trials ``"4 to 12"``."""
+    if "n_trials" not in ds:
+        return str(ds.sizes["trial"])
+    lo, hi = int(ds["n_trials"].min()), int(ds["n_trials"].max())
+    return str(hi) if lo == hi else f"{lo} to {hi}"
 
 
 def point_labels(ds: xr.Dataset) -> list[str]:
@@ -81,7 +95,7 @@ def summarize(ds: xr.Dataset, metrics=METRICS, *, yield_delta: Optional[float] =
         point = ds.isel(at)
         base = {name: _value(point[name].values) for name in labels}
         for metric in metrics:
-            acc = point[metric].values.astype(float)
+            acc = stats.chips_run(point[metric].values)
             n = int(point["n_images"].values.max())
             digital = float(ds[f"digital_{metric}"].values)
             mean, lo, hi = stats.mean_interval(acc, n, LEVEL) if n else (float(np.mean(acc)), math.nan, math.nan)
@@ -104,6 +118,35 @@ def summarize(ds: xr.Dataset, metrics=METRICS, *, yield_delta: Optional[float] =
             if quantile is not None:
                 row["q_acc"], row["q_lo"], row["q_hi"] = map(float, stats.quantile_interval(acc, quantile, LEVEL))
             rows.append({**row, "trials": int(acc.size), "n_images": n, "digital": digital})
+    return pd.DataFrame(rows)
+
+
+def per_class(ds: xr.Dataset):
+    """One row per sweep point and class, from the per-image outcomes (``output: {per_image: true}``):
+    the point's labels, ``class``, ``images`` of the class, and over the point's chips run the top-1
+    accuracy on the class's images: ``mean``, ``std`` (chip spread), ``se`` (both error sources, the
+    class's images as N) and ``ci_lo``/``ci_hi`` (:func:`mcsim.stats.mean_interval`)."""
+    import pandas as pd
+
+    if "image_top1" not in ds:
+        raise ValueError("per-class accuracy needs the per-image outcomes, which this store does not keep; run "
+                         "its scenario with output: {path: ..., per_image: true}")
+    dims, names = sweep_dims(ds), point_labels(ds)
+    labels = ds["label"].values
+    classes = np.unique(labels)
+    rows = []
+    for pos in itertools.product(*(range(ds.sizes[d]) for d in dims)):
+        point = ds.isel(dict(zip(dims, pos)))
+        run = ~np.isnan(point["top1"].values)  # the chips run (adaptive trials stop early)
+        hits = np.unpackbits(point["image_top1"].values[run], axis=-1, count=labels.size)  # (chip, image)
+        base = {name: _value(point[name].values) for name in names}
+        for c in classes:
+            acc = hits[:, labels == c].mean(-1)
+            n = int((labels == c).sum())
+            mean, lo, hi = stats.mean_interval(acc, n, LEVEL)
+            rows.append({**base, "class": int(c), "images": n, "mean": float(mean),
+                         "std": float(stats.chip_spread(acc)), "se": float(stats.se_mean(acc, n)),
+                         "ci_lo": float(lo), "ci_hi": float(hi), "trials": int(acc.size)})
     return pd.DataFrame(rows)
 
 
@@ -143,6 +186,8 @@ def compare(ds: xr.Dataset, dim: str, values: Optional[list] = None, metric: str
         for a, b in itertools.combinations(chosen, 2):
             acc_a = sub[metric].isel({dim: known.index(a)}).values.astype(float)
             acc_b = sub[metric].isel({dim: known.index(b)}).values.astype(float)
+            both = ~(np.isnan(acc_a) | np.isnan(acc_b))  # the chips run at both (adaptive trials)
+            acc_a, acc_b = acc_a[both], acc_b[both]
             d = stats.paired_difference(acc_a, acc_b, n)
             rows.append({**base, "a": a, "b": b, **{k: float(v) for k, v in d.items()}, "trials": acc_a.size})
     return pd.DataFrame(rows)
@@ -192,7 +237,7 @@ def summarize_energy(ds: xr.Dataset):
     for pos in itertools.product(*(range(ds.sizes[d]) for d in dims)):
         at = dict(zip(dims, pos))
         point, per = ds.isel(at), e.isel(at)
-        total = per.sum("component").values.astype(float)
+        total = stats.chips_run(per.sum("component", skipna=False).values)
         row = {name: _value(point[name].values) for name in labels}
         row["energy"] = float(np.mean(total))
         row["energy_std"] = float(np.std(total, ddof=1)) if total.size > 1 else 0.0
@@ -223,7 +268,7 @@ def plot_energy(ds: xr.Dataset, path: str, metric: str = "top1", title: Optional
         raise ValueError(f"metric: {metric!r} is not one of {', '.join(METRICS)}")
     _require_energy(ds)
     dims = sweep_dims(ds)
-    total = ds["energy_per_image"].sum("component")
+    total = ds["energy_per_image"].sum("component", skipna=False)
     acc = ds[metric]
     multi = ds.sizes["trial"] > 1
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -239,7 +284,7 @@ def plot_energy(ds: xr.Dataset, path: str, metric: str = "top1", title: Optional
     ax.set_xscale("log")
     ax.set_xlabel("energy per image (J, first order: ADC + DAC + array + digital)")
     ax.set_ylabel(f"{metric} accuracy")
-    ax.set_title(title or f"{ds.attrs.get('name', '')}: mean over {ds.sizes['trial']} chips, bars +-1 std")
+    ax.set_title(title or f"{ds.attrs.get('name', '')}: mean over {trials_text(ds)} chips, bars +-1 std")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
@@ -261,7 +306,7 @@ def layer_sweep_mode(ds: xr.Dataset) -> Optional[str]:
 
 def _mc(acc: np.ndarray) -> tuple[float, float]:
     """Mean over trials and its Monte Carlo standard error ``std / sqrt(trials)``."""
-    acc = acc.astype(float)
+    acc = stats.chips_run(acc)
     return float(np.mean(acc)), (float(np.std(acc, ddof=1)) / math.sqrt(acc.size) if acc.size > 1 else 0.0)
 
 
@@ -334,7 +379,7 @@ def plot_layer_sensitivity(ds: xr.Dataset, path: str, metric: str = "top1", titl
     what = ("accuracy lost with only this layer analog (vs digital)" if mode == "only_analog"
             else "accuracy recovered with only this layer ideal (vs all analog)")
     ax.set_xlabel(f"{metric} {what}, % (+-1 MC s.e.)")
-    ax.set_title(title or f"{ds.attrs.get('name', '')}: layer sensitivity ({mode}), {ds.sizes['trial']} chips")
+    ax.set_title(title or f"{ds.attrs.get('name', '')}: layer sensitivity ({mode}), {trials_text(ds)} chips")
     ax.grid(True, axis="x", alpha=0.3)
     if len(groups) > 1:
         ax.legend(fontsize="small")
@@ -373,7 +418,7 @@ def _mean_ci(line: xr.DataArray, ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray
     sources), along the last remaining dim of ``line`` (trial last)."""
     acc = line.transpose(..., "trial").values.astype(float)
     n = int(ds["n_images"].values.max())
-    mean, lo, hi = stats.mean_interval(acc, n, LEVEL)
+    mean, lo, hi = _per_point(lambda a: stats.mean_interval(a, n, LEVEL), acc)
     return mean, np.stack([mean - lo, hi - mean])
 
 
@@ -446,7 +491,7 @@ def plot(ds: xr.Dataset, path: str, metric: str = "top1", band: str = "std", tit
     digital = float(ds[f"digital_{metric}"].values)
     ax.axhline(digital, color="black", linestyle="--", linewidth=1, label=f"digital ({digital:.3f})")
     ax.set_ylabel(f"{metric} accuracy")
-    ax.set_title(title or f"{ds.attrs.get('name', '')}: mean over {ds.sizes['trial']} chips, band {spread}, "
+    ax.set_title(title or f"{ds.attrs.get('name', '')}: mean over {trials_text(ds)} chips, band {spread}, "
                  f"bars {100 * LEVEL:g} % CI")
     ax.grid(True, alpha=0.3)
     _legend_with_bands(ax, spread)
@@ -476,7 +521,8 @@ def plot_yield(ds: xr.Dataset, path: str, delta: float, metric: str = "top1", ti
         others = [d for d in dims if d != xdim]
         for pos in itertools.product(*(range(ds.sizes[d]) for d in others)):
             sel = dict(zip(others, pos))
-            y, lo, hi = stats.yield_interval(acc.isel(sel).transpose(..., "trial").values, digital, delta, LEVEL)
+            y, lo, hi = _per_point(lambda a: stats.yield_interval(a, digital, delta, LEVEL),
+                                   acc.isel(sel).transpose(..., "trial").values)
             label = ", ".join(_label(ds, d, i) for d, i in sel.items()) or metric
             ax.errorbar(xs[order], y[order], yerr=np.stack([y - lo, hi - y])[:, order], marker="o", capsize=3,
                         label=label)
@@ -484,12 +530,12 @@ def plot_yield(ds: xr.Dataset, path: str, delta: float, metric: str = "top1", ti
             ax.set_xticks(xs, [_fmt(v) for v in ds[xcoord].values])
         ax.set_xlabel(xcoord)
     else:
-        y, lo, hi = stats.yield_interval(acc.values, digital, delta, LEVEL)
+        y, lo, hi = map(float, stats.yield_interval(stats.chips_run(acc.values), digital, delta, LEVEL))
         ax.errorbar([0], [y], yerr=[[y - lo], [hi - y]], fmt="o", capsize=4, label=metric)
         ax.set_xticks([])
     ax.set_ylim(-0.02, 1.02)
     ax.set_ylabel(f"yield: chips with {metric} >= {100 * digital:.2f} - {100 * delta:g} %")
-    ax.set_title(title or f"{ds.attrs.get('name', '')}: yield over {ds.sizes['trial']} chips, bars "
+    ax.set_title(title or f"{ds.attrs.get('name', '')}: yield over {trials_text(ds)} chips, bars "
                  f"{100 * LEVEL:g} % Wilson CI; digital {100 * digital:.2f} %")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")

@@ -13,9 +13,9 @@ how the work is cut and run (``execution``) and where results go (``output``)::
     sweep:
       grid: {hardware.error.sigma: [0.0, 0.05, 0.1], hardware.mapping: [differential, offset]}
       zip: {}            # same-length lists swept together, along one dim named `point`
-    trials: 20
+    trials: 20         # or adaptive: {target_se: 0.002, min: 10, max: 2000}
     execution: {shard_images: 500, trials_per_task: 10, device: auto}
-    output: outputs/quickstart.zarr
+    output: outputs/quickstart.zarr   # or {path: ..., per_image: true}: also each image's outcome
 
 ``load_scenario`` / ``parse_scenario`` turn such a file into a validated, frozen ``Scenario``;
 every problem raises ``ScenarioError`` with one ``<file>: <field path>: <message>`` line per
@@ -23,8 +23,8 @@ problem. Every sweep point is validated at load time (its ``Hardware`` is built)
 sweep values are normalised to their validated form (``0`` -> ``0.0`` for a float setting).
 
 ``Scenario.text`` is the canonical YAML of the scenario (all defaults written out), and
-``scenario_fingerprint`` hashes everything that can change results (all but ``execution``
-and ``output``, save ``execution.chips`` when it is ``common``).
+``scenario_fingerprint`` hashes everything that can change results (all but ``execution``,
+``output`` and ``per_image``, save ``execution.chips`` when it is ``common``).
 
 This module must stay light: it does not import torch, ray or zarr itself. The sweep's schema
 and expansion are :mod:`mcsim.sweep`'s, the validation messages :mod:`mcsim.validation`'s (both
@@ -36,10 +36,10 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from mcsim import tables
 from mcsim.hardware import Hardware
@@ -48,6 +48,7 @@ from mcsim.sweep import RESERVED_DIMS, Sweep, dim_name, dim_name_problems, norma
 from mcsim.validation import ScenarioError, StrictModel, canonical_json, format_validation_error
 
 __all__ = [
+    "AdaptiveTrials",
     "Execution",
     "RESERVED_DIMS",
     "Scenario",
@@ -64,7 +65,7 @@ __all__ = [
 ]
 
 #: Top-level fields that never change results (left out of the fingerprint).
-NON_RESULT_FIELDS = frozenset({"execution", "output"})
+NON_RESULT_FIELDS = frozenset({"execution", "output", "per_image"})
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -89,6 +90,28 @@ class Execution(StrictModel):
                               "point draws its own chips (stores written before this setting)")
 
 
+class AdaptiveTrials(StrictModel):
+    """Adaptive trials (docs/physics.md section 14): a point runs chips ``0, 1, 2, ...`` until the SE of
+    its mean top-1 accuracy (chips and images) is at most ``target_se``, with at least ``min`` and at
+    most ``max`` chips. The stop is checked after each block of ``execution.trials_per_task`` chips."""
+
+    target_se: float = Field(gt=0, lt=1, description="stop once the mean's SE (a fraction: 0.002 is 0.2 points) "
+                                                      "is at most this")
+    min: int = Field(10, ge=2, description="chips run before the first stop check (the chip spread needs two)")
+    max: int = Field(ge=2, description="chips run at most (the store's trial dim)")
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.max < self.min:
+            raise ValueError(f"max: {self.max} is below min {self.min}; give max >= min")
+        return self
+
+
+def _trials_kind(value) -> str:
+    """``trials`` is a number of chips, or a mapping of adaptive settings (errors name one form only)."""
+    return "adaptive" if isinstance(value, (dict, AdaptiveTrials)) else "number"
+
+
 class Scenario(StrictModel):
     """A whole study, as read from a scenario YAML file."""
 
@@ -98,7 +121,10 @@ class Scenario(StrictModel):
     data: DataSpec
     hardware: Hardware = Hardware()
     sweep: Sweep = Sweep()
-    trials: int = Field(ge=1, description="Monte Carlo trials per sweep point")
+    trials: Annotated[Union[Annotated[int, Tag("number")], Annotated[AdaptiveTrials, Tag("adaptive")]],
+                      Discriminator(_trials_kind)] = Field(
+        description="Monte Carlo trials (chips) per sweep point: a number, or {target_se, min, max} to run "
+                    "chips until the mean's SE reaches target_se")
     energy: bool = Field(
         True, description="count each chip's operations and price the energy per image (docs/physics.md "
                           "section 12; hardware.energy); false skips the counting (~5-15 % faster on the CPU)")
@@ -106,6 +132,9 @@ class Scenario(StrictModel):
     output: str = Field(
         min_length=1, description="result store: a path or an fsspec URL; default outputs/<name>.zarr"
     )
+    per_image: bool = Field(
+        False, description="also store each chip's top-1 outcome per image, packed as bits (written as "
+                           "output: {path: ..., per_image: true})")
 
     @model_validator(mode="before")
     @classmethod
@@ -115,9 +144,27 @@ class Scenario(StrictModel):
             for key in ("hardware", "sweep", "execution"):
                 if key in data and data[key] is None:
                     del data[key]
+            if isinstance(data.get("output"), dict):  # output: {path: ..., per_image: ...}
+                out = dict(data["output"])
+                unknown = sorted(set(out) - {"path", "per_image"})
+                if unknown:
+                    raise ValueError(f"output: {', '.join(map(str, unknown))} is not a setting of output (known: "
+                                     "path, per_image)")
+                if "per_image" in out and "per_image" in data:
+                    raise ValueError("output.per_image: given twice (also at the top level); give it once")
+                data["output"] = out.get("path")
+                if "per_image" in out:
+                    data["per_image"] = out["per_image"]
             if data.get("output") is None and isinstance(data.get("name"), str):
                 data["output"] = f"outputs/{data['name']}.zarr"
         return data
+
+    @field_validator("trials")
+    @classmethod
+    def _trials(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"give at least 1 trial (got {v}), or {{target_se, min, max}} for adaptive trials")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -138,6 +185,16 @@ class Scenario(StrictModel):
         if sweep is not self.sweep:
             object.__setattr__(self, "sweep", sweep)
         return self
+
+    @property
+    def max_trials(self) -> int:
+        """The chips a point runs at most: ``trials``, or ``trials.max`` when adaptive."""
+        return self.trials.max if isinstance(self.trials, AdaptiveTrials) else self.trials
+
+    @property
+    def adaptive(self) -> Optional[AdaptiveTrials]:
+        """The adaptive trials' settings; None for a fixed number of trials."""
+        return self.trials if isinstance(self.trials, AdaptiveTrials) else None
 
     # ---- canonical forms ----
 
@@ -163,9 +220,9 @@ def scenario_text(scenario: Scenario) -> str:
 def scenario_fingerprint(scenario: Scenario) -> str:
     """sha256 hex of the canonical JSON of everything that can change results.
 
-    ``execution`` and ``output`` are left out: how the work is cut and where it is written
-    never changes a number. ``execution.chips`` does (it keys the chips): ``common`` is hashed in,
-    ``per_point`` is not, so a store written before the setting existed (its chips keyed per
+    ``execution``, ``output`` and ``per_image`` are left out: how the work is cut, where it is
+    written and what more it keeps never change a number. ``execution.chips`` does (it keys the
+    chips): ``common`` is hashed in, ``per_point`` is not, so a store written before the setting existed (its chips keyed per
     point) keeps its fingerprint and resumes with ``chips: per_point`` only.
     """
     data = {k: v for k, v in scenario.canonical().items() if k not in NON_RESULT_FIELDS}

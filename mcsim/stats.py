@@ -38,6 +38,7 @@ __all__ = [
     "Threshold",
     "bracket",
     "chip_spread",
+    "chips_run",
     "mean_interval",
     "paired_difference",
     "point_stat",
@@ -55,6 +56,13 @@ def z_value(level: float = 0.95) -> float:
     if not 0 < level < 1:
         raise ValueError(f"level: {level!r} is not in (0, 1); give e.g. 0.95")
     return NormalDist().inv_cdf(0.5 + level / 2)
+
+
+def chips_run(values) -> np.ndarray:
+    """One point's per-chip values without the chips never run (NaN): with adaptive trials a point
+    stops early and the store's later chips are NaN (docs/physics.md section 14)."""
+    values = np.asarray(values, dtype=float).ravel()
+    return values[~np.isnan(values)]
 
 
 def se_binom(p, n_images):

@@ -187,6 +187,18 @@ def test_one_and_two_ray_workers_give_the_local_numbers(cluster, reference, tmp_
     xr.testing.assert_identical(results_only(open_result(two)), reference)
 
 
+def test_adaptive_trials_on_ray_give_the_local_rounds_and_numbers(cluster, tmp_path):
+    """The driver's rounds run on Ray as on the local executor: the same stops, the same numbers."""
+    trials = {"target_se": 0.02, "min": 2, "max": 6}
+    local = run_scenario(write_scenario(tmp_path, name="local.yaml", output=tmp_path / "local.zarr", trials=trials),
+                         progress=False)
+    ray = run_scenario(write_scenario(tmp_path, name="ray.yaml", output=tmp_path / "ray.zarr", trials=trials),
+                       progress=False, address=cluster["gcs"], workers=2)
+    xr.testing.assert_identical(results_only(ray), results_only(local))
+    xr.testing.assert_identical(ray[["n_trials", "complete"]].drop_attrs(), local[["n_trials", "complete"]].drop_attrs())
+    assert local["n_trials"].min() < 6  # some point stopped early
+
+
 def test_a_failing_task_is_retried_then_reported(cluster, tmp_path):
     """A task that raises (a calibration missing) is retried max_retries times, then reported."""
     from mcsim.runner.local import TaskError

@@ -427,7 +427,7 @@ def test_empty_and_non_mapping_files(tmp_path):
 
 def test_trials_zero(tmp_path):
     msg = load_error(tmp_path, base=BASE.replace("trials: 20", "trials: 0"))
-    assert "trials: Input should be greater than or equal to 1" in msg
+    assert "trials: give at least 1 trial (got 0), or {target_se, min, max} for adaptive trials" in msg
 
 
 def test_missing_required_field(tmp_path):

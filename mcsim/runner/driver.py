@@ -11,7 +11,9 @@
 3. :func:`open_store`: create the store, or read its ledger (only the tasks not yet recorded run).
 4. Inside a :class:`RunRecord` (its exit logs the run as finished, interrupted or failed):
    :func:`calibrate` every sweep point (unless stored), then :func:`evaluate` the digital
-   baseline and the chips; each result is written to the store as it arrives.
+   baseline and the chips; each result is written to the store as it arrives. With adaptive
+   trials the evaluation runs in rounds: after each, :func:`pending` reads every point's stop
+   from the store and schedules the next trial block of the points above their target SE.
 5. :func:`finish`: mark the store complete when nothing is left.
 
 The driver prints nothing: it reports :mod:`mcsim.runner.events` to ``on_event``.
@@ -94,8 +96,9 @@ class Pending:
     calibrate: bool
     digital: list
     evaluate: list
-    eval_total: int
+    eval_total: int  # evaluation tasks of the plan (with adaptive trials: at most)
     digital_total: int
+    eval_done: int = 0
 
     @property
     def nothing(self) -> bool:
@@ -240,23 +243,38 @@ def prepare(scenario: Scenario, *, output: Optional[str] = None, overwrite: bool
         raise StoreError(f"{path} was written over {layout.get('n_images')} evaluation images, but the data "
                          f"set now has {n_images}; {_AGAIN}")
     plan = make_plan(scenario, n_images, sweep_plan(scenario, model),
-                     shard_images=layout.get("shard_size"), trials_per_task=layout.get("trials_per_task"))
+                     shard_images=layout.get("shard_size"), trials_per_task=layout.get("trials_per_task"),
+                     per_image=layout.get("per_image", False) if resume else None)
     return Prepared(path, info, plan, overwrite)
 
 
 def layout_note(scenario: Scenario, plan: RunPlan) -> Optional[str]:
     """A note when an existing store's layout differs from this scenario's execution settings."""
-    if store_layout(scenario) == (plan.shard_size, plan.trials_per_task):
+    if store_layout(scenario) == (plan.shard_size, plan.trials_per_task) and scenario.per_image == plan.per_image:
         return None
     return (f"note: the store keeps its own layout (shards of {plan.shard_size} images, trial blocks of "
-            f"{plan.trials_per_task}); execution.shard_images/trials_per_task apply to new stores only")
+            f"{plan.trials_per_task}, per-image outcomes {'kept' if plan.per_image else 'not kept'}); "
+            "execution.shard_images/trials_per_task and output.per_image apply to new stores only")
 
 
 def pending(store: ResultStore, plan: RunPlan) -> Pending:
+    """What is left, from the ledger. With adaptive trials, the tasks of the next round only: for each
+    point that has not stopped (:func:`mcsim.runner.store.adaptive_stop`), the blocks that cover
+    ``min`` chips, or else the first block not yet done."""
     done, digital_done = store.ledger()
-    evaluate = [t for t in plan.eval_tasks() if not done[plan.sweep.points[t.point].position + (t.block, t.shard)]]
+    if plan.adaptive is None:
+        wanted = None
+    else:
+        full = done.all(axis=-1)
+        _, ended = store.stops()
+        wanted = {p.index: set() if ended[p.position]
+                  else set(range(plan.min_blocks)) | {int(np.argmin(full[p.position]))}
+                  for p in plan.sweep.points}
+    evaluate = [t for t in plan.eval_tasks() if not done[plan.sweep.points[t.point].position + (t.block, t.shard)]
+                and (wanted is None or t.block in wanted[t.point])]
     digital = [t for t in plan.digital_tasks() if not digital_done[t.shard]]
-    return Pending(not store.has_calibration(), digital, evaluate, int(done.size), int(digital_done.size))
+    return Pending(not store.has_calibration(), digital, evaluate, int(done.size), int(digital_done.size),
+                   int(done.sum()))
 
 
 def describe_store(prep: Prepared) -> list[str]:
@@ -268,9 +286,10 @@ def describe_store(prep: Prepared) -> list[str]:
         return [f"output: {path} (exists: it would be deleted and written again)"]
     if info.kind == "mcsim" and info.attrs.get("state") != "creating":
         left = pending(ResultStore(path, prep.plan), prep.plan)
+        to_run = f"{len(left.evaluate)} to run" + (" in the next round" if prep.plan.adaptive is not None else "")
         return [f"output: {path} (exists, same scenario)",
-                f"resume: {left.eval_total - len(left.evaluate)} of {left.eval_total} evaluation tasks "
-                f"done, {len(left.evaluate)} to run" + ("; calibration to run" if left.calibrate else "")]
+                f"resume: {left.eval_done} of {'up to ' if prep.plan.adaptive is not None else ''}{left.eval_total} "
+                f"evaluation tasks done, {to_run}" + ("; calibration to run" if left.calibrate else "")]
     return [f"output: {path}"]
 
 
@@ -328,7 +347,8 @@ def announce(scenario: Scenario, prep: Prepared, left: Pending, on_event: EventS
         note = layout_note(scenario, prep.plan)
         if note:
             on_event(Message(note))
-        on_event(Message(f"resuming {prep.path}: {left.eval_total - len(left.evaluate)} of {left.eval_total} "
+        upto = "up to " if prep.plan.adaptive is not None else ""
+        on_event(Message(f"resuming {prep.path}: {left.eval_done} of {upto}{left.eval_total} "
                          f"evaluation tasks already done; running {len(left.evaluate)}"
                          + (", and the calibration" if left.calibrate else "")))
     on_event(Plan(f"scenario {scenario.name!r}", tuple(prep.plan.describe())))
@@ -408,9 +428,27 @@ def calibrate(store: ResultStore, plan: RunPlan, executor: Executor, record: Run
     store.write_calibration(results)
 
 
-def evaluate(store: ResultStore, left: Pending, executor: Executor, record: RunRecord, on_event: EventSink) -> None:
-    """The digital baseline and the chips, each result stored as it arrives."""
+def evaluate(store: ResultStore, plan: RunPlan, left: Pending, executor: Executor, record: RunRecord,
+             on_event: EventSink) -> None:
+    """The digital baseline and the chips, each result stored as it arrives; in rounds with adaptive
+    trials (one round without), each round's tasks from :func:`pending` after the one before."""
     calibrations = store.read_calibration()
+    rounds = 0
+    while left.digital or left.evaluate:
+        rounds += 1
+        if plan.adaptive is not None:
+            points = sorted({t.point for t in left.evaluate})
+            chips = sorted({(t.t0, t.t1) for t in left.evaluate})
+            on_event(Message(f"adaptive trials, round {rounds}: chips {chips[0][0]}-{chips[-1][1] - 1} of "
+                             f"{len(points)} point(s)" + (" above the target SE" if rounds > 1 else "")
+                             if chips else f"adaptive trials, round {rounds}: the digital baseline"))
+        evaluate_round(store, left, calibrations, executor, record, on_event)
+        left = pending(store, plan)
+
+
+def evaluate_round(store: ResultStore, left: Pending, calibrations: dict, executor: Executor, record: RunRecord,
+                   on_event: EventSink) -> None:
+    """Run the tasks of ``left``, each result stored as it arrives."""
     jobs = [(t, None) for t in left.digital] + [(t, calibrations[t.point]) for t in left.evaluate]
     work = sum(t.n_images for t in left.digital) + sum(t.n_images * t.n_trials for t in left.evaluate)
     with _phase(on_event, "evaluating", len(jobs), work):
@@ -485,7 +523,7 @@ def run(
         record.executor(executor)
         if left.calibrate:
             calibrate(store, prep.plan, executor, record, on_event)
-        evaluate(store, left, executor, record, on_event)
+        evaluate(store, prep.plan, left, executor, record, on_event)
     finish(store, prep.plan)
     return open_result(prep.path)
 

@@ -3,7 +3,10 @@
 Images are cut into fixed global batches of ``data.batch_size`` over the evaluation list
 (batch ``k`` holds images ``[k * batch_size, (k + 1) * batch_size)``); a shard is a run of whole
 batches, so its size is ``execution.shard_images`` rounded up to a multiple of the batch size.
-Trials (chips) are cut into blocks of ``execution.trials_per_task``. Every batch is therefore the
+Trials (chips) are cut into blocks of ``execution.trials_per_task``. With adaptive trials
+(``trials: {target_se, min, max}``) the blocks run up to ``max`` chips, in rounds: the blocks
+that cover ``min`` chips first, then one block at a time for each point whose SE is still above
+the target (:func:`mcsim.runner.store.adaptive_stop` decides from the ledger). Every batch is therefore the
 same whatever the shard size, block size or worker count, and so is every number.
 
 Three kinds of task, each naming everything a worker needs besides the scenario:
@@ -20,7 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from mcsim.scenario import Scenario
+from mcsim.scenario import AdaptiveTrials, Scenario
 from mcsim.sweep import SweepPlan, expand
 
 __all__ = [
@@ -65,6 +68,7 @@ class DigitalTask:
     shard: int
     i0: int  # images [i0, i1) of the evaluation list
     i1: int
+    per_image: bool = False  # also return the shard's labels
 
     kind = "digital"
 
@@ -87,6 +91,7 @@ class EvalTask:
     shard: int  # shard index
     i0: int  # images [i0, i1) of the evaluation list
     i1: int
+    per_image: bool = False  # also return each chip's top-1 outcome per image, packed as bits
 
     kind = "evaluate"
 
@@ -120,6 +125,8 @@ class RunPlan:
     trials_per_task: int
     shard_images_asked: int  # execution.shard_images as written
     chips: str = "per_point"  # execution.chips
+    adaptive: Optional[AdaptiveTrials] = None  # adaptive trials; ``trials`` is then their max
+    per_image: bool = False  # the store keeps each chip's outcome per image
 
     def engine_seed(self, point: int) -> int:
         """The engine seed of sweep point ``point``: with ``chips: common`` one seed for every point
@@ -136,6 +143,13 @@ class RunPlan:
         return [(t, min(t + self.trials_per_task, self.trials)) for t in range(0, self.trials, self.trials_per_task)]
 
     @property
+    def min_blocks(self) -> int:
+        """The trial blocks every point runs: all of them, or with adaptive trials those that cover ``min`` chips."""
+        if self.adaptive is None:
+            return len(self.trial_blocks)
+        return math.ceil(min(self.adaptive.min, self.trials) / self.trials_per_task)
+
+    @property
     def n_points(self) -> int:
         return len(self.sweep.points)
 
@@ -147,7 +161,7 @@ class RunPlan:
         return [CalibrationTask(p.index, self.engine_seed(p.index)) for p in self.sweep.points]
 
     def digital_tasks(self) -> list[DigitalTask]:
-        return [DigitalTask(s, i0, i1) for s, (i0, i1) in enumerate(self.shards)]
+        return [DigitalTask(s, i0, i1, self.per_image) for s, (i0, i1) in enumerate(self.shards)]
 
     def eval_tasks(self) -> list[EvalTask]:
         """All evaluation tasks, point-major, then trial block, then shard."""
@@ -156,7 +170,7 @@ class RunPlan:
             seed = self.engine_seed(p.index)
             for b, (t0, t1) in enumerate(self.trial_blocks):
                 for s, (i0, i1) in enumerate(self.shards):
-                    tasks.append(EvalTask(p.index, seed, b, t0, t1, s, i0, i1))
+                    tasks.append(EvalTask(p.index, seed, b, t0, t1, s, i0, i1, self.per_image))
         return tasks
 
     def describe(self) -> list[str]:
@@ -167,24 +181,39 @@ class RunPlan:
             return f"{d} {n}" + (f" (zipped: {', '.join(zipped)})" if zipped else "")
 
         dims = " x ".join(dim(d, n) for d, n in zip(self.sweep.dims, self.sweep.shape)) or "no sweep"
-        lines = [
-            f"sweep points: {self.n_points} ({dims})",
-            f"trials per point: {self.trials}, in {len(blocks)} block(s) of up to {self.trials_per_task}; "
-            f"chips {'common to every point' if self.chips == 'common' else 'drawn per point'}",
-            f"evaluation images: {self.n_images}, in batches of {self.batch_size}",
-        ]
+        chips = "common to every point" if self.chips == "common" else "drawn per point"
+        lines = [f"sweep points: {self.n_points} ({dims})"]
+        if self.adaptive is None:
+            lines.append(f"trials per point: {self.trials}, in {len(blocks)} block(s) of up to "
+                         f"{self.trials_per_task}; chips {chips}")
+        else:
+            a, first = self.adaptive, self.min_blocks
+            floor = 0.5 / math.sqrt(self.n_images)
+            lines.append(
+                f"trials per point: adaptive, {blocks[first - 1][1]} to {self.trials} chips until the mean's SE "
+                f"<= {a.target_se:g}; round 1 runs {first} block(s) of up to {self.trials_per_task}, then up to "
+                f"{len(blocks) - first} more round(s) of one block per point above the target "
+                f"(the stop is checked per block of {self.trials_per_task} chips); chips {chips}")
+            if a.target_se < floor:
+                lines.append(f"note: the image term sqrt(p (1 - p) / {self.n_images}) of the SE does not shrink "
+                             f"with chips (at most {floor:.4g}, at p = 0.5): points with a larger image term "
+                             f"than the target {a.target_se:g} run all {self.trials} chips")
+        lines.append(f"evaluation images: {self.n_images}, in batches of {self.batch_size}")
         size = f"{self.shard_size} images"
         if self.shard_size != self.shard_images_asked:
             size += (f" (execution.shard_images {self.shard_images_asked} rounded up to a multiple of the "
                      f"batch size {self.batch_size})")
         lines.append(f"image shards: {len(shards)} of {size}")
+        if self.per_image:
+            lines.append("per-image outcomes: kept (top-1 per chip and image, packed as bits)")
         if "target_layer" in self.sweep.coords:
             lines.append(f"layers swept (target_layer): {', '.join(self.sweep.coords['target_layer'])}")
-        lines.append(
-            f"tasks: {self.n_points} calibration, {len(shards)} digital baseline, "
-            f"{self.n_points * len(blocks) * len(shards)} evaluation "
-            f"({self.n_points} points x {len(blocks)} trial blocks x {len(shards)} shards)"
-        )
+        evaluation = (f"{self.n_points * len(blocks) * len(shards)} evaluation "
+                      f"({self.n_points} points x {len(blocks)} trial blocks x {len(shards)} shards)")
+        if self.adaptive is not None:
+            evaluation = (f"{self.n_points * self.min_blocks * len(shards)} to {evaluation.replace(' evaluation', '')}"
+                          " evaluation")
+        lines.append(f"tasks: {self.n_points} calibration, {len(shards)} digital baseline, {evaluation}")
         return lines
 
 
@@ -195,10 +224,11 @@ def make_plan(
     *,
     shard_images: Optional[int] = None,
     trials_per_task: Optional[int] = None,
+    per_image: Optional[bool] = None,
 ) -> RunPlan:
     """The plan of ``scenario`` over ``n_images`` evaluation images.
 
-    ``shard_images`` / ``trials_per_task`` default to the scenario's ``execution`` settings; an
+    ``shard_images`` / ``trials_per_task`` / ``per_image`` default to the scenario's settings; an
     existing store passes its own (the layout of a store never changes once written).
     """
     if n_images < 1:
@@ -208,22 +238,24 @@ def make_plan(
     return RunPlan(
         sweep=sweep if sweep is not None else expand(scenario),
         seed=scenario.seed,
-        trials=scenario.trials,
+        trials=scenario.max_trials,
         n_images=n_images,
         batch_size=scenario.data.batch_size,
         shard_size=shard_size,
         trials_per_task=tpt,
         shard_images_asked=asked,
         chips=scenario.execution.chips,
+        adaptive=scenario.adaptive,
+        per_image=scenario.per_image if per_image is None else per_image,
     )
 
 
 def store_layout(scenario: Scenario, *, shard_images: Optional[int] = None,
                  trials_per_task: Optional[int] = None) -> tuple[int, int]:
     """``(shard size, trials per task)`` of a new store of ``scenario``: ``execution.shard_images``
-    rounded up to whole batches, ``execution.trials_per_task`` capped at the trials (either taken
+    rounded up to whole batches, ``execution.trials_per_task`` capped at the (most) trials (either taken
     from the arguments when given)."""
     bs = scenario.data.batch_size
     asked = shard_images if shard_images is not None else scenario.execution.shard_images
     tpt = trials_per_task if trials_per_task is not None else scenario.execution.trials_per_task
-    return max(1, math.ceil(asked / bs)) * bs, min(tpt, scenario.trials)
+    return max(1, math.ceil(asked / bs)) * bs, min(tpt, scenario.max_trials)

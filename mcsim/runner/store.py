@@ -8,11 +8,19 @@ for zipped keys; the sweep values are coordinates)::
     correct_top1, correct_top5   int64 (S..., trial)  images classified right by each chip
     n_images                     int64 (S..., trial)  images evaluated so far (all, when complete)
     top1, top5                   float64 (S..., trial)  correct / n_images; NaN where none yet
-    complete                     bool (S...)  every chip of the point saw every image
+    complete                     bool (S...)  the point is done: every chip saw every image (adaptive
+                                   trials: the point stopped, its SE at the target or all chips run)
+    n_trials                     int64 (S...)  chips run to the end (adaptive: to the stop); the
+                                   chips past it are NaN in top1/top5 (n_images 0)
     digital_top1, digital_top5   float64 ()  the digital model (NaN until its shards are done)
     energy_per_image             float64 (S..., trial, component)  J per image: adc, dac, array, digital
                                  (docs/physics.md section 12); NaN where none yet
     energy_counts                float64 (S..., trial, count, layer)  the counts per image and layer
+    image_top1                   uint8 (S..., trial, image_byte)  with ``per_image``: chip ``t``'s top-1
+                                   outcome on image ``i`` is bit ``i`` of ``np.packbits`` along the
+                                   images (``np.unpackbits(..., axis=-1, count=N)``); 0 where not run
+    label                        int64 (image)  with ``per_image``: the class of each image; the
+                                   ``image`` coordinate is its index in the evaluation list
     calibrated                   bool (S...)  the point's hardware needed a calibration
     analog                       bool (S..., layer)  the layer is analog at that point
     weight_bits, input_bits,     float64 (S..., layer)  the layer's effective resolution (per-layer
@@ -32,6 +40,8 @@ for zipped keys; the sweep values are coordinates)::
     shard_images                 int32 (shard,)  images per shard
     energy_counts                float64 (S..., trial, shard, count, layer)  sums over the shard's images
     energy_joules                float64 (S..., trial, shard, component)  chunks (1..., trials_per_task, 1, all)
+    image_top1                   uint8 (S..., trial, shard, shard_byte)  with ``per_image``: each shard's
+                                   bits (``np.packbits`` of its images), chunks (1..., trials_per_task, 1, all)
 
 The energy arrays exist when the scenario counts energy (``energy: true``); their ``layer`` dim is
 every Conv/Linear of the model (``layout.energy_layers``), analog or kept digital, and the
@@ -45,6 +55,9 @@ that result chunk: the driver, the store's only writer, writes results one at a 
 arrays are a view of the ledger: a run recomputes them all when it opens a store to resume and
 when it finishes, so an interrupted store always opens with plain xarray, ``complete`` telling
 which points are done.
+With adaptive trials the ``trial`` dim is sized ``max`` (chunked by the trial block like every
+fixed run) and a point's stop is a function of its ledger (:func:`adaptive_stop`), so it is never
+stored apart from the counts it is decided from, and a resumed run decides it the same way.
 The calibration arrays are written once, when every point is calibrated (they are cheap to redo),
 then the ``calibration_written`` attribute (the calibration's ledger).
 
@@ -66,6 +79,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from mcsim import stats
 from mcsim.errors import InputError
 from mcsim.runner.plan import RunPlan
 from mcsim.scenario import Scenario
@@ -85,6 +99,7 @@ STORE_FORMAT = 2  # bump when the layout changes (2: the result at the root, the
 LEDGER = "ledger"  # the ledger's group
 COUNT_VARS = ("correct_top1", "correct_top5")
 ENERGY_VARS = ("energy_counts", "energy_joules")  # ledger
+IMAGE_VAR = "image_top1"  # per-image outcomes (ledger and result), with ``per_image``
 # Names of the energy dims' entries: engine.counting.COUNTS and physics.prices.COMPONENTS (kept in
 # step by tests/test_energy.py; this module does not import the engine).
 ENERGY_COUNTS = ("adc_conversions", "dac_pulses", "row_slots", "array_g_v2", "digital_adds", "digital_macs")
@@ -206,17 +221,48 @@ def _merge_layers(lists: list[list[str]]) -> list[str]:
 
 def _summary(counts: dict, done: np.ndarray, shard_images: np.ndarray, trials_per_task: int) -> dict:
     """The result arrays of ledger entries: ``counts[var]`` (..., trial, shard) and ``done``
-    (..., trial_block, shard) give counts, ``n_images``, accuracies (..., trial) and ``complete`` (...)."""
+    (..., trial_block, shard) give counts, ``n_images`` and accuracies (..., trial)."""
     n_trials = counts[COUNT_VARS[0]].shape[-2]
     done_trial = done[..., np.arange(n_trials) // trials_per_task, :]  # (..., trial, shard)
     n_images = (done_trial * shard_images.astype(np.int64)).sum(-1)
-    out = {"n_images": n_images, "complete": done.all(axis=(-2, -1))}
+    out = {"n_images": n_images}
     with np.errstate(invalid="ignore", divide="ignore"):
         for var in COUNT_VARS:
             correct = (counts[var].astype(np.int64) * done_trial).sum(-1)
             out[var] = correct
             out[var.removeprefix("correct_")] = np.where(n_images > 0, correct / np.maximum(n_images, 1), np.nan)
     return out
+
+
+def adaptive_stop(correct: np.ndarray, done: np.ndarray, shard_images: np.ndarray, trials_per_task: int,
+                  adaptive: Optional[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Per point ``(S...)``: the chips run to its end, and whether it has ended.
+
+    ``correct`` (S..., trial, shard) and ``done`` (S..., trial_block, shard) are the ledger's top-1
+    counts and entries. The chips run are those of the leading blocks whose shards are all done.
+    Without ``adaptive`` a point ends when every block is done. With it (``{target_se, min, max}``,
+    docs/physics.md section 14) a point ends at the first of its leading blocks that brings it to at
+    least ``min`` chips with :func:`mcsim.stats.se_mean` of their top-1 accuracies at most
+    ``target_se`` (the stop is checked per block), or when all ``max`` chips are run.
+    """
+    n_trials = correct.shape[-2]
+    full = done.all(axis=-1)  # (S..., block)
+    n_images = int(shard_images.astype(np.int64).sum())
+    acc = correct.astype(np.int64).sum(-1) / n_images  # (S..., trial), valid in full blocks
+    chips = np.zeros(full.shape[:-1], np.int64)
+    ended = np.zeros(full.shape[:-1], bool)
+    for pos in np.ndindex(chips.shape):
+        lead = int(np.argmin(full[pos])) if not full[pos].all() else full.shape[-1]
+        chips[pos] = min(lead * trials_per_task, n_trials)
+        ended[pos] = lead == full.shape[-1]
+        if adaptive is None:
+            continue
+        for block in range(lead):
+            t1 = min((block + 1) * trials_per_task, n_trials)
+            if t1 >= adaptive["min"] and stats.se_mean(acc[pos][:t1], n_images) <= adaptive["target_se"]:
+                chips[pos], ended[pos] = t1, True
+                break
+    return chips, ended
 
 
 def _energy_summary(m: dict, done: np.ndarray, n_images: np.ndarray, trials_per_task: int) -> dict:
@@ -232,6 +278,15 @@ def _energy_summary(m: dict, done: np.ndarray, n_images: np.ndarray, trials_per_
             n = n_images.reshape(n_images.shape + (1,) * extra)
             out[var] = np.where(n > 0, total / np.maximum(n, 1), np.nan)
     return out
+
+
+def _image_bits(bits: np.ndarray, done_trial: np.ndarray, shard_images: np.ndarray) -> np.ndarray:
+    """The result's per-image bits ``(..., trial, image_byte)`` of the ledger's per-shard bits
+    ``(..., trial, shard, shard_byte)``: each shard's images unpacked, the shards not done zero,
+    concatenated along the images and packed again."""
+    parts = [np.unpackbits(bits[..., s, :], axis=-1, count=int(n)) * done_trial[..., s, None].astype(np.uint8)
+             for s, n in enumerate(shard_images)]
+    return np.packbits(np.concatenate(parts, axis=-1), axis=-1)
 
 
 def _digital_summary(counts: dict, done: np.ndarray, shard_images: np.ndarray) -> dict:
@@ -303,6 +358,8 @@ class ResultStore:
                 "shard_size": plan.shard_size,
                 "trials": plan.trials,
                 "trials_per_task": plan.trials_per_task,
+                "per_image": plan.per_image,
+                "adaptive": plan.adaptive.model_dump() if plan.adaptive is not None else None,
                 "dims": store.dims,
                 "coord_dims": dict(plan.sweep.coord_dims),
                 "energy_layers": store._energy_layers,
@@ -332,6 +389,7 @@ class ResultStore:
             "top1": (per_trial, np.full(s_shape + (trials,), np.nan), {"long_name": "top-1 accuracy"}),
             "top5": (per_trial, np.full(s_shape + (trials,), np.nan), {"long_name": "top-5 accuracy"}),
             "complete": (s_dims, np.zeros(s_shape, bool)),
+            "n_trials": (s_dims, np.zeros(s_shape, np.int64), {"long_name": "chips run"}),
             "digital_top1": ((), np.nan, {"long_name": "top-1 accuracy of the digital model"}),
             "digital_top5": ((), np.nan, {"long_name": "top-5 accuracy of the digital model"}),
         }
@@ -340,6 +398,7 @@ class ResultStore:
         encoding = {var: {"chunks": ones + (plan.trials_per_task,)}
                     for var in ("correct_top1", "correct_top5", "n_images", "top1", "top5")}
         encoding["complete"] = {"chunks": ones}
+        encoding["n_trials"] = {"chunks": ones}
         if self._energy_layers:
             n_layers, n_c, n_k = len(self._energy_layers), len(ENERGY_COMPONENTS), len(ENERGY_COUNTS)
             data["energy_per_image"] = (per_trial + ["component"], np.full(s_shape + (trials, n_c), np.nan),
@@ -349,6 +408,14 @@ class ResultStore:
             coords.update(_energy_coords(self._energy_layers))
             encoding["energy_per_image"] = {"chunks": ones + (plan.trials_per_task, n_c)}
             encoding["energy_counts"] = {"chunks": ones + (plan.trials_per_task, n_k, n_layers)}
+        if plan.per_image:
+            n_bytes = -(-plan.n_images // 8)
+            data[IMAGE_VAR] = (per_trial + ["image_byte"], np.zeros(s_shape + (trials, n_bytes), np.uint8),
+                               {"long_name": "top-1 outcome per image, np.packbits along the images"})
+            data["label"] = ("image", np.full(plan.n_images, -1, np.int64), {"long_name": "class of the image"})
+            coords["image"] = ("image", np.arange(plan.n_images, dtype=np.int64))
+            encoding[IMAGE_VAR] = {"chunks": ones + (plan.trials_per_task, n_bytes)}
+            encoding["label"] = {"chunks": (plan.shard_size,)}
         return xr.Dataset(data, coords=coords, attrs=attrs), encoding
 
     def _empty_ledger(self) -> tuple[xr.Dataset, dict]:
@@ -373,6 +440,11 @@ class ResultStore:
             data["energy_joules"] = (base + ["component"], np.zeros(shape + (n_c,)))
             encoding["energy_counts"] = {"chunks": ones + (plan.trials_per_task, 1, n_k, n_layers)}
             encoding["energy_joules"] = {"chunks": ones + (plan.trials_per_task, 1, n_c)}
+        if plan.per_image:
+            n_bytes = -(-plan.shard_size // 8)
+            data[IMAGE_VAR] = (s_dims + ["trial", "shard", "shard_byte"],
+                               np.zeros(s_shape + (plan.trials, n_shards, n_bytes), np.uint8))
+            encoding[IMAGE_VAR] = {"chunks": ones + (plan.trials_per_task, 1, n_bytes)}
         return xr.Dataset(data), encoding
 
     # ---- attributes
@@ -400,6 +472,7 @@ class ResultStore:
             group = zarr.open_group(self.path, mode="r")[LEDGER]
             names = COUNT_VARS + DIGITAL_VARS + ("done", "digital_done", "shard_images")
             names += ENERGY_VARS if self.energy_layers else ()
+            names += (IMAGE_VAR,) if self.plan.per_image else ()
             self._mirror = {name: np.asarray(group[name][...]) for name in names}
         return self._mirror
 
@@ -425,6 +498,11 @@ class ResultStore:
             m[var][pos + (slice(task.t0, task.t1), task.shard)] = values
         if self.energy_layers:
             self._write_energy(result, pos, ledger, m)
+        if self.plan.per_image:
+            bits = np.zeros((task.n_trials, m[IMAGE_VAR].shape[-1]), np.uint8)
+            bits[:, : result.image_top1.shape[-1]] = result.image_top1
+            ledger[IMAGE_VAR][pos + (slice(task.t0, task.t1), task.shard)] = bits
+            m[IMAGE_VAR][pos + (slice(task.t0, task.t1), task.shard)] = bits
         ledger["done"][pos + (task.block, task.shard)] = True
         m["done"][pos + (task.block, task.shard)] = True
         self._write_result(pos, task.block)
@@ -460,7 +538,21 @@ class ResultStore:
             ledger = {var: m[var][pos][t0:t1] for var in ENERGY_VARS}
             for var, values in _energy_summary(ledger, done, summary["n_images"], tpt).items():
                 root[var][pos + (slice(t0, t1),)] = values
-        root["complete"][pos] = bool(m["done"][pos].all())
+        if self.plan.per_image:
+            done_trial = np.broadcast_to(done, (t1 - t0,) + done.shape[1:])
+            root[IMAGE_VAR][pos + (slice(t0, t1),)] = _image_bits(m[IMAGE_VAR][pos][t0:t1], done_trial,
+                                                                   m["shard_images"])
+        chips, ended = self.stops(pos)
+        root["complete"][pos] = bool(ended)
+        if "n_trials" in root:  # stores written before n_trials lack it
+            root["n_trials"][pos] = int(chips)
+
+    def stops(self, pos: tuple = ()) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`adaptive_stop` of the points at ``pos`` (default: all) from the ledger."""
+        m = self._ledger()
+        adaptive = self.plan.adaptive.model_dump() if self.plan.adaptive is not None else None
+        return adaptive_stop(m["correct_top1"][pos], m["done"][pos], m["shard_images"], self.plan.trials_per_task,
+                             adaptive)
 
     def write_digital(self, result) -> None:
         """Counts of one digital task, its ledger entry, then the digital accuracies."""
@@ -470,6 +562,9 @@ class ResultStore:
             value = int(getattr(result, var.removeprefix("digital_")))
             ledger[var][s] = value
             m[var][s] = value
+        if self.plan.per_image:
+            task = result.task
+            self._root()["label"][task.i0:task.i1] = np.asarray(result.labels, np.int64)
         ledger["digital_done"][s] = True
         m["digital_done"][s] = True
         self._write_digital_result()
@@ -486,13 +581,20 @@ class ResultStore:
         m, root = self._ledger(), self._root()
         summary = _summary({var: m[var] for var in COUNT_VARS}, m["done"], m["shard_images"],
                            self.plan.trials_per_task)
+        summary["n_trials"], summary["complete"] = self.stops()
         for var, values in summary.items():
-            root[var][...] = values
+            if var in root:  # stores written before n_trials lack it
+                root[var][...] = values
         if self.energy_layers:
             energy = _energy_summary({var: m[var] for var in ENERGY_VARS}, m["done"], summary["n_images"],
                                      self.plan.trials_per_task)
             for var, values in energy.items():
                 root[var][...] = values
+        if self.plan.per_image:  # a point at a time: the unpacked bits are 8 times the packed
+            blocks = np.arange(self.plan.trials) // self.plan.trials_per_task
+            for p in self.plan.sweep.points:
+                root[IMAGE_VAR][p.position] = _image_bits(m[IMAGE_VAR][p.position], m["done"][p.position][blocks],
+                                                          m["shard_images"])
         self._write_digital_result()
 
     def write_calibration(self, results: list) -> None:
@@ -629,7 +731,8 @@ def open_result(path: str, *, partial: bool = False) -> xr.Dataset:
         The ``xarray.Dataset`` at the store's root. Dims: the sweep dims, ``trial`` (and
         ``layer``/``slice`` for the calibration). Variables: ``top1``, ``top5`` (fractions),
         ``correct_top1``, ``correct_top5``, ``n_images``, ``complete``, ``digital_top1``,
-        ``digital_top5``, and the calibration (``x_range``, ``input_signed``, ``adc_lo``,
+        ``digital_top5``, ``n_trials`` (chips run; with adaptive trials the chips past it are NaN),
+        and the calibration (``x_range``, ``input_signed``, ``adc_lo``,
         ``adc_hi``, ``adc_slices``, ``analog``, ``calibrated``); when the scenario counts energy,
         ``energy_per_image`` (J, along ``component``) and ``energy_counts`` (along ``count``,
         ``layer``). Attributes: the scenario, its
@@ -647,10 +750,14 @@ def open_result(path: str, *, partial: bool = False) -> xr.Dataset:
     check_readable(info)
     if not partial:
         group = zarr.open_group(path, mode="r")
-        done = np.asarray(group[LEDGER]["done"][...])
-        digital_done = np.asarray(group[LEDGER]["digital_done"][...])
+        ledger = group[LEDGER]
+        done = np.asarray(ledger["done"][...])
+        digital_done = np.asarray(ledger["digital_done"][...])
         calibrated = bool(info.attrs.get("calibration_written"))
-        if not (done.all() and digital_done.all() and calibrated):
+        layout = info.layout
+        _, ended = adaptive_stop(np.asarray(ledger["correct_top1"][...]), done, np.asarray(ledger["shard_images"][...]),
+                                 int(layout["trials_per_task"]), layout.get("adaptive"))
+        if not (ended.all() and digital_done.all() and calibrated):
             raise StoreError(
                 f"{path}: the run is not finished ({int(done.sum())} of {done.size} evaluation tasks, "
                 f"{int(digital_done.sum())} of {digital_done.size} digital tasks done"

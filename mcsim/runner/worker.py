@@ -53,6 +53,7 @@ class DigitalResult:
     correct_top5: int
     n_images: int
     seconds: float
+    labels: Optional[np.ndarray] = None  # (n_images,) int64, when the task keeps per-image outcomes
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,9 @@ class EvalResult:
     n_images: int
     seconds: float
     energy: Optional["EnergySums"] = None  # when the scenario counts energy
+    #: (n_trials, ceil(n_images / 8)) uint8: each chip's top-1 outcome per image of the shard,
+    #: ``np.packbits`` along the images; when the task keeps per-image outcomes
+    image_top1: Optional[np.ndarray] = None
 
 
 @dataclass(frozen=True)
@@ -94,13 +98,19 @@ def layer_settings(hw, chip) -> dict:
             "adc_bits": hw.adc.bits if on else None, "overrides": json.dumps(diff, sort_keys=True)}
 
 
-def _correct(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per leading index (chip), the number of top-1 and top-k correct images. ``logits (..., B, C)``."""
+def _hits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, whether top-1 and top-k are right: ``logits (..., B, C)`` -> two bool ``(..., B)``."""
     labels = labels.to(logits.device)
     k = min(TOPK, logits.shape[-1])
     top = logits.topk(k, dim=-1).indices  # (..., B, k), best first
     hit = top == labels.unsqueeze(-1)
-    return hit[..., 0].sum(-1).cpu(), hit.any(-1).sum(-1).cpu()
+    return hit[..., 0], hit.any(-1)
+
+
+def _correct(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per leading index (chip), the number of top-1 and top-k correct images. ``logits (..., B, C)``."""
+    top1, topk = _hits(logits, labels)
+    return top1.sum(-1).cpu(), topk.sum(-1).cpu()
 
 
 class Worker:
@@ -184,10 +194,13 @@ class Worker:
         """Correct counts of the digital model on the task's shard."""
         start = time.perf_counter()
         top1 = top5 = 0
+        labels = []
         for _, (x, y) in self.batches(task.i0, task.i1):
             c1, c5 = _correct(self.digital_model(x.to(self.device)), y)
             top1, top5 = top1 + int(c1), top5 + int(c5)
-        return DigitalResult(task, top1, top5, task.n_images, time.perf_counter() - start)
+            labels.append(y)
+        labels = torch.cat(labels).numpy() if task.per_image else None
+        return DigitalResult(task, top1, top5, task.n_images, time.perf_counter() - start, labels)
 
     @torch.no_grad()
     def evaluate(self, task: EvalTask, calibration: Optional[dict] = None) -> EvalResult:
@@ -209,14 +222,19 @@ class Worker:
         analog = self._analog
         top1 = torch.zeros(task.n_trials, dtype=torch.int64)
         top5 = torch.zeros(task.n_trials, dtype=torch.int64)
+        images = []  # per batch, the chips' top-1 outcomes (n_trials, B)
         with counting(analog) if self.scenario.energy else nullcontext() as counter:
             for b0, (x, y) in self.batches(task.i0, task.i1):
                 ids = torch.arange(b0, b0 + len(y), dtype=torch.int64)
-                c1, c5 = _correct(analog(x, image_ids=ids), y)
-                top1 += c1
-                top5 += c5
+                h1, h5 = _hits(analog(x, image_ids=ids), y)
+                top1 += h1.sum(-1).cpu()
+                top5 += h5.sum(-1).cpu()
+                if task.per_image:
+                    images.append(h1.cpu())
+        bits = np.packbits(torch.cat(images, -1).numpy(), axis=-1) if task.per_image else None
         energy = None
         if counter is not None:
             sums = counter.result(per_image=False)
             energy = EnergySums(sums.layers, sums.stacked(), sums.joules())  # each layer at its own prices
-        return EvalResult(task, top1.numpy(), top5.numpy(), task.n_images, time.perf_counter() - start, energy)
+        return EvalResult(task, top1.numpy(), top5.numpy(), task.n_images, time.perf_counter() - start, energy,
+                          bits)
