@@ -23,6 +23,8 @@ from typing import Optional
 
 import numpy as np
 
+from mcsim.errors import InputError
+
 __all__ = ["COLUMNS", "DeviceTable", "TableError", "load", "read"]
 
 #: Every column a table may hold; ``G`` always, the others as the model using the table needs.
@@ -31,8 +33,10 @@ _SPREADS = ("sigma", "sigma_read", "nu_std")  # must be >= 0
 _GMAX_RE = re.compile(r"^#\s*gmax\s*:\s*([^\s]+)\s*([^\s#]*)\s*$", re.I)
 
 
-class TableError(ValueError):
+class TableError(InputError, ValueError):
     """A malformed table: the message names the file, line and column."""
+
+    in_scenario = True
 
 
 @dataclass(frozen=True)
