@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -114,3 +115,24 @@ def wait_gone(pids: list[int], timeout: float = 20) -> list[int]:
             return []
         time.sleep(0.1)
     return [p for p in pids if alive(p)]
+
+
+def kill_mid_run(scenario: Path | str, store: Path | str, tasks: int = 3, timeout: float = 240) -> list[int]:
+    """Start ``mcsim run scenario`` in a process, SIGKILL it once ``tasks`` tasks are in its ledger (or it
+    ended, or ``timeout`` passed), and return the worker processes it had then."""
+    proc = subprocess.Popen(mcsim_cmd("run", str(scenario), "--quiet"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            done, _ = ledger_count(store)
+            if done >= tasks or proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        workers = children(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return workers

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-import signal
-import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -20,7 +17,7 @@ from mcsim.report import summarize
 from mcsim.runner.plan import make_plan
 from mcsim.runner.store import adaptive_stop, inspect_store
 from mcsim.scenario import ScenarioError, load_scenario, parse_scenario
-from runner_support import BASE, ledger_count, mcsim_cmd, merge, results_only, run_cli, write_scenario
+from runner_support import BASE, kill_mid_run, ledger_count, merge, results_only, run_cli, write_scenario
 
 MAX, MIN, TPT = 12, 4, 2
 #: two points: no programming error (chips agree) and a large one (chips spread widely)
@@ -171,20 +168,7 @@ def test_resume_after_sigkill_gives_the_same_result(runs, tmp_path):
     changes = merge(SMALL, {"execution": {"shard_images": 50}})  # 4 shards: more tasks to catch
     scenario = write_scenario(tmp_path, trials=trials, **changes)
     store = tmp_path / "out.zarr"
-    proc = subprocess.Popen(mcsim_cmd("run", str(scenario), "--quiet"), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            done, _ = ledger_count(store)
-            if done >= 3 or proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_mid_run(scenario, store)
     done, total = ledger_count(store)
     assert total == 2 * (MAX // TPT) * 4 and 0 < done, f"the run was not caught ({done}/{total})"
     with pytest.raises(Exception, match="not finished"):

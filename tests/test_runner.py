@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -19,9 +17,8 @@ from mcsim.runner.store import inspect_store
 from mcsim.runner.worker import Worker
 from mcsim.scenario import Execution, load_scenario
 from runner_support import (
-    children,
+    kill_mid_run,
     ledger_count,
-    mcsim_cmd,
     results_only,
     run_cli,
     wait_gone,
@@ -169,21 +166,7 @@ def test_resume_after_sigkill_computes_only_the_missing_tasks(reference_run, tmp
     # many small tasks so that the run can be caught in the middle: 4 points x 3 blocks x 4 shards
     scenario = write_scenario(tmp_path, execution={"shard_images": 50, "trials_per_task": 2, "workers": 1})
     store = tmp_path / "out.zarr"
-    proc = subprocess.Popen(mcsim_cmd("run", str(scenario), "--quiet"), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            done, total = ledger_count(store)
-            if done >= 3 or proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        workers = children(proc.pid)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    workers = kill_mid_run(scenario, store)
     done, total = ledger_count(store)
     assert total == 48 and 0 < done < total, f"the run was not caught in the middle ({done}/{total})"
     assert workers, "the driver had no worker process"
