@@ -127,11 +127,9 @@ def program_devices(hw: Hardware, targets: dict[str, torch.Tensor], seed: int, c
             off, on = faults.stuck_indices(events, n, flt.stuck_off, flt.stuck_on)
             g = faults.apply_stuck_(g, off, on, hw.gmin)
         if drifting:
-            if d.model == "constant":
-                nu = d.nu_mean + d.nu_std * rng.chip_normal(keys(_STREAM_DRIFT + i), n, dev).view_as(g)
-            else:
-                mean, std = devices.nu_moments(target.to(g.dtype), d)
-                nu = mean + std * rng.chip_normal(keys(_STREAM_DRIFT + i), n, dev).view_as(g)
+            mean, std = ((d.nu_mean, d.nu_std) if d.model == "constant"
+                         else devices.nu_moments(target.to(g.dtype), d))
+            nu = mean + std * rng.chip_normal(keys(_STREAM_DRIFT + i), n, dev).view_as(g)
             g0 = g.sum((1, 2, 3), dtype=torch.float64)
             g = devices.drift(g, nu, d)
             if stuck:  # a stuck device holds its state
