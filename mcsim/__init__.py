@@ -4,6 +4,7 @@ Public API:
 
 * :class:`~mcsim.hardware.Hardware`: the chip's settings (a pydantic model).
 * :func:`~mcsim.engine.convert.convert`: a torch model -> an analog model of Monte Carlo chips.
+* :func:`~mcsim.loading.load`: an analog model saved with :meth:`~mcsim.engine.convert.AnalogModel.save`.
 * :func:`~mcsim.engine.counting.count_energy`: count what the chips do, for the energy per image.
 * :func:`~mcsim.scenario.load_scenario`: read and validate a scenario YAML file.
 * :func:`~mcsim.api.run_scenario`: run (or resume) a scenario into its result store.
@@ -29,17 +30,19 @@ if TYPE_CHECKING:
     from mcsim.engine.convert import convert
     from mcsim.engine.counting import count_energy
     from mcsim.hardware import Hardware
+    from mcsim.loading import load
     from mcsim.scenario import load_scenario
 
 _LAZY = {
     "Hardware": "mcsim.hardware",
     "convert": "mcsim.engine.convert",
     "count_energy": "mcsim.engine.counting",
+    "load": "mcsim.loading",
     "load_scenario": "mcsim.scenario",
     "run_scenario": "mcsim.api",
     "open_result": "mcsim.api",
 }
-__all__ = ["Hardware", "__version__", "convert", "count_energy", "load_scenario", "open_result", "run_scenario"]
+__all__ = ["Hardware", "__version__", "convert", "count_energy", "load", "load_scenario", "open_result", "run_scenario"]
 
 
 def __getattr__(name: str):

@@ -197,7 +197,8 @@ def randomized(model: nn.Module, seed: int = 1) -> nn.Module:
 
 
 def load_model(spec: ModelSpec) -> nn.Module:
-    """The model of ``spec``, on CPU, in eval mode, with ``requires_grad`` off."""
+    """The model of ``spec``, on CPU, in eval mode, with ``requires_grad`` off; its ``mcsim_spec``
+    attribute is ``spec`` (how :meth:`AnalogModel.save` knows how to rebuild it)."""
     if spec.factory is not None:
         model = _load_factory(spec)
     else:
@@ -206,6 +207,7 @@ def load_model(spec: ModelSpec) -> nn.Module:
     model = model.to("cpu").eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    model.mcsim_spec = spec
     return model
 
 

@@ -8,11 +8,14 @@ import pytest
 
 from mcsim.engine import convert, counting
 from mcsim.hardware import Hardware
+from mcsim.loading import load
 
 DOCUMENTED = {
     "convert": convert.convert,
     "AnalogModel.calibrate": convert.AnalogModel.calibrate,
     "AnalogModel.forward": convert.AnalogModel.forward,
+    "AnalogModel.save": convert.AnalogModel.save,
+    "load": load,
     "count_energy": counting.counting,
     "Hardware.for_layer": Hardware.for_layer,
 }

@@ -60,6 +60,13 @@ class Calibrated:
         self.adc_range: Optional[tuple[list[float], list[float]]] = None  # calibrated, per slice
         self._samples: dict[str, list] = {}
 
+    @property
+    def calibrated(self) -> bool:
+        """Whether every range this layer's hardware calibrates is set: inputs (DAC) and ADC."""
+        hw = self.hw
+        inputs = hw.input_bits is None or self.x_range is not None
+        return inputs and (hw.adc.bits is None or hw.adc.range != "calibrated" or self.adc_range is not None)
+
     def _record(self, name: str, values: np.ndarray):
         self._samples.setdefault(name, []).append(values)
 

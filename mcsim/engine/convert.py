@@ -28,6 +28,7 @@ from torch import nn
 from mcsim.engine.allocator import reuse_large_buffers
 from mcsim.engine.attention import ATTENTION_MODULES, DIGITAL_ATTENTION, projection_names, rewrite_attention
 from mcsim.engine.layers import AnalogLayer, Context, DigitalLayer
+from mcsim.engine import saving
 from mcsim.errors import InputError
 from mcsim.hardware import Hardware, check_patterns
 from mcsim.physics import devices
@@ -234,6 +235,8 @@ class AnalogModel(nn.Module):
             weight, a non-2-D conv, ``analog_first_layer``/``analog_last_layer``), else ``attention``,
             ``normalization`` or ``parameters`` (docs/physics.md section 1).
         rewritten: the attention modules replaced by their mcsim equivalents (mcsim.engine.attention).
+        source: the network as given (spec when known, layout, a CPU copy of its state): what
+            :meth:`save` writes (mcsim.engine.saving).
 
     Raises:
         ConversionError: a model that cannot be converted (the message names the module and why).
@@ -259,6 +262,7 @@ class AnalogModel(nn.Module):
         if not chips or min(chips) < 0:
             raise ValueError("trials: need at least one chip, with non-negative indices")
         self.chips = torch.tensor(chips, dtype=torch.int64)
+        self.source = saving.Source.of(model)
         net = copy.deepcopy(model).eval()
         _check_supported(net)
         self.rewritten = rewrite_attention(net)  # attention modules whose projections are now modules
@@ -461,6 +465,41 @@ class AnalogModel(nn.Module):
 
     def save_calibration(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.calibration(), indent=1))
+
+    def save(self, path: str | Path, model=None) -> None:
+        """Save these chips, calibrated, to one file that :func:`mcsim.load` turns back into them.
+
+        The file holds the network's state as it was given to :func:`convert`, how to rebuild the
+        network, the hardware, seed, chips, calibration and ``images_seen``: loaded on the same
+        device, the model's outputs are bit-identical to this one's (docs/saving.md).
+
+        Args:
+            path: the file to write (replaced atomically).
+            model: how to rebuild the network: ``"builtin:<name>"``, ``"torchvision:<arch>"``, a
+                factory ``"package.module:function"`` (called without arguments), or a model spec
+                dict as a scenario's ``model:`` section; weights are never read from it (the file
+                has them). None: the spec of a network from ``mcsim.models.load_model``.
+
+        Returns:
+            None.
+
+        Raises:
+            SavedModelError: a model that is not calibrated (call :meth:`calibrate` first), or
+                ``model`` None for a network whose spec is unknown, or an invalid ``model``.
+
+        Examples:
+            >>> import tempfile, torch, mcsim
+            >>> from mcsim.models import digits_cnn
+            >>> analog = mcsim.convert(digits_cnn(), {"read_noise": {"model": "proportional", "sigma": 0.05}},
+            ...                        trials=3, device="cpu")
+            >>> _ = analog.calibrate([torch.rand(16, 1, 8, 8)])
+            >>> path = tempfile.mkdtemp() + "/chips.mcsim"
+            >>> analog.save(path, model="mcsim.models:digits_cnn")
+            >>> x = torch.rand(4, 1, 8, 8)
+            >>> torch.equal(mcsim.load(path, device="cpu")(x), analog(x))
+            True
+        """
+        saving.save(self, path, model)
 
 
 def convert(
