@@ -150,6 +150,10 @@ def test_a_table_is_read_from_its_saved_path_and_refused_when_changed(tmp_path, 
     with pytest.raises(SavedModelError, match=r"m.mcsim: its hardware no longer loads:(.|\n)*error.sha256: the table "
                                               r"'.*a/cell.csv' changed"):
         _load(tmp_path / "m.mcsim")
+    (tmp_path / "a" / "cell.csv").unlink()
+    with pytest.raises(SavedModelError, match=r"its hardware no longer loads:(.|\n)*error.file: table '.*a/cell.csv' "
+                                              "not found"):
+        _load(tmp_path / "m.mcsim")
 
 
 def test_a_network_mcsim_cannot_rebuild_is_refused(tmp_path):
@@ -163,3 +167,17 @@ def test_a_network_mcsim_cannot_rebuild_is_refused(tmp_path):
     with pytest.raises(SavedModelError, match=r"rebuilt from mcsim.models:digits_cnn is not the one saved: module "
                                               r"'0': class 'torch.nn.modules.flatten.Flatten' saved"):
         _load(tmp_path / "m.mcsim")
+
+
+class _WithExtraState(nn.Sequential):
+    def get_extra_state(self):
+        return {"note": "not a tensor"}
+
+    def set_extra_state(self, state):
+        pass
+
+
+def test_a_state_that_is_not_only_tensors_is_refused(tmp_path):
+    analog, _ = _converted(_WithExtraState(nn.Flatten(), nn.Linear(64, 10)), {}, (1, 8, 8))
+    with pytest.raises(SavedModelError, match=r"entries that are not tensors \(_extra_state\)"):
+        analog.save(tmp_path / "m.mcsim", model="tests:nothing")

@@ -73,7 +73,8 @@ class Source:
 
     @classmethod
     def of(cls, model: nn.Module) -> "Source":
-        state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        state = {k: v.detach().to("cpu", copy=True) if torch.is_tensor(v) else v  # extra state: refused by save
+                 for k, v in model.state_dict().items()}
         return cls(getattr(model, "mcsim_spec", None), layout(model), state)
 
 
@@ -125,6 +126,10 @@ def save(analog, path: str | Path, model: ModelSpec | dict | str | None = None) 
         raise SavedModelError(f"save: the model is not calibrated (layers {', '.join(names[:3])}"
                               f"{', ...' if len(names) > 3 else ''}): call .calibrate() or .load_calibration() "
                               "before saving, so that the saved chips are the ones evaluated")
+    other = [k for k, v in analog.source.state.items() if not torch.is_tensor(v)]
+    if other:
+        raise SavedModelError(f"save: the network's state holds entries that are not tensors ({', '.join(other[:3])}): "
+                              "a saved model holds tensors only (it loads with torch.load(weights_only=True))")
     spec = _spec(model, analog.source)
     meta = {
         "format": FORMAT, "mcsim": __version__, "torch": str(torch.__version__),
