@@ -1,8 +1,9 @@
 """Gated rows on resistive column wires (docs/physics.md section 8): each (chip, bit plane, image,
 position, column) from its own exact solve rather than a convolution.
 
-A bit-serial input switches its row's device in or out (the study's cell), so the IR drop depends on
-the input bits and no effective conductance matrix exists: the column currents come from
+A bit-serial input switches its row's device in or out (the study's cell; a k-bit input slice also
+sets the row's voltage, section 16), so the IR drop depends on the input bits and no effective
+conductance matrix exists: the column currents come from
 :func:`mcsim.physics.parasitics.gated_column_currents`, one batched solve per bit plane and column.
 :class:`GatedColumns` is that path of :class:`mcsim.engine.layers.AnalogLayer`; digitization,
 recombination and the offset term follow as for the other paths.
