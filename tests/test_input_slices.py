@@ -49,6 +49,24 @@ def test_slices_with_ideal_adc_equal_analog_inputs(k, acc):
         torch.testing.assert_close(out, ref, rtol=0, atol=1e-5 * ref.abs().max().item())
 
 
+@pytest.mark.parametrize("par", [{}, {"parasitics": {"rp": 1e-3, "rows": "driven"}}])
+def test_slices_with_fine_adc_equal_analog_inputs(par):
+    """A 20-bit ADC per slice (full range): the slices' columns digitized apart and recombined equal
+    analog inputs through an ideal ADC to the ADC's steps, on plain and voltage-driven resistive wires
+    (one layer: a next layer's DAC would turn the steps into level flips)."""
+    torch.manual_seed(0)
+    lin = nn.Sequential(nn.Linear(40, 5))
+    x = torch.rand(6, 40)
+    outs = []
+    for hw in (Hardware(adc={"bits": None}, **par),
+               Hardware(**SERIAL, input_accumulation="digital", input_slice_bits=3, adc={"bits": 20, "range": "max"},
+                        **par)):
+        m = convert(lin, hw, trials=1)
+        m.calibrate([x])
+        outs.append(m(x)[0])
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=1e-4 * outs[0].abs().max().item())
+
+
 # (input_bits, k, signed): 8 bits in slices of 3 -> 3, 3, 2 (unsigned) or 7 magnitude bits -> 3, 3, 1
 CASES = [
     dict(mapping="differential", slices=1, bits=8, k=3, signed=True, lim=(-2.1, 1.9)),
