@@ -12,7 +12,7 @@ from torch import nn
 
 from mcsim import Hardware, convert
 from mcsim.engine.counting import counting
-from mcsim.physics import parasitics
+from mcsim.physics import dac, parasitics
 from reference import analog_linear
 from test_gated_engine import _run_case, nodal_columns
 
@@ -32,6 +32,30 @@ def _run(hw, x, cal, trials=1, seed=7, calibration=None):
     else:
         m.load_calibration(calibration)
     return m, m(x, image_ids=torch.arange(len(x)))
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("bits", [5, 8, 9])
+def test_slice_levels_recombine_exactly(bits, signed):
+    """Every level n: the slices are the base-2**k digits of |n| with n's sign, the most significant
+    one short when k does not divide the magnitude bits, and their weights give v = n / n_max exactly.
+    At k = 1 they are section 5's bit planes and weights 2**i / n_max, bit for bit."""
+    n_max = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
+    n = torch.arange(-n_max if signed else 0, n_max + 1, dtype=torch.float32)
+    mag_bits = bits - 1 if signed else bits
+    mag = n.abs().long()
+    bit_planes = torch.stack([((mag >> i) & 1) * (n.sign() if signed else 1) for i in range(mag_bits)]).float()
+    assert torch.equal(dac.bit_planes(n, bits, signed), bit_planes)
+    assert dac.slice_weights(bits, signed) == [2.0**i / n_max for i in range(mag_bits)]
+    for k in (2, 3, 4, mag_bits, 16):
+        planes = dac.bit_planes(n, bits, signed, slice_bits=k)
+        kk = min(k, mag_bits)
+        assert planes.shape[0] == math.ceil(mag_bits / kk) == dac.n_slices(bits, signed, k)
+        assert planes.abs().max(1).values.tolist()[:-1] == [2**kk - 1] * (planes.shape[0] - 1)
+        assert planes[-1].abs().max() == 2 ** (mag_bits - kk * (planes.shape[0] - 1)) - 1  # the short one
+        w = torch.tensor(dac.slice_weights(bits, signed, k), dtype=torch.float64)
+        v = (planes.double() / dac.slice_full_scale(bits, signed, k) * w.view(-1, 1)).sum(0)
+        torch.testing.assert_close(v, n.double() / n_max, rtol=1e-15, atol=0)
 
 
 @pytest.mark.parametrize("acc", ["digital", "analog"])
