@@ -171,10 +171,9 @@ def column_transfer(G: Tensor, rp: float) -> Tensor:
 #
 # The product is taken as a binary tree over the rows (log2 N vectorized levels, no loop over rows).
 # Bits are few-valued, so the products over aligned blocks of ``b`` rows are tabulated once per
-# array for every bit pattern (2**b unsigned, 3**b signed; base**b for slices' levels) by the same tree,
-# and each input vector
-# gathers its blocks' products from the table: the per-vector work drops from N to N / b matrix
-# products. Block sizes are powers of two and N is padded at the ADC end with identity matrices, so
+# array for every bit pattern (2**b unsigned, 3**b signed; base**b for slices' levels) by the same
+# tree, and each input vector gathers its blocks' products from the table: the per-vector work drops
+# from N to N / b matrix products. Block sizes are powers of two and N is padded at the ADC end with identity matrices, so
 # every (vector, column) goes through the same tree of products whatever the block size, the batch
 # or the chunking: the result is bit-identical across them.
 
@@ -436,13 +435,15 @@ def gated_column_currents(G: Tensor, u: Tensor, rp: float, *, signed: Optional[b
     (``V_read = 1``), so the column holds only the active devices and its IR drops depend on the
     bits. A k-bit input slice (docs/physics.md section 16) drives an active row at its level
     ``u_k`` in ``-top..top`` (``top = 2**k - 1``; the slice DAC's read line, the select transistor on
-    while the level is not 0), so ``u`` holds integer levels. Geometry as in :func:`column_transfer` (row 0 farthest from the ADC, one segment ``rp``
-    between nodes and one from node N-1 to the virtual ground).
+    while the level is not 0), so ``u`` holds integer levels. Geometry as in :func:`column_transfer`
+    (row 0 farthest from the ADC, one segment ``rp`` between nodes and one from node N-1 to the
+    virtual ground).
 
     Args:
         G: conductances ``(..., N, C)``, rows in physical order; zero entries (no device) allowed.
         u: one bit plane per input vector, ``(..., N)``, values in {-1, 0, +1} (any dtype, bool
-            included), or integer slice levels in ``-top..top``. Leading dims broadcast against G's (chips, images, positions, bits).
+            included), or integer slice levels in ``-top..top``. Leading dims broadcast against G's
+            (chips, images, positions, bits).
         rp: segment resistance times Gmax (>= 0).
         signed: whether u may hold -1 (``None``: whether it does). Unsigned bits take a cheaper
             path with different last-bit rounding, so a caller that needs results independent of
