@@ -31,6 +31,8 @@ another size (batch 8).
 Targets (issue 14, T=8): (a) <= 1.3, (b) <= 5, (c) <= 10; parasitics <= 4x the same config without;
 the chip effects (issue 20) <= 1.2x and programming <= 1.5x (a) with constant read noise and drift:
     python bench/engine.py --models resnet18-112 --configs a_drift_read_noise u_chip_effects
+3-bit input slices with an ADC per slice (issue 25, docs/physics.md section 16) <= 3.5x (a):
+    python bench/engine.py --models resnet18-112 --configs a_differential_adc8 s_input_slices3_adc_per_slice --repeat 3
 Numbers from a machine shared with other jobs are noisy: read the range beside the median.
 The engine sets its allocator thresholds in-process on conversion, as in any process that
 converts a model (mcsim/engine/allocator.py: large buffers reused instead of mapped anew per call);
@@ -67,6 +69,9 @@ CONFIGS = {
     "p_parasitics_analog": dict(mapping="differential", slices=1, parasitics={"rp": 1e-4}, **BITS),
     "p_parasitics_bitserial": dict(mapping="differential", slices=1, parasitics={"rp": 1e-4, "rows": "driven"},
                                    **SERIAL, **BITS),
+    # Multi-bit input slices (docs/physics.md section 16): 8-bit inputs in 3-bit slices (3 MVMs, PRIME's
+    # DAC), an ADC conversion per slice.
+    "s_input_slices3_adc_per_slice": dict(mapping="differential", slices=1, input_slice_bits=3, **SERIAL, **BITS),
     "d_bitserial_analog_acc": dict(mapping="differential", slices=1, input_mode="bitserial",
                                    input_accumulation="analog", **BITS),
     # Gated rows (docs/physics.md section 8): one exact solve per (chip, bit, image, position, column).
@@ -86,13 +91,15 @@ CONFIGS = {
 }
 # Configs measured against another one (per repeat, the ratio of the two load-corrected overhead
 # ratios), with the target of that ratio: parasitics at most 4x the same config without (gated rows,
-# one solve per input vector and bit: issue 10, at most 30x, aim 10x); the chip effects 1.2x (issue 20).
+# one solve per input vector and bit: issue 10, at most 30x, aim 10x); the chip effects 1.2x (issue 20);
+# 3-bit input slices with an ADC per slice 3.5x analog inputs (issue 25).
 BASELINE = {
     "p_parasitics_analog": ("a_differential_adc8", 4.0),
     "p_parasitics_bitserial": ("c_bitserial_adc_per_bit", 4.0),
     "p_gated_bitserial_digital": ("c_bitserial_adc_per_bit", 30.0),
     "p_gated_bitserial_analog": ("d_bitserial_analog_acc", 30.0),
     "u_chip_effects": ("a_drift_read_noise", 1.2),
+    "s_input_slices3_adc_per_slice": ("a_differential_adc8", 3.5),
 }
 TARGETS = {"a_differential_adc8": 1.3, "b_offset_4slices": 5.0, "c_bitserial_adc_per_bit": 10.0}
 

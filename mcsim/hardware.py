@@ -309,6 +309,8 @@ class Hardware(_Strict):
     input_percentile: float = Field(99.99, gt=50, le=100, description="input range calibration percentile")
     input_mode: Literal["analog", "bitserial"] = "analog"
     input_accumulation: Literal["analog", "digital"] = "analog"
+    input_slice_bits: int = Field(1, ge=1, le=16, description="bits per input slice of bit-serial inputs "
+                                  "(a k-bit DAC, docs/physics.md section 16); 1 = one bit at a time")
     rows_max: int = Field(1152, ge=1)
     cols_max: Optional[int] = Field(None, ge=1)
     analog_first_layer: bool = True
@@ -383,6 +385,11 @@ class Hardware(_Strict):
                              f"time since programming) above t_read_s {t_read:g} s")
         if self.input_mode == "bitserial" and self.input_bits is None:
             raise ValueError("input_mode: bit-serial inputs need integer input_bits, not null")
+        if self.input_slice_bits > 1 and self.input_mode != "bitserial":
+            raise ValueError(
+                f"input_slice_bits: slices of {self.input_slice_bits} bits cut bit-serial inputs and need "
+                "input_mode 'bitserial' (analog inputs already drive every level at once)"
+            )
         if self.parasitics.rows == "gated" and self.input_mode != "bitserial":
             raise ValueError(
                 "parasitics.rows: gated rows are switched by input bits and need input_mode 'bitserial'; "

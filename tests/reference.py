@@ -9,7 +9,8 @@ import numpy as np
 
 
 def analog_linear(W, b, x, *, mapping, weight_bits, slices, input_bits, x_range, signed, rows_max,
-                  gmin, adc_bits=None, adc_lo=None, adc_hi=None, bitserial=False, digital_accumulation=True):
+                  gmin, adc_bits=None, adc_lo=None, adc_hi=None, bitserial=False, digital_accumulation=True,
+                  input_slice_bits=1):
     W, x = np.asarray(W, np.float64), np.asarray(x, np.float64)
     n_out, k = W.shape
     w_max = np.abs(W).max()
@@ -19,9 +20,14 @@ def analog_linear(W, b, x, *, mapping, weight_bits, slices, input_bits, x_range,
     n_max = 2 ** (input_bits - 1) - 1 if signed else 2**input_bits - 1
     n = np.clip(np.round(x / x_range * n_max), -n_max if signed else 0, n_max)
     if bitserial:
+        # Bits, or slices of k bits from the least significant (section 16): a slice m drives m / (2**k - 1)
+        # of the read voltage and is worth 2**(k i) (2**k - 1) / n_max; the last slice may be short.
         nbits = input_bits - 1 if signed else input_bits
+        kb = min(input_slice_bits, nbits)
         mag = np.abs(n).astype(np.int64)
-        planes = [((mag >> kk) & 1) * (np.sign(n) if signed else 1) for kk in range(nbits)]
+        planes = [((mag >> (kb * i)) & (2**kb - 1)) * (np.sign(n) if signed else 1) / (2**kb - 1)
+                  for i in range(math.ceil(nbits / kb))]
+        plane_w = [2 ** (kb * i) * (2**kb - 1) / n_max for i in range(len(planes))]
     else:
         planes = [n / n_max]
 
@@ -30,8 +36,8 @@ def analog_linear(W, b, x, *, mapping, weight_bits, slices, input_bits, x_range,
         if not bitserial:
             return fn(planes[0])
         if digital_accumulation:
-            return sum(2**kk / n_max * fn(p) for kk, p in enumerate(planes))
-        return fn(sum(2**kk / n_max * p for kk, p in enumerate(planes)))
+            return sum(w * fn(p) for w, p in zip(plane_w, planes))
+        return fn(sum(w * p for w, p in zip(plane_w, planes)))
 
     # Devices (section 3).
     bm = weight_bits - 1 if mapping == "differential" else weight_bits

@@ -19,7 +19,8 @@ from mcsim.engine.layers import power_of_two_ranges
 
 
 def nodal_columns(g: np.ndarray, u: np.ndarray, rp: float) -> np.ndarray:
-    """Currents into the virtual ground ``(nb, C)`` of columns ``g (n, C)`` for bit vectors ``u (nb, n)``."""
+    """Currents into the virtual ground ``(nb, C)`` of columns ``g (n, C)`` for bit vectors ``u (nb, n)``
+    (or slice levels: a row is on where u is nonzero, its source at u, section 16)."""
     n, cols = g.shape
     a = np.zeros((len(u), cols, n, n))
     i = np.arange(n)
@@ -27,13 +28,13 @@ def nodal_columns(g: np.ndarray, u: np.ndarray, rp: float) -> np.ndarray:
     a[..., 0, 0] = 1 / rp  # row 0: the open far end (one segment, or only the one to ground when n = 1)
     if n > 1:
         a[..., i[:-1], i[1:]] = a[..., i[1:], i[:-1]] = -1 / rp
-    a[..., i, i] += (np.abs(u)[:, None, :] * g.T[None])  # active devices load their nodes
+    a[..., i, i] += ((u != 0)[:, None, :] * g.T[None])  # active devices load their nodes
     rhs = u[:, None, :] * g.T[None]  # and inject G_k u_k
     return np.linalg.solve(a, rhs[..., None])[..., -1, 0] / rp
 
 
 def reference(w4, b, x4, *, stride, padding, mapping, slices, input_bits, x_range, signed, rows_max, gmin,
-              rp, adc_lim=None, adc_bits=6, digital_accumulation=True):
+              rp, adc_lim=None, adc_bits=6, digital_accumulation=True, input_slice_bits=1):
     """Layer outputs ``(B, C_out, H', W')`` of a conv (a Linear: 1x1 kernel on a 1x1 input), gated rows."""
     w4, x4 = np.asarray(w4, np.float64), np.asarray(x4, np.float64)
     c_out, c_in, kh, kw = w4.shape
@@ -78,22 +79,25 @@ def reference(w4, b, x4, *, stride, padding, mapping, slices, input_bits, x_rang
         step = (hi - lo) / (2**adc_bits - 1)
         return lo + step * np.round((np.clip(y, lo, hi) - lo) / step)
 
-    bit_w = np.array([2.0**k / n_max for k in range(nbits)])
+    # k-bit slices from the least significant bit (section 16): a row at level m is driven at m / (2**k - 1)
+    ks = min(input_slice_bits, nbits)
+    top, n_planes = 2**ks - 1, math.ceil(nbits / ks)
+    bit_w = np.array([2.0 ** (ks * k) * top / n_max for k in range(n_planes)])
     out = np.zeros((x4.shape[0], c_out, hp, wp))
     for img in range(x4.shape[0]):
         for oh in range(hp):
             for ow in range(wp):
                 patch = n[img, :, oh * stride : oh * stride + kh, ow * stride : ow * stride + kw].reshape(-1)
                 mag = np.abs(patch).astype(np.int64)
-                planes = np.stack([((mag >> k) & 1) * np.sign(patch) for k in range(nbits)])  # (nb, K)
+                planes = np.stack([((mag >> (ks * k)) & top) * np.sign(patch) for k in range(n_planes)])  # (nb, K)
                 v = patch / n_max
                 z = np.zeros(c_out)
                 for rows in part_rows:
                     for s in range(slices):
-                        cur = [nodal_columns(kind[s][:, rows].T, planes[:, rows], rp) for kind in kinds]  # (nb, C)
+                        cur = [nodal_columns(kind[s][:, rows].T, planes[:, rows], rp) / top for kind in kinds]
                         y = cur[0] - cur[1] if mapping == "differential" else cur[0]
                         if digital_accumulation:
-                            col = sum(bit_w[k] * adc(y[k], s) for k in range(nbits))
+                            col = sum(bit_w[k] * adc(y[k], s) for k in range(n_planes))
                         else:
                             col = adc(bit_w @ y, s)
                         z += 2 ** (bs * s) * L / (1 - gmin) * col
@@ -111,7 +115,7 @@ def _hw(case, rp, rows="gated"):
     return Hardware(
         mapping=case["mapping"], slices=case["slices"], weight_bits=8, input_bits=5, rows_max=case["rows_max"],
         on_off_ratio=1 / 0.02, input_mode="bitserial", input_accumulation=case["acc"], adc=adc,
-        parasitics={"rp": rp, "rows": rows},
+        parasitics={"rp": rp, "rows": rows}, input_slice_bits=case.get("k", 1),
     )
 
 
@@ -137,7 +141,8 @@ def _run_case(case, module, x, x_range, **conv):
     x4 = x.numpy()[:, :, None, None] if x.dim() == 2 else x.numpy()
     ref = reference(w4, module.bias.detach().numpy(), x4, mapping=case["mapping"], slices=case["slices"],
                     input_bits=5, x_range=x_range, signed=case["signed"], rows_max=case["rows_max"], gmin=0.02,
-                    rp=RP, adc_lim=case["lim"], digital_accumulation=case["acc"] == "digital", **conv)
+                    rp=RP, adc_lim=case["lim"], digital_accumulation=case["acc"] == "digital",
+                    input_slice_bits=case.get("k", 1), **conv)
     ref = ref.reshape(out.shape)
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
     driven = convert(nn.Sequential(module), _hw(case, RP, rows="driven"), trials=1)

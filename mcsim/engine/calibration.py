@@ -76,10 +76,13 @@ class Calibrated:
         return True if self.signed is None else self.signed
 
     def _input_scale(self, serial: bool) -> float:
-        """Inputs are fed to the crossbar as integer levels n (or 0/+-1 bit planes); v = n / n_max."""
+        """Inputs are fed to the crossbar as integer levels n (or 0/+-1 bit planes, or k-bit slices'
+        levels m, section 16); v = n / n_max, a plane's drive m / (2**k - 1)."""
         hw = self.hw
-        if hw.input_bits is None or serial:
+        if hw.input_bits is None:
             return 1.0
+        if serial:
+            return float(dac.slice_full_scale(hw.input_bits, self.signed_inputs, hw.input_slice_bits))
         return float(dac.max_level(hw.input_bits, self.signed_inputs))
 
     def _adc_limits(self) -> tuple[torch.Tensor, torch.Tensor]:

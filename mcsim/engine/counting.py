@@ -7,21 +7,22 @@ are exact; :mod:`mcsim.physics.prices` prices them. Counting never changes an ou
 layer's quantized inputs, re-derives the chips' conductances from their keyed random streams (the
 same chips, docs/physics.md section 9) and runs its own convolutions beside the layer's.
 
-Per analog layer, image and chip (``P`` partitions, ``S`` slices, ``nb`` input bits applied one per
-MVM; ``pos`` output positions, tokens included; ``C_out`` columns, a differential pair being one):
+Per analog layer, image and chip (``P`` partitions, ``S`` slices, ``nb`` input bits, or k-bit input
+slices (docs/physics.md section 16), applied one per MVM; ``pos`` output positions, tokens included;
+``C_out`` columns, a differential pair being one):
 
 * ``adc_conversions = pos * C_out * S * P * (nb with digital input-bit accumulation, else 1)``, each
   at ``adc.bits`` (an ideal ADC: ``energy.ideal_adc_bits``). The count is of the physical design,
   whatever path the simulation takes (an ideal ADC folds slices and bits into one matmul).
 * ``dac_pulses``: row lines driven, per MVM (analog inputs: every row whose input is nonzero) or per
-  input bit (bit-serial: every row whose bit is set), summed over output positions; times the arrays
-  a row spans when ``cols_max`` cuts a partition's ``C_out * S * devices`` physical columns.
+  input bit (bit-serial: every row whose bit is set, or whose slice is nonzero), summed over output
+  positions; times the arrays a row spans when ``cols_max`` cuts a partition's ``C_out * S * devices`` physical columns.
   ``row_slots`` is the same with every row driven (so ``dac_pulses / row_slots`` is the activity).
 * ``array_g_v2 = sum(G * v**2)`` over every device read and every read: ``G`` the chip's programmed
   (and drifted) normalized conductances of all slices and device kinds (IR drop not included),
-  ``v`` the normalized input (per bit, 0 or +-1, when bit-serial). One grouped convolution of
-  ``v**2`` (bit-serial: the count of set bits), summed over the call's images, with each row's
-  conductance summed over the columns.
+  ``v`` the normalized input (per bit, 0 or +-1, when bit-serial; per slice ``m / (2**k - 1)``). One
+  grouped convolution of ``v**2`` (bit-serial: the count of set bits), summed over the call's images,
+  with each row's conductance summed over the columns.
 * ``digital_adds``: recombining the ``S * P * nb`` digitized terms of each output (``terms - 1``
   shift-and-adds); offset mapping: summing each plane's inputs over the ``K`` rows (``K - 1``) and the
   planes (``nb - 1``) per position and group, and one subtraction per output.
@@ -135,7 +136,7 @@ class EnergyCounter:
         hw, geo, part = layer.hw, layer.geom, layer.part
         chips = layer.ctx.chips
         bitserial = hw.input_mode == "bitserial"
-        nb_in = dac.n_serial_bits(hw.input_bits, p.signed) if bitserial else 1
+        nb_in = dac.n_slices(hw.input_bits, p.signed, hw.input_slice_bits) if bitserial else 1
         nb_adc = nb_in if bitserial and hw.input_accumulation == "digital" else 1
         self.adc_bits[layer.name] = hw.adc.bits if hw.adc.bits is not None else hw.energy.ideal_adc_bits
 
@@ -194,11 +195,14 @@ def _per_chip_conv(layer: "AnalogLayer", inp: torch.Tensor, weight: torch.Tensor
 
 def _drive(n: torch.Tensor, layer: "AnalogLayer", p: "Pass", bitserial: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Per input element, summed over the call's images ``(Tc, C, H, W)`` float64: the pulses its
-    row gets (set bits, or 1 if nonzero) and ``sum v**2`` over its reads (bit-serial: the set bits
-    again, ``v`` in {0, +-1}; analog: ``(n / n_max)**2``). Sums of small integers: exact."""
+    row gets (set bits or nonzero slices, or 1 if nonzero) and ``sum v**2`` over its reads (bit-serial:
+    the set bits again, ``v`` in {0, +-1}; k-bit slices ``m``: ``(m / (2**k - 1))**2``, section 16;
+    analog: ``(n / n_max)**2``). Sums of small integers: exact."""
     if bitserial:
-        bits = dac.bit_planes(n, layer.hw.input_bits, p.signed, dim=1).abs_().sum((1, 2)).double()
-        return bits, bits
+        hw = layer.hw
+        planes = dac.bit_planes(n, hw.input_bits, p.signed, dim=1, slice_bits=hw.input_slice_bits)
+        v2 = planes.square().sum((1, 2)).double() / layer._input_scale(True) ** 2
+        return (planes != 0).sum((1, 2)).double(), v2
     active = (n != 0).sum(1).double()
     return active, n.square().sum(1).double() / layer._input_scale(False) ** 2
 

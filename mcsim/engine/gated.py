@@ -1,8 +1,9 @@
 """Gated rows on resistive column wires (docs/physics.md section 8): each (chip, bit plane, image,
 position, column) from its own exact solve rather than a convolution.
 
-A bit-serial input switches its row's device in or out (the study's cell), so the IR drop depends on
-the input bits and no effective conductance matrix exists: the column currents come from
+A bit-serial input switches its row's device in or out (the study's cell; a k-bit input slice also
+sets the row's voltage, section 16), so the IR drop depends on the input bits and no effective
+conductance matrix exists: the column currents come from
 :func:`mcsim.physics.parasitics.gated_column_currents`, one batched solve per bit plane and column.
 :class:`GatedColumns` is that path of :class:`mcsim.engine.layers.AnalogLayer`; digitization,
 recombination and the offset term follow as for the other paths.
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from mcsim.engine.arrays import Geometry, Partitioning
 from mcsim.engine.records import Pass, Programmed
 from mcsim.hardware import Hardware
-from mcsim.physics import parasitics
+from mcsim.physics import dac, parasitics
 
 # Gated rows (section 8): bytes of unfolded bit patches and solved currents per chunk of images.
 _GATED_CHUNK_BYTES = 2**28  # larger chunks amortize the solver's per-call pattern tables
@@ -82,13 +83,15 @@ class GatedColumns:
         geo, part = self.geom, self.part
         nb, rc = bits.shape[:2]
         inp = part.gather_inputs(bits.flatten(0, 1))  # (nb * rc, g, P, Cp, H, W)
-        patches = F.unfold(inp.flatten(0, 2), geo.kernel, **self.conv_args).to(torch.int8)  # (nb rc g P, Cp kh kw, L)
+        top = dac.slice_full_scale(self.hw.input_bits, p.signed, self.hw.input_slice_bits)  # 1: bits (section 16)
+        itype = torch.int8 if top <= 127 else torch.int16  # the rows' levels, narrow
+        patches = F.unfold(inp.flatten(0, 2), geo.kernel, **self.conv_args).to(itype)  # (nb rc g P, Cp kh kw, L)
         patches = patches.view(nb * rc, geo.groups, part.parts, *patches.shape[-2:])
         order = part.row_order.view(1, 1, part.parts, -1, 1).expand_as(patches)
         vec = torch.gather(patches, 3, order).permute(1, 2, 0, 4, 3)  # (g, P, nb rc, L, rows), physical order
         length = vec.shape[3]
         cur = parasitics.gated_column_currents(g.unsqueeze(2), vec.flatten(2, 3), self.hw.parasitics.rp,
-                                               signed=p.signed, compute_dtype=g.dtype)
+                                               signed=p.signed, top=top, compute_dtype=g.dtype)
         cur = cur.view(geo.groups, part.parts, nb, rc, length, len(self.kinds), self.n_slices, geo.ng).double()
         y = cur[..., 0, :, :] - cur[..., 1, :, :] if self.hw.mapping == "differential" else cur[..., 0, :, :]
         if not p.serial:  # analog accumulation: sum_k 2**k / n_max * I_k, bit by bit in a fixed order

@@ -162,7 +162,7 @@ class AnalogLayer(Programming, Calibrated, GatedColumns, nn.Module):
         """The digital output, noting the peak elements per (image, chip) an analog pass would hold."""
         y = self._digital(x)
         split = self._pass().split
-        nb = dac.n_serial_bits(self.hw.input_bits, True) + 1 if self.hw.input_mode == "bitserial" else 1
+        nb = self._n_planes(True) + 1 if self.hw.input_mode == "bitserial" else 1
         expand = (self.part.parts * self.part.cp / self.geom.cg if split else 1) * nb
         out_expand = (self.part.parts * (self.n_slices + 1) if split else 1) * nb
         self.probe_elements = max(self.probe_elements, int(x[0].numel() * expand + y[0].numel() * out_expand))
@@ -217,27 +217,34 @@ class AnalogLayer(Programming, Calibrated, GatedColumns, nn.Module):
         dac.levels(src, self.x_range or 1.0, self.hw.input_bits, p.signed, out=n.view(src.shape))
         return n.transpose(0, 1)
 
+    def _n_planes(self, signed: bool) -> int:
+        """Input bits or slices applied one per MVM (sections 5, 16)."""
+        return dac.n_slices(self.hw.input_bits, signed, self.hw.input_slice_bits)
+
     def _input_planes(self, n: torch.Tensor, p: Pass) -> tuple[torch.Tensor, list[float]]:
         """What drives the rows, ``(nb, Tc, r, C, H, W)``, and each plane's weight in the recombination:
-        one bit plane per MVM when bits are digitized apart (``sum_k 2**k y_k / n_max``), else the levels."""
+        one bit plane (or k-bit slice, section 16) per MVM when they are digitized apart
+        (``sum_k 2**k y_k / n_max``), else the levels."""
         if not p.planes:
             return n.unsqueeze(0), [1.0]
-        u = dac.bit_planes(n, self.hw.input_bits, p.signed)
-        n_max = dac.max_level(self.hw.input_bits, p.signed)
-        return u, [2.0**k / n_max for k in range(u.shape[0])]
+        hw = self.hw
+        u = dac.bit_planes(n, hw.input_bits, p.signed, slice_bits=hw.input_slice_bits)
+        return u, dac.slice_weights(hw.input_bits, p.signed, hw.input_slice_bits)
 
     def _noise_planes(self, n: torch.Tensor, u: torch.Tensor, p: Pass) -> torch.Tensor:
         """``v**2`` per plane for the read-noise variance; with analog accumulation of bit-serial inputs
-        each bit is its own read, so the bits' variances add with weights ``4**k`` (gated rows, whose
-        planes are bits: ``(2**k / n_max)**2``)."""
+        each bit (slice) is its own read, so their variances add with weights ``4**(k i)`` (gated rows,
+        whose planes are bits or slices: the squared plane weights)."""
+        hw = self.hw
         if p.gated and not p.serial:
-            n_max = dac.max_level(self.hw.input_bits, p.signed)
-            w2 = torch.tensor([(2.0**k / n_max) ** 2 for k in range(u.shape[0])], dtype=u.dtype, device=u.device)
+            weights = dac.slice_weights(hw.input_bits, p.signed, hw.input_slice_bits)
+            w2 = torch.tensor([w**2 for w in weights], dtype=u.dtype, device=u.device)
             return (u**2 * w2.view(-1, *[1] * (u.dim() - 1))).sum(0, keepdim=True)
         if not (p.bitserial and not p.serial):
             return u**2
-        planes = dac.bit_planes(n, self.hw.input_bits, p.signed)
-        w4 = torch.tensor([4.0**k for k in range(planes.shape[0])], dtype=n.dtype, device=n.device)
+        planes = dac.bit_planes(n, hw.input_bits, p.signed, slice_bits=hw.input_slice_bits)
+        k = dac.slice_width(hw.input_bits, p.signed, hw.input_slice_bits)
+        w4 = torch.tensor([4.0 ** (k * i) for i in range(planes.shape[0])], dtype=n.dtype, device=n.device)
         return ((planes**2) * w4.view(-1, *[1] * (planes.dim() - 1))).sum(0, keepdim=True)
 
     def _grouped_conv(self, inp: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor],
@@ -307,10 +314,11 @@ class AnalogLayer(Programming, Calibrated, GatedColumns, nn.Module):
         coef = self.coef.tolist()
         offset = sum(bit_weights) * self.part.parts * sum(c * l for c, l in zip(coef, lo))
         nb = k.shape[0]
-        if nb > 1 and p.adc_bits is not None and p.adc_bits + nb <= 24:
-            # Integer codes: sum_b 2**b code_b is exact in float32 whatever the summation order, so one
-            # matrix-vector product over the bits replaces nb passes (bit weights are 2**b / n_max).
-            powers = torch.tensor([2.0**b for b in range(nb)], dtype=k.dtype, device=k.device)
+        shift = self.hw.input_slice_bits  # with nb > 1 planes, the bits per plane (section 16)
+        if nb > 1 and p.adc_bits is not None and p.adc_bits + shift * (nb - 1) + 1 <= 24:
+            # Integer codes: sum_b 2**(k b) code_b is exact in float32 whatever the summation order, so one
+            # matrix-vector product over the planes replaces nb passes (plane weights are 2**(k b) w_0).
+            powers = torch.tensor([2.0 ** (shift * b) for b in range(nb)], dtype=k.dtype, device=k.device)
             k = torch.matmul(powers, k.reshape(nb, -1)).view(1, *k.shape[1:])  # k may be a strided view
             bit_weights = bit_weights[:1]
         terms = [(b, q, s) for b in range(len(bit_weights)) for q in range(self.part.parts) for s in range(self.n_slices)]

@@ -25,6 +25,7 @@ operations (any device) or, on the CPU, by a compiled sequential scan (:mod:`.la
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal, Optional
 
 import numpy as np
@@ -153,8 +154,9 @@ def column_transfer(G: Tensor, rp: float) -> Tensor:
 #
 # A column with gated rows (docs/physics.md section 8) is a ladder: walking from the far end (row 0) to the
 # ADC, the part of the column already passed is a Norton source (current J into the node, internal
-# conductance Y). Crossing one wire segment rp and adding row k's device (conductance x = G_k |u_k|,
-# source current y = G_k u_k; x = y = 0 when the bit gates the row off) maps it to
+# conductance Y). Crossing one wire segment rp and adding row k's device (conductance x = G_k [u_k != 0],
+# source current y = G_k u_k; x = y = 0 when the bit gates the row off; a k-bit input slice, docs/physics.md
+# section 16, drives an active row at the level u_k in -top..top) maps it to
 #     Y' = Y / (1 + rp Y) + x,    J' = J / (1 + rp Y) + y,
 # and the current into the virtual ground is J / (1 + rp Y) after the last segment. In homogeneous
 # coordinates (Y = p / q, J = s / q) this is linear: (p, q, s) <- T_k (p, q, s) with
@@ -169,14 +171,45 @@ def column_transfer(G: Tensor, rp: float) -> Tensor:
 #
 # The product is taken as a binary tree over the rows (log2 N vectorized levels, no loop over rows).
 # Bits are few-valued, so the products over aligned blocks of ``b`` rows are tabulated once per
-# array for every bit pattern (2**b unsigned, 3**b signed) by the same tree, and each input vector
-# gathers its blocks' products from the table: the per-vector work drops from N to N / b matrix
-# products. Block sizes are powers of two and N is padded at the ADC end with identity matrices, so
+# array for every bit pattern (2**b unsigned, 3**b signed; base**b for slices' levels) by the same
+# tree, and each input vector gathers its blocks' products from the table: the per-vector work drops
+# from N to N / b matrix products. Block sizes are powers of two and N is padded at the ADC end with identity matrices, so
 # every (vector, column) goes through the same tree of products whatever the block size, the batch
 # or the chunking: the result is bit-identical across them.
 
 _GATED_CACHE_BYTES = 2**22  # gathered block products per vector chunk: sized to stay in cache
-_GATED_MAX_BLOCK = {False: 8, True: 4}  # block rows: 2**8 unsigned, 3**4 signed patterns at most
+_GATED_MAX_PATTERNS = 256  # block rows: 2**8 unsigned, 3**4 signed patterns at most
+
+
+@dataclass(frozen=True)
+class _Levels:
+    """The drive levels of a gated row: bits (``top = 1``) in {0, 1} or {-1, 0, +1}, a slice's levels
+    (section 16) in 0..top or -top..top. Level 0 gates the row off."""
+
+    signed: bool
+    top: int = 1
+
+    @property
+    def base(self) -> int:
+        """Levels per row: the patterns of a block of b rows are ``base**b``."""
+        return 2 * self.top + 1 if self.signed else self.top + 1
+
+    @property
+    def zero(self) -> int:
+        """The digit of level 0 (the pattern digit is the level plus this)."""
+        return self.top if self.signed else 0
+
+    @property
+    def affine(self) -> bool:
+        """Whether products need the row (e, f): every source but unsigned bits (where J = Y)."""
+        return self.signed or self.top > 1
+
+    def max_block(self, patterns: int) -> int:
+        """Largest power-of-two block whose patterns stay within ``patterns`` (at least one row)."""
+        block = 1
+        while self.base ** (2 * block) <= patterns:
+            block *= 2
+        return block
 
 # A stack of products is one tensor (k, ...): entries (a, b, c, d) of the 2x2 block row-major, then
 # (e, f) when the bits are signed, then the corner z when the products may need rescaling. Each entry
@@ -240,23 +273,23 @@ def _tree(m: Tensor, rows: int, rp: float, gmax: float, buffers: tuple[Tensor, T
     return m[:, 0]
 
 
-def _block_tables(g: Tensor, rp: float, block: int, signed: bool, corner: bool) -> Tensor:
+def _block_tables(g: Tensor, rp: float, block: int, lv: _Levels, corner: bool) -> Tensor:
     """Products over each aligned block of ``block`` rows for every bit pattern.
 
     ``g`` is (N_pad, C) with N_pad a multiple of ``block`` (padding rows are NaN: they become
     identity matrices). Returns a stack (k, N_pad / block, P, C), pattern index
-    ``sum_r digit_r * base**r`` over the block's rows r, digit = bit (+1 when signed)."""
+    ``sum_r digit_r * base**r`` over the block's rows r, digit = level (+ top when signed)."""
     pad = torch.isnan(g)
     g = g.masked_fill(pad, 0.0)
-    levels = torch.tensor([-1.0, 0.0, 1.0] if signed else [0.0, 1.0], dtype=g.dtype, device=g.device)
-    x = g.unsqueeze(1) * levels.abs().view(1, -1, 1)  # (N_pad, P1, C)
+    levels = torch.arange(-lv.zero, lv.top + 1, dtype=g.dtype, device=g.device)
+    x = g.unsqueeze(1) * (levels != 0).to(g.dtype).view(1, -1, 1)  # (N_pad, P1, C): on or gated off
     c = torch.full_like(g, rp).masked_fill_(pad, 0.0).unsqueeze(1).expand_as(x)
     m = [torch.addcmul(torch.ones_like(x), c, x), x, c, torch.ones_like(x)]
-    if signed:
+    if lv.affine:
         y = g.unsqueeze(1) * levels.view(1, -1, 1)
         m += [c * y, y] + ([torch.ones_like(x)] if corner else [])
     m = torch.stack(m)
-    gmax, rows = float(g.abs().max()) if g.numel() else 0.0, 1
+    gmax, rows = float(g.abs().max()) * lv.top if g.numel() else 0.0, 1
     while rows < block:  # pair rows (2i, 2i+1) and every pattern of the one with every pattern of the other
         if _needs_rescale(2 * rows, rp, gmax, g.dtype):
             _rescale_(m)
@@ -267,25 +300,25 @@ def _block_tables(g: Tensor, rp: float, block: int, signed: bool, corner: bool) 
     return m
 
 
-def _pattern_index(u: Tensor, block: int, signed: bool, n_pad: int) -> Tensor:
+def _pattern_index(u: Tensor, block: int, lv: _Levels, n_pad: int) -> Tensor:
     """(V, N) bits -> (V, N_pad / block) int32 table rows: block j's pattern plus j * P, the pattern
     ``sum_r digit_r * base**r`` over the block's rows (Horner's rule, one pass per row of a block)."""
-    base = 3 if signed else 2
+    base = lv.base
     digits = u.to(torch.int32)
-    if signed:
-        digits += 1
-    digits = F.pad(digits, (0, n_pad - u.shape[-1]), value=1 if signed else 0).view(u.shape[0], -1, block)
+    if lv.zero:
+        digits += lv.zero
+    digits = F.pad(digits, (0, n_pad - u.shape[-1]), value=lv.zero).view(u.shape[0], -1, block)
     idx = digits[..., block - 1].clone()
     for r in range(block - 2, -1, -1):
         idx.mul_(base).add_(digits[..., r])
     return idx.add_(torch.arange(idx.shape[1], device=u.device, dtype=torch.int32) * base**block)
 
 
-def _choose_block(n_vec: int, n_rows: int, cols: int, signed: bool, itemsize: int, max_bytes: int) -> int:
+def _choose_block(n_vec: int, n_rows: int, cols: int, lv: _Levels, itemsize: int, max_bytes: int) -> int:
     """Block size minimizing table construction plus per-vector work, within the memory budget."""
-    base, best, best_cost = (3 if signed else 2), 1, math.inf
+    base, best, best_cost = lv.base, 1, math.inf
     block = 1
-    while block <= _GATED_MAX_BLOCK[signed]:
+    while block <= lv.max_block(_GATED_MAX_PATTERNS):
         P = base**block
         # per (row, column): building ~ P / block products, gathering and the tree ~ 1.5 / block per vector
         cost = (P + 1.5 * n_vec) / block
@@ -296,36 +329,36 @@ def _choose_block(n_vec: int, n_rows: int, cols: int, signed: bool, itemsize: in
     return best
 
 
-def _gated_array(G: Tensor, u: Tensor, rp: float, signed: bool, max_bytes: int, dtype: torch.dtype,
+def _gated_array(G: Tensor, u: Tensor, rp: float, lv: _Levels, max_bytes: int, dtype: torch.dtype,
                  method: str) -> Tensor:
     """Column currents (V, C) of one array ``G`` (N, C) for bit vectors ``u`` (V, N). Vectors with
     no active row carry no current (exactly: every product's b and f stay 0): the tree skips them
     (the high-order bits of typical activations are often all zero over a whole patch), the scan
     passes over off rows by itself."""
     if method == "scan":
-        return _gated_scan(G, u, rp, signed, max_bytes, dtype)
+        return _gated_scan(G, u, rp, lv, max_bytes, dtype)
     active = u.any(1)
     n_active = int(active.sum())
     if n_active < u.shape[0]:
         out = torch.zeros(u.shape[0], G.shape[1], dtype=dtype, device=G.device)
         if n_active:
-            out[active] = _gated_array(G, u[active], rp, signed, max_bytes, dtype, method)
+            out[active] = _gated_array(G, u[active], rp, lv, max_bytes, dtype, method)
         return out
-    return _gated_tree(G, u, rp, signed, max_bytes, dtype)
+    return _gated_tree(G, u, rp, lv, max_bytes, dtype)
 
 
-def _gated_tree(G: Tensor, u: Tensor, rp: float, signed: bool, max_bytes: int, dtype: torch.dtype) -> Tensor:
+def _gated_tree(G: Tensor, u: Tensor, rp: float, lv: _Levels, max_bytes: int, dtype: torch.dtype) -> Tensor:
     """:func:`_gated_array` by the binary tree of tensor operations (any device)."""
     (N, C), V = G.shape, u.shape[0]
     itemsize = torch.finfo(dtype).bits // 8
-    block = _choose_block(V, N, C, signed, itemsize, max_bytes)
+    block = _choose_block(V, N, C, lv, itemsize, max_bytes)
     nblk = -(-N // block)
-    P = (3 if signed else 2) ** block
+    P = lv.base**block
     g = F.pad(G.to(dtype), (0, 0, 0, nblk * block - N), value=math.nan)
-    gmax = float(G.abs().max()) if G.numel() else 0.0
+    gmax = float(G.abs().max()) * lv.top if G.numel() else 0.0  # bounds the sources y too
     top = block * 2 ** math.ceil(math.log2(nblk))  # rows spanned at the tree's last level
-    corner = signed and _needs_rescale(top, rp, gmax, dtype)
-    k = 4 if not signed else 7 if corner else 6
+    corner = lv.affine and _needs_rescale(top, rp, gmax, dtype)
+    k = 4 if not lv.affine else 7 if corner else 6
     out = torch.empty(V, C, dtype=dtype, device=G.device)
     col_chunk = max(1, min(C, (max_bytes // 2) // ((k + 1) * P * nblk * itemsize)))
     # On the CPU a chunk's gathered products stay in cache. On a GPU, chunks that small cost a few
@@ -337,23 +370,23 @@ def _gated_tree(G: Tensor, u: Tensor, rp: float, signed: bool, max_bytes: int, d
                                 device=G.device) for _ in range(2))
     for c0 in range(0, C, col_chunk):
         cs = slice(c0, min(C, c0 + col_chunk))
-        table = _block_tables(g[:, cs], rp, block, signed, corner).flatten(1, 2)  # (k, nblk P, C')
+        table = _block_tables(g[:, cs], rp, block, lv, corner).flatten(1, 2)  # (k, nblk P, C')
         width = table.shape[-1]
         for v0 in range(0, V, vec_chunk):
             vs = slice(v0, min(V, v0 + vec_chunk))
-            idx = _pattern_index(u[vs], block, signed, nblk * block).T.flatten()  # block-major
+            idx = _pattern_index(u[vs], block, lv, nblk * block).T.flatten()  # block-major
             X = table.index_select(1, idx).view(k, nblk, -1)  # (k, nblk, vectors x columns)
             m = _tree(X, block, rp, gmax, buffers).view(k, -1, width)
-            out[vs, cs] = (m[5] if signed else m[1]) / torch.add(m[3], m[1], alpha=rp)
+            out[vs, cs] = (m[5] if lv.affine else m[1]) / torch.add(m[3], m[1], alpha=rp)
     return out
 
 
-_SCAN_BLOCK = {False: 4, True: 2}  # the scan's block rows: 16 or 9 patterns, tables that stay in cache
+_SCAN_MAX_PATTERNS = 16  # the scan's block rows: 16 patterns (unsigned bits) or 9 (signed), tables in cache
 _SCAN_TABLE_BYTES = 2**24  # one column chunk's table (all blocks, all patterns): half an L3 cache
 _SCAN_MAX_COLS = 128  # columns per chunk: enough for the compiler to vectorize across them
 
 
-def _gated_scan(G: Tensor, u: Tensor, rp: float, signed: bool, max_bytes: int, dtype: torch.dtype) -> Tensor:
+def _gated_scan(G: Tensor, u: Tensor, rp: float, lv: _Levels, max_bytes: int, dtype: torch.dtype) -> Tensor:
     """:func:`_gated_array` on the CPU by one compiled pass over the blocks per (vector, column)
     (:mod:`mcsim.physics.ladder_scan`): the block tables as in the tree, the product sequential."""
     import numba
@@ -363,25 +396,25 @@ def _gated_scan(G: Tensor, u: Tensor, rp: float, signed: bool, max_bytes: int, d
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     (N, C), V = G.shape, u.shape[0]
     itemsize = torch.finfo(dtype).bits // 8
-    block = _SCAN_BLOCK[signed]
-    nblk, P, k = -(-N // block), (3 if signed else 2) ** block, 7 if signed else 4
+    block = lv.max_block(_SCAN_MAX_PATTERNS)
+    nblk, P, k = -(-N // block), lv.base**block, 7 if lv.affine else 4
     per_col = nblk * P * k * itemsize
     cc = 2 ** max(0, min(int(math.log2(max(1, _SCAN_TABLE_BYTES // per_col))), int(math.log2(_SCAN_MAX_COLS)),
                           math.ceil(math.log2(C))))
     col_chunk = cc * max(1, (max_bytes // 2) // (2 * per_col * cc))  # the table and its build's temporaries
     n_pad = -(-C // cc) * cc
     g = F.pad(F.pad(G.to(dtype), (0, n_pad - C)), (0, 0, 0, nblk * block - N), value=math.nan)  # NaN rows: identity
-    gmax = float(G.abs().max()) if G.numel() else 0.0
+    gmax = float(G.abs().max()) * lv.top if G.numel() else 0.0  # bounds the sources y too
     every = 1
     while every <= nblk and not _needs_rescale(2 * (every + 1) * block, rp, gmax, dtype):
         every += 1
-    idx = _pattern_index(u, block, signed, nblk * block).numpy()
-    zero, n_full = (P - 1) // 2 if signed else 0, N // block  # the all-off pattern; blocks without padding rows
+    idx = _pattern_index(u, block, lv, nblk * block).numpy()
+    zero, n_full = (P - 1) // 2 if lv.signed else 0, N // block  # the all-off pattern; blocks without padding rows
     rp_t = np.dtype(str(dtype).removeprefix("torch.")).type(rp)
     out = torch.empty(V, n_pad, dtype=dtype)
     for c0 in range(0, n_pad, col_chunk):
         cs = slice(c0, min(n_pad, c0 + col_chunk))
-        table = _block_tables(g[:, cs], rp, block, signed, corner=signed)  # (k, nblk, P, C')
+        table = _block_tables(g[:, cs], rp, block, lv, corner=lv.affine)  # (k, nblk, P, C')
         table = table.flatten(1, 2).unflatten(2, (-1, cc)).permute(2, 1, 0, 3).contiguous()
         part = np.empty((V, table.shape[0] * cc), dtype=table.numpy().dtype)
         a, b, wire, d = table[0, zero, :4, 0].tolist()  # block 0, every row off
@@ -392,7 +425,7 @@ def _gated_scan(G: Tensor, u: Tensor, rp: float, signed: bool, max_bytes: int, d
     return out[:, :C]
 
 
-def gated_column_currents(G: Tensor, u: Tensor, rp: float, *, signed: Optional[bool] = None,
+def gated_column_currents(G: Tensor, u: Tensor, rp: float, *, signed: Optional[bool] = None, top: int = 1,
                           max_bytes: int = 2**28, compute_dtype: torch.dtype = torch.float64,
                           method: Literal["auto", "scan", "tree"] = "auto") -> Tensor:
     """Exact column currents of the column-only topology with gated rows (docs/physics.md section 8).
@@ -400,18 +433,25 @@ def gated_column_currents(G: Tensor, u: Tensor, rp: float, *, signed: Optional[b
     Each input bit gates its row's select transistor: ``u_k = 0`` disconnects row k (its device
     neither injects nor loads the column), ``u_k = +1 / -1`` drives it at ``+V_read / -V_read``
     (``V_read = 1``), so the column holds only the active devices and its IR drops depend on the
-    bits. Geometry as in :func:`column_transfer` (row 0 farthest from the ADC, one segment ``rp``
-    between nodes and one from node N-1 to the virtual ground).
+    bits. A k-bit input slice (docs/physics.md section 16) drives an active row at its level
+    ``u_k`` in ``-top..top`` (``top = 2**k - 1``; the slice DAC's read line, the select transistor on
+    while the level is not 0), so ``u`` holds integer levels. Geometry as in :func:`column_transfer`
+    (row 0 farthest from the ADC, one segment ``rp`` between nodes and one from node N-1 to the
+    virtual ground).
 
     Args:
         G: conductances ``(..., N, C)``, rows in physical order; zero entries (no device) allowed.
         u: one bit plane per input vector, ``(..., N)``, values in {-1, 0, +1} (any dtype, bool
-            included). Leading dims broadcast against G's (chips, images, positions, bits).
+            included), or integer slice levels in ``-top..top``. Leading dims broadcast against G's
+            (chips, images, positions, bits).
         rp: segment resistance times Gmax (>= 0).
         signed: whether u may hold -1 (``None``: whether it does). Unsigned bits take a cheaper
             path with different last-bit rounding, so a caller that needs results independent of
             the batch (the engine) passes the layer's signedness rather than letting the data
             decide.
+        top: the largest level of ``u`` (1: bits; ``2**k - 1`` for k-bit slices). The currents are
+            those of sources at ``u_k`` volts (a slice at ``m`` drives ``m / top`` of the read voltage:
+            divide by ``top`` for them).
         max_bytes: memory budget of the per-array pattern tables (the vectors are processed in
             cache-sized chunks).
         compute_dtype: float64 (default, docs/physics.md section 10). float32 halves the work's memory
@@ -428,7 +468,7 @@ def gated_column_currents(G: Tensor, u: Tensor, rp: float, *, signed: Optional[b
         G's dtype. ``rp = 0`` returns the plain matmul ``u @ G`` in G's dtype.
 
     Raises:
-        ValueError: negative rp, mismatched row counts, bits outside {-1, 0, +1}, -1 with
+        ValueError: negative rp, mismatched row counts, levels outside ``-top..top`` or not integers, -1 with
             ``signed=False``, or the scan asked for off the CPU.
 
     >>> G = torch.tensor([[1.0], [1.0]], dtype=torch.float64)
@@ -447,8 +487,10 @@ def gated_column_currents(G: Tensor, u: Tensor, rp: float, *, signed: Optional[b
     if u.shape[-1] != G.shape[-2]:
         raise ValueError(f"u has {u.shape[-1]} rows per vector but G has {G.shape[-2]} rows")
     lo, hi = u.aminmax() if u.numel() else (u.new_zeros(()), u.new_zeros(()))
-    if lo < -1 or hi > 1 or (u.is_floating_point() and bool(((u != 0) & (u.abs() != 1)).any())):
+    if top == 1 and (lo < -1 or hi > 1 or (u.is_floating_point() and bool(((u != 0) & (u.abs() != 1)).any()))):
         raise ValueError("gated rows take bit planes: every entry of u must be -1, 0 or +1")
+    if top != 1 and (top < 1 or lo < -top or hi > top or (u.is_floating_point() and bool((u != u.round()).any()))):
+        raise ValueError(f"gated rows take integer slice levels: every entry of u must be in -{top}..{top} (top >= 1)")
     has_negative = bool(lo < 0)
     if signed is None:
         signed = has_negative
@@ -459,7 +501,8 @@ def gated_column_currents(G: Tensor, u: Tensor, rp: float, *, signed: Optional[b
     Gb, ub, restore = _pair_arrays(G, u)
     if Gb.shape[0] == 0 or ub.shape[1] == 0:
         return restore(G.new_zeros(Gb.shape[0], ub.shape[1], G.shape[-1]))
-    out = torch.stack([_gated_array(Gb[i].detach(), ub[i], rp, signed, max_bytes, compute_dtype, method)
+    lv = _Levels(signed, top)
+    out = torch.stack([_gated_array(Gb[i].detach(), ub[i], rp, lv, max_bytes, compute_dtype, method)
                        for i in range(Gb.shape[0])])
     return restore(out).to(G.dtype)
 
