@@ -55,7 +55,7 @@ def _replaced(m: nn.Module) -> bool:
 
 
 def _sigmoid(x: torch.Tensor) -> torch.Tensor:
-    return torch.tanh(x * 0.5).mul_(0.5).add_(0.5)  # the module docstring says why not torch.sigmoid
+    return x.mul(0.5).tanh_().mul_(0.5).add_(0.5)  # the module docstring says why not torch.sigmoid
 
 
 class Recurrent(nn.Module):
@@ -135,20 +135,20 @@ class Recurrent(nn.Module):
         return torch.stack(ys, 1), h, c
 
     def _cell(self, gx: torch.Tensor, gh: torch.Tensor, h: torch.Tensor, c: Optional[torch.Tensor]):
-        """torch's cell equations on the two matmuls' outputs (biases included): the new h (before an
-        LSTM's projection) and c."""
+        """torch's cell equations on the two matmuls' outputs (biases included; ``gh`` is the call's own
+        buffer): the new h (before an LSTM's projection) and c."""
         if self.mode == "LSTM":
-            i, f, g, o = (gx + gh).chunk(4, -1)
-            c = _sigmoid(f) * c + _sigmoid(i) * torch.tanh(g)
-            return _sigmoid(o) * torch.tanh(c), c
+            i, f, g, o = gh.add_(gx).chunk(4, -1)
+            c = _sigmoid(f).mul_(c).add_(_sigmoid(i).mul_(g.tanh_()))
+            return _sigmoid(o).mul_(torch.tanh(c)), c
         if self.mode == "GRU":
             xr, xz, xn = gx.chunk(3, -1)
             hr, hz, hn = gh.chunk(3, -1)
             r, z = _sigmoid(xr + hr), _sigmoid(xz + hz)
             n = torch.tanh(xn + r * hn)
             return n + z * (h - n), None
-        pre = gx + gh
-        return (torch.tanh(pre) if self.mode == "RNN_TANH" else torch.relu(pre)), None
+        pre = gh.add_(gx)
+        return (pre.tanh_() if self.mode == "RNN_TANH" else pre.relu_()), None
 
 
 def rewrite_recurrent(model: nn.Module) -> list[str]:
