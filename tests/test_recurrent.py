@@ -193,3 +193,18 @@ def test_packed_sequences_and_unbatched_inputs_are_refused_clearly():
         rec(packed)
     with pytest.raises(ValueError, match="batched"):
         rec(torch.randn(4, 5))
+
+
+def test_energy_counts_every_step_of_each_matrix():
+    """Per image, the input-hidden matrix converts each of its outputs once per step (its steps are
+    tokens of one call), and so does the hidden-hidden matrix, read once per step (section 12)."""
+    import mcsim
+
+    net = _net("rnn_relu_no_bias")  # one layer: 5 inputs, 8 hidden, 8 outputs per matrix
+    analog = convert(net, Hardware(adc={"bits": 8}), trials=2, device="cpu")
+    analog.calibrate([torch.randn(8, 6, 5)])
+    with mcsim.count_energy(analog) as counter:
+        analog(torch.randn(3, 6, 5))
+    counts = counter.result()
+    assert counts.layers == ["rnn.weight_ih_l0", "rnn.weight_hh_l0"]
+    assert counts.counts["adc_conversions"].tolist() == [[6 * 8, 6 * 8]] * 2
