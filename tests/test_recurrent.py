@@ -208,3 +208,31 @@ def test_energy_counts_every_step_of_each_matrix():
     counts = counter.result()
     assert counts.layers == ["rnn.weight_ih_l0", "rnn.weight_hh_l0"]
     assert counts.counts["adc_conversions"].tolist() == [[6 * 8, 6 * 8]] * 2
+
+
+@pytest.mark.slow  # trains builtin:mnist-lstm (about 10 s) and runs it through the CLI
+def test_sequence_scenario_runs_end_to_end_through_the_cli(tmp_path):
+    """scenarios/cpu/16_sequence_lstm.yaml, shrunk (fewer images, points and chips), through
+    `mcsim run` and `mcsim report`."""
+    from pathlib import Path
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from mcsim.api import open_result
+    from mcsim.cli import app
+
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "scenarios/cpu/16_sequence_lstm.yaml").read_text())
+    spec["data"].update(limit=40, batch_size=40, calibration={"split": "train", "count": 40})
+    spec["sweep"]["grid"]["hardware.error.sigma"] = [0.1]
+    spec.update(trials=2, execution={"shard_images": 40, "trials_per_task": 2, "device": "cpu"},
+                output=str(tmp_path / "out.zarr"))
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    cli = CliRunner()
+    result = cli.invoke(app, ["run", str(tmp_path / "s.yaml")])
+    assert result.exit_code == 0, result.output
+    ds = open_result(tmp_path / "out.zarr")
+    assert ds["top1"].shape == (1, 2, 2) and float(ds["top1"].min()) > 0.8
+    assert "lstm.weight_hh_l0" in ds["layer"].values.tolist()
+    report = cli.invoke(app, ["report", str(tmp_path / "out.zarr")])
+    assert report.exit_code == 0 and "lstm.weight_hh_l0.bits" in report.output, report.output
