@@ -236,3 +236,23 @@ def test_sequence_scenario_runs_end_to_end_through_the_cli(tmp_path):
     assert "lstm.weight_hh_l0" in ds["layer"].values.tolist()
     report = cli.invoke(app, ["report", str(tmp_path / "out.zarr")])
     assert report.exit_code == 0 and "lstm.weight_hh_l0.bits" in report.output, report.output
+
+
+def test_first_and_last_layers_follow_the_recurrent_module_where_it_runs():
+    class Head(nn.Module):  # the head is registered first, runs last
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(8, 3)
+            self.rnn = nn.GRU(5, 8, batch_first=True)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0][:, -1])
+
+    analog = convert(Head(), Hardware(analog_first_layer=False, analog_last_layer=False), device="cpu")
+    assert analog.layer_names == ["rnn.weight_hh_l0"]
+    assert {d["name"] for d in analog.digital_layers if d["kind"] == "layer"} == {"rnn.weight_ih_l0", "head"}
+    # the same for attention, which the trace keeps whole too: a ViT's last layer is its head
+    from mcsim.models import digits_vit
+
+    vit = convert(digits_vit(), Hardware(analog_first_layer=False, analog_last_layer=False), device="cpu")
+    assert [d["name"] for d in vit.digital_layers if d["kind"] == "layer"] == ["patch", "head"]

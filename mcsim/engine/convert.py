@@ -113,7 +113,15 @@ def execution_order(net: nn.Module, layers: list[tuple[str, nn.Module]]) -> list
         return layers
     called = [n.target for n in graph.nodes if n.op == "call_module"]
     rank = {name: i for i, name in enumerate(called)}
-    return sorted(layers, key=lambda item: rank.get(item[0], len(rank)))  # never called as modules: last
+
+    def order(name: str) -> int:
+        # a layer inside a module the trace keeps whole (attention, recurrent) runs where that module
+        # runs, its layers in registration order; never called as modules: last
+        while name and name not in rank:
+            name = name.rpartition(".")[0]
+        return rank.get(name, len(rank))
+
+    return sorted(layers, key=lambda item: order(item[0]))
 
 
 _UNSUPPORTED = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.TransformerEncoder,
