@@ -256,3 +256,23 @@ def test_first_and_last_layers_follow_the_recurrent_module_where_it_runs():
 
     vit = convert(digits_vit(), Hardware(analog_first_layer=False, analog_last_layer=False), device="cpu")
     assert [d["name"] for d in vit.digital_layers if d["kind"] == "layer"] == ["patch", "head"]
+
+
+def test_a_given_initial_state_is_used():
+    class Init(nn.Module):  # learned initial states, expanded to the batch (which holds the chips)
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(5, 8, 2, batch_first=True)
+            self.h0, self.c0 = nn.Parameter(torch.randn(2, 1, 8)), nn.Parameter(torch.randn(2, 1, 8))
+
+        def forward(self, x):
+            n = x.shape[0]
+            y, (h, c) = self.lstm(x, (self.h0.expand(-1, n, -1).contiguous(), self.c0.expand(-1, n, -1).contiguous()))
+            return torch.cat([y.flatten(1), c.transpose(0, 1).flatten(1)], 1)
+
+    torch.manual_seed(3)
+    net = Init().eval()
+    x = torch.randn(3, 4, 5)
+    ref = net(x)
+    out = convert(net, Hardware(**IDEAL), trials=2, device="cpu")(x)
+    assert torch.allclose(out, ref.expand(2, -1, -1), rtol=0, atol=1e-5 * ref.abs().max().item())
