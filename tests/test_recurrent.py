@@ -168,6 +168,12 @@ def test_a_chip_alone_equals_the_chip_among_others(kind):
     alone.load_calibration(many.calibration())
     assert torch.equal(alone(x, image_ids=ids), full[[3]])
     assert torch.equal(alone(x[2:5], image_ids=ids[2:5]), full[[3], 2:5])  # another batch
+    threads = torch.get_num_threads()
+    try:  # another thread count (the same calibration: it is the run's, made once)
+        torch.set_num_threads(1 if threads > 1 else 2)
+        assert torch.equal(alone(x, image_ids=ids), full[[3]])
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_overrides_by_module_or_matrix_name():
