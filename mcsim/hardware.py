@@ -484,6 +484,14 @@ def recurrent_owner(name: str) -> Optional[str]:
     return m.group(1) if m else None
 
 
+def matches(pattern: str, name: str) -> bool:
+    """Whether the layer pattern ``pattern`` (a glob, a layer's name or a recurrent module's name)
+    covers the layer ``name``."""
+    if is_glob(pattern):
+        return fnmatch.fnmatchcase(name, pattern)
+    return pattern == name or recurrent_owner(name) == pattern
+
+
 def matching_patterns(patterns, name: str) -> list[str]:
     """The patterns that match ``name``, in the order they apply: globs as written, then the name of
     the recurrent module holding it (a matrix of an LSTM, GRU or RNN), then the exact name."""
@@ -496,8 +504,7 @@ def check_patterns(patterns, names: list[str], field: str) -> None:
     """Raise :class:`LayerNameError` naming ``field`` for each pattern that matches no name."""
     problems = []
     for pattern in patterns:
-        if (any(fnmatch.fnmatchcase(n, pattern) for n in names) if is_glob(pattern)
-                else pattern in names or any(recurrent_owner(n) == pattern for n in names)):
+        if any(matches(pattern, n) for n in names):
             continue
         close = difflib.get_close_matches(pattern, names, n=3, cutoff=0.5)
         hint = (f"did you mean {', '.join(repr(c) for c in close)}?" if close

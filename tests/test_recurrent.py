@@ -282,3 +282,11 @@ def test_a_given_initial_state_is_used():
     ref = net(x)
     out = convert(net, Hardware(**IDEAL), trials=2, device="cpu")(x)
     assert torch.allclose(out, ref.expand(2, -1, -1), rtol=0, atol=1e-5 * ref.abs().max().item())
+
+
+def test_layer_sensitivity_sweep_takes_a_recurrent_module_name():
+    from mcsim.sweep import LayerSweep
+
+    names = ["rnn.weight_ih_l0", "rnn.weight_hh_l0", "head"]
+    assert LayerSweep(mode="only_analog", include=["rnn"]).select(names) == names[:2]
+    assert LayerSweep(mode="only_ideal", exclude=["rnn"]).select(names) == ["head"]
