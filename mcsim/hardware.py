@@ -402,7 +402,8 @@ class Hardware(_Strict):
 
         Every pattern of ``layers`` that matches ``name`` (``fnmatch``: ``*`` also matches dots,
         so ``"layer4.*"`` covers ``layer4.0.conv1``) applies on top of this hardware, nested
-        settings merged key by key. Order: globs first, in the order written, then the exact
+        settings merged key by key. Order: globs first, in the order written, then the name of a
+        recurrent module (``lstm`` for its matrices ``lstm.weight_ih_l0``, ...), then the exact
         name: a later pattern wins over an earlier one, an exact name over every glob.
 
         Args:
@@ -479,18 +480,38 @@ def is_glob(pattern: str) -> bool:
     return bool(_GLOB_CHARS & set(pattern))
 
 
+_RECURRENT_MATRIX = re.compile(r"^(.+)\.weight_(ih|hh|hr)_l\d+(_reverse)?$")
+
+
+def recurrent_owner(name: str) -> Optional[str]:
+    """The recurrent module (LSTM, GRU, RNN) holding the matrix layer ``name`` (``lstm`` for
+    ``lstm.weight_hh_l0``; docs/physics.md section 17), or None: its name is a pattern for all of its
+    matrices."""
+    m = _RECURRENT_MATRIX.match(name)
+    return m.group(1) if m else None
+
+
+def matches(pattern: str, name: str) -> bool:
+    """Whether the layer pattern ``pattern`` (a glob, a layer's name or a recurrent module's name)
+    covers the layer ``name``."""
+    if is_glob(pattern):
+        return fnmatch.fnmatchcase(name, pattern)
+    return pattern == name or recurrent_owner(name) == pattern
+
+
 def matching_patterns(patterns, name: str) -> list[str]:
-    """The patterns that match ``name``, in the order they apply: globs as written, then the
-    exact name."""
+    """The patterns that match ``name``, in the order they apply: globs as written, then the name of
+    the recurrent module holding it (a matrix of an LSTM, GRU or RNN), then the exact name."""
     globs = [p for p in patterns if is_glob(p) and fnmatch.fnmatchcase(name, p)]
-    return globs + ([name] if name in patterns else [])
+    owner = recurrent_owner(name)
+    return globs + ([owner] if owner in patterns else []) + ([name] if name in patterns else [])
 
 
 def check_patterns(patterns, names: list[str], field: str) -> None:
     """Raise :class:`LayerNameError` naming ``field`` for each pattern that matches no name."""
     problems = []
     for pattern in patterns:
-        if any(fnmatch.fnmatchcase(n, pattern) for n in names) if is_glob(pattern) else pattern in names:
+        if any(matches(pattern, n) for n in names):
             continue
         close = difflib.get_close_matches(pattern, names, n=3, cutoff=0.5)
         hint = (f"did you mean {', '.join(repr(c) for c in close)}?" if close

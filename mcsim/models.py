@@ -145,6 +145,20 @@ def digits_vit() -> nn.Module:
     return TinyViT(image=8, patch=2, dim=48, depth=2, heads=4, mlp=96, overlap=1)
 
 
+class RowLSTM(nn.Module):
+    """1x28x28: the image's 28 rows as a sequence of 28 steps -> LSTM (hidden 64) -> its last hidden
+    state -> linear. On arrays: the LSTM's input-hidden and hidden-hidden matrices and the head."""
+
+    def __init__(self, hidden: int = 64, num_classes: int = 10):
+        super().__init__()
+        self.lstm = nn.LSTM(28, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.lstm(x.flatten(1, 2))  # (B, 1, 28, 28) -> rows (B, 28 steps, 28)
+        return self.head(y[:, -1])
+
+
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """How a built-in model is made; any change of it (or of the architecture) retrains."""
@@ -170,6 +184,7 @@ BUILTINS: dict[str, Recipe] = {
     "mnist-cnn": Recipe(mnist_cnn, "mnist5k", epochs=8, lr=2e-3),
     "mnist-resnet": Recipe(MnistResNet, "mnist5k", epochs=10, lr=5e-3, weight_decay=1e-4),
     "digits-vit": Recipe(digits_vit, "digits", epochs=40, lr=3e-3, weight_decay=1e-4),
+    "mnist-lstm": Recipe(RowLSTM, "mnist5k", epochs=15, lr=5e-3),
 }
 assert tuple(BUILTINS) == BUILTIN_MODELS, "mcsim.specs.BUILTIN_MODELS must list the recipes of BUILTINS"
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import fnmatch
 import itertools
 import json
 import re
@@ -41,7 +40,7 @@ from typing import Any, Literal, Mapping, Optional, Protocol
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from mcsim.hardware import Hardware, check_patterns
+from mcsim.hardware import Hardware, check_patterns, matches
 from mcsim.validation import ScenarioError, StrictModel, canonical_json, format_validation_error, model_behind
 
 __all__ = [
@@ -178,7 +177,8 @@ class LayerSweep(StrictModel):
     costs: the digital model's accuracy minus the point's). ``only_ideal``: the point's layer is
     ideal (kept digital), every other layer analog; a first point ``(none)`` is the chip with no
     layer ideal (the accuracy a layer costs: the point's accuracy minus ``(none)``'s).
-    ``include``/``exclude``: module names or fnmatch globs of the model's Conv2d/Linear layers.
+    ``include``/``exclude``: module names or fnmatch globs of the model's Conv2d/Linear layers (a recurrent
+    module's name covers its matrices).
     """
 
     mode: Literal["only_analog", "only_ideal"]
@@ -190,8 +190,8 @@ class LayerSweep(StrictModel):
         that matches no layer, and ``ValueError`` when nothing is left."""
         check_patterns(self.include, names, "sweep.layers.include")
         check_patterns(self.exclude, names, "sweep.layers.exclude")
-        chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in self.include)
-                  and not any(fnmatch.fnmatchcase(n, p) for p in self.exclude)]
+        chosen = [n for n in names if any(matches(p, n) for p in self.include)
+                  and not any(matches(p, n) for p in self.exclude)]
         if not chosen:
             raise ValueError("sweep.layers: include and exclude leave no layer to sweep")
         return chosen

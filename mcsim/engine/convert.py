@@ -29,6 +29,7 @@ from mcsim.engine.allocator import reuse_large_buffers
 from mcsim.engine.attention import ATTENTION_MODULES, DIGITAL_ATTENTION, projection_names, rewrite_attention
 from mcsim.engine.layers import AnalogLayer, Context, DigitalLayer
 from mcsim.engine import saving
+from mcsim.engine.recurrent import DIGITAL_RECURRENCE, Recurrent, matrix_names, rewrite_recurrent
 from mcsim.errors import InputError
 from mcsim.hardware import Hardware, check_patterns
 from mcsim.physics import devices
@@ -41,10 +42,11 @@ class ConversionError(InputError, ValueError):
 
 
 class _Tracer(torch.fx.Tracer):
-    """torch.fx's tracer, with mcsim's attention modules kept whole (their forward branches on arguments)."""
+    """torch.fx's tracer, with mcsim's attention and recurrent modules kept whole (their forward branches
+    on arguments, or loops over time steps)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, ATTENTION_MODULES) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (*ATTENTION_MODULES, Recurrent)) or super().is_leaf_module(m, qualname)
 
 
 def _trace(net: nn.Module) -> torch.fx.GraphModule:
@@ -112,7 +114,15 @@ def execution_order(net: nn.Module, layers: list[tuple[str, nn.Module]]) -> list
         return layers
     called = [n.target for n in graph.nodes if n.op == "call_module"]
     rank = {name: i for i, name in enumerate(called)}
-    return sorted(layers, key=lambda item: rank.get(item[0], len(rank)))  # never called as modules: last
+
+    def order(name: str) -> int:
+        # a layer inside a module the trace keeps whole (attention, recurrent) runs where that module
+        # runs, its layers in registration order; never called as modules: last
+        while name and name not in rank:
+            name = name.rpartition(".")[0]
+        return rank.get(name, len(rank))
+
+    return sorted(layers, key=lambda item: order(item[0]))
 
 
 _UNSUPPORTED = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.TransformerEncoder,
@@ -165,13 +175,15 @@ def functional_uses(net: nn.Module) -> dict[str, tuple[str, str]]:
 
 def _digital_inventory(net: nn.Module, kept: dict[str, tuple[str, str]]) -> list[dict]:
     """Every weight-carrying part of ``net`` that does not run on arrays, with the reason. ``kind``:
-    ``layer`` (a Conv/Linear kept digital), ``attention``, ``normalization`` or ``parameters``."""
+    ``layer`` (a Conv/Linear kept digital), ``attention``, ``recurrent``, ``normalization`` or ``parameters``."""
     out = [{"name": n, "type": t, "kind": "layer", "reason": r} for n, (t, r) in kept.items()]
     for name, m in net.named_modules():
         if isinstance(m, AnalogLayer) or name in kept:
             continue
         if isinstance(m, ATTENTION_MODULES):
             out.append({"name": name, "type": type(m).__name__, "kind": "attention", "reason": DIGITAL_ATTENTION})
+        elif isinstance(m, Recurrent):
+            out.append({"name": name, "type": m.mode, "kind": "recurrent", "reason": DIGITAL_RECURRENCE})
         elif isinstance(m, _NORMS):
             out.append({"name": name, "type": type(m).__name__, "kind": "normalization",
                         "reason": "normalization (per-sample statistics, elementwise affine): digital"})
@@ -190,6 +202,7 @@ def crossbar_layers(model: nn.Module) -> list[str]:
         if isinstance(m, (nn.Conv2d, nn.Linear)) and not any(n.startswith(d) for d in dropped):
             names.append(n)
         added, gone = projection_names(m)  # what the attention rewrite adds and drops
+        added = added + matrix_names(m)  # a recurrent module's matrices (mcsim.engine.recurrent)
         names += [f"{n}.{p}" if n else p for p in added]
         dropped += [f"{n}.{p}." if n else f"{p}." for p in gone]
     return names
@@ -233,8 +246,9 @@ class AnalogModel(nn.Module):
         digital_layers: every weight-carrying part that stays digital, as ``{"name", "type", "kind",
             "reason"}``; ``kind`` is ``layer`` for a Conv/Linear kept digital (a functional use of its
             weight, a non-2-D conv, ``analog_first_layer``/``analog_last_layer``), else ``attention``,
-            ``normalization`` or ``parameters`` (docs/physics.md section 1).
-        rewritten: the attention modules replaced by their mcsim equivalents (mcsim.engine.attention).
+            ``normalization``, ``recurrent`` (gates and state) or ``parameters`` (docs/physics.md section 1).
+        rewritten: the attention and recurrent modules replaced by their mcsim equivalents
+            (mcsim.engine.attention, mcsim.engine.recurrent).
         source: the network as given (spec when known, layout, a CPU copy of its state): what
             :meth:`save` writes (mcsim.engine.saving).
 
@@ -265,7 +279,8 @@ class AnalogModel(nn.Module):
         self.source = saving.Source.of(model)
         net = copy.deepcopy(model).eval()
         _check_supported(net)
-        self.rewritten = rewrite_attention(net)  # attention modules whose projections are now modules
+        # attention and recurrent modules whose projections and matrices are now modules
+        self.rewritten = rewrite_attention(net) + rewrite_recurrent(net)
         uses = functional_uses(net)
         self.net = fold_batchnorm(net, inplace=True)
         self.layer_names, self.digital_layers = self._replace(hardware, uses)

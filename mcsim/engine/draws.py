@@ -27,6 +27,7 @@ _STREAM_PROGRAM, _STREAM_DRIFT, _STREAM_READ = 1, 11, 101
 _STREAM_FAULTS = 21
 _STREAM_CHIP, _STREAM_ARRAY, _STREAM_COLUMN = 31, 32, 41
 _STREAM_ADC_GAIN, _STREAM_ADC_OFFSET = 51, 52
+_STREAM_READ_STEP = 61  # read noise of a recurrent layer's per-step matmuls (section 17)
 
 
 def partition_rows(part: Partitioning) -> list[slice]:
@@ -165,19 +166,20 @@ def adc_mismatch(hw: Hardware, seed: int, chips: torch.Tensor, layer_key: int, n
 
 
 def read_noise(seed: int, chips: torch.Tensor, layer_key: int, image_ids: torch.Tensor, nb: int, r: int, n: int,
-               dtype=torch.float32) -> torch.Tensor:
+               dtype=torch.float32, step: Optional[int] = None) -> torch.Tensor:
     """Normals ``(nb, r, Tc, n)`` drawn afresh at every read (section 4): one stream per (chip, image,
     token, input bit), ``r`` rows being ``len(image_ids)`` images times their tokens (a Linear fed
     ``(batch, tokens, features)`` reads each token on its own), ``n`` values per chip and row. They
     carry the read noise of every column output, and the comparator noise of its conversion with it
-    (section 13.6: independent Gaussians at one ADC input add)."""
+    (section 13.6: independent Gaussians at one ADC input add). ``step``: the time step of a recurrent
+    layer's matmul, read once per step (section 17), keyed on a stream of its own."""
     tokens = r // len(image_ids)
     dev = chips.device
     keys = rng.derive(
         seed,
         chips.view(1, 1, -1),
         layer_key,
-        _STREAM_READ,
+        *((_STREAM_READ,) if step is None else (_STREAM_READ_STEP, step)),
         image_ids.to(dev).repeat_interleave(tokens).view(1, -1, 1),
         torch.arange(tokens, device=dev).repeat(len(image_ids)).view(1, -1, 1),
         torch.arange(nb, device=dev).view(-1, 1, 1),

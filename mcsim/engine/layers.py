@@ -128,6 +128,7 @@ class AnalogLayer(Programming, Calibrated, GatedColumns, nn.Module):
         self._init_calibration()  # sections 5 and 7 (mcsim.engine.calibration)
         self._cache: dict[tuple, Programmed] = {}
         self.probe_elements = 0  # peak elements per (image, chip) seen in the probe pass
+        self._step: Optional[int] = None  # the time step of the call being evaluated (recurrent layers)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -143,7 +144,9 @@ class AnalogLayer(Programming, Calibrated, GatedColumns, nn.Module):
             return F.linear(x, self.digital_weight[:, :, 0, 0], self.bias)
         return F.conv2d(x, self.digital_weight, self.bias, groups=self.geom.groups, **self.conv_args)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, step: Optional[int] = None) -> torch.Tensor:
+        """The layer's outputs on every chip of the block; ``step``: the time step of a recurrent
+        layer's matmul (:mod:`mcsim.engine.recurrent`), which keys its read noise (section 17)."""
         mode = self.ctx.mode
         if mode in ("probe", "calibrate_inputs"):
             if mode == "calibrate_inputs":
@@ -155,6 +158,7 @@ class AnalogLayer(Programming, Calibrated, GatedColumns, nn.Module):
         if self.linear:  # tokens of a (batch, tokens, features) input are rows of their own
             tokens = math.prod(lead[1:])
             x = x.reshape(-1, self.geom.c_in, 1, 1)
+        self._step = step
         y = self._analog(x, tokens)
         return y.reshape(*lead, self.geom.c_out) if self.linear else y
 
@@ -346,4 +350,5 @@ class AnalogLayer(Programming, Calibrated, GatedColumns, nn.Module):
     def _read_noise(self, nb: int, r: int, n: int) -> torch.Tensor:
         """Read-noise normals ``(nb, r, Tc, n)`` (:func:`mcsim.engine.draws.read_noise`)."""
         c = self.ctx
-        return draws.read_noise(c.seed, c.chips, self.key, c.image_ids, nb, r, n, self.digital_weight.dtype)
+        return draws.read_noise(c.seed, c.chips, self.key, c.image_ids, nb, r, n, self.digital_weight.dtype,
+                                self._step)
