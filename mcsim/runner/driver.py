@@ -529,9 +529,15 @@ def run(
 
 
 def check_counts(result, task) -> None:
-    """A worker's counts must be possible: as many images as the task's, counts within them."""
+    """A worker's counts must be possible: as many images as the task's, counts within them (a loss
+    metric's sums finite, each batch counting elements)."""
     if result.n_images != task.n_images:
         raise RuntimeError(f"task {task}: the worker evaluated {result.n_images} images, not {task.n_images}")
+    if result.moments is not None:  # a loss metric: sums per batch of the task's shard
+        counts = result.moments[..., 1]
+        if not np.isfinite(result.moments).all() or counts.min() <= 0:
+            raise RuntimeError(f"task {task}: loss sums not finite or without images: {result.moments}")
+        return
     for name in ("correct_top1", "correct_top5"):
         values = np.asarray(getattr(result, name))
         if values.min() < 0 or values.max() > task.n_images:
