@@ -32,6 +32,7 @@ import numpy as np
 import xarray as xr
 
 from mcsim import stats
+from mcsim.analysis import image_se, metric_info
 
 __all__ = ["ENERGY_COLUMNS", "LEVEL", "METRICS", "STAT_COLUMNS", "chips_common", "compare", "energy_unit",
            "image_se", "layer_sensitivity", "lower_is_better", "metric_info", "metric_label", "metrics_of", "per_class", "plot", "plot_energy", "plot_yield", "point_labels", "summarize", "summarize_energy",
@@ -46,12 +47,6 @@ LEVEL = 0.95  # the level of every interval of the report and the plots
 
 def sweep_dims(ds: xr.Dataset) -> list[str]:
     return [d for d in ds["n_images"].dims if d != "trial"]
-
-
-def metric_info(ds: xr.Dataset) -> Optional[dict]:
-    """A loss metric's ``name``, ``transform`` and ``lower_is_better`` (the store's layout); None for
-    a classification result (top1 and top5)."""
-    return (ds.attrs.get("layout") or {}).get("metric")
 
 
 def metrics_of(ds: xr.Dataset) -> tuple[str, ...]:
@@ -75,17 +70,6 @@ def metric_label(ds: xr.Dataset, metric: str) -> str:
 def _check_metric(ds: xr.Dataset, metric: str) -> None:
     if metric not in metrics_of(ds):
         raise ValueError(f"metric: {metric!r} is not one of {', '.join(metrics_of(ds))}")
-
-
-def image_se(ds: xr.Dataset, metric: str) -> Optional[xr.DataArray]:
-    """Each chip's finite-image error of a loss metric (:func:`mcsim.stats.metric_values` of its
-    sums), shaped as ``ds[metric]``; None for an accuracy (the binomial term applies)."""
-    info = metric_info(ds)
-    if info is None or metric != info["name"]:
-        return None
-    n = ds["n_images"]
-    _, se = stats.metric_values(ds["moments"].transpose(*n.dims, "moment").values, n.values, info["transform"])
-    return xr.DataArray(se, dims=n.dims, coords=n.coords).transpose(*ds[metric].dims)
 
 
 def _per_point(f, acc: np.ndarray, se: Optional[np.ndarray] = None) -> tuple[np.ndarray, ...]:

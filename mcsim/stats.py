@@ -226,16 +226,19 @@ def paired_difference(a, b, n_images: int, se_image_a=None, se_image_b=None) -> 
 @dataclass(frozen=True)
 class PointStat:
     """Top-1 accuracy of one sweep point over its chips: mean, chip-to-chip std (``ddof=1``; 0 for
-    one chip), the number of chips and of images."""
+    one chip), the number of chips and of images; for a loss metric ``se_image``, the root mean
+    square of the chips' image errors (:func:`metric_values`), in place of the binomial term."""
 
     mean: float
     std: float
     trials: int
     n_images: int
+    se_image: Optional[float] = None
 
     @property
     def se_binom(self) -> float:
-        return float(se_binom(self.mean, self.n_images))
+        """The image term: binomial for an accuracy, ``se_image`` for a loss metric."""
+        return float(se_binom(self.mean, self.n_images)) if self.se_image is None else self.se_image
 
     @property
     def se(self) -> float:
@@ -248,10 +251,12 @@ class PointStat:
         return f"{100 * self.mean:.1f}"
 
 
-def point_stat(acc, n_images: int) -> PointStat:
-    """The :class:`PointStat` of per-chip accuracies ``acc``."""
+def point_stat(acc, n_images: int, se_image=None) -> PointStat:
+    """The :class:`PointStat` of per-chip accuracies ``acc`` (a loss metric: per-chip values and
+    their image errors ``se_image``)."""
     acc = np.asarray(acc, dtype=float).ravel()
-    return PointStat(float(acc.mean()), float(chip_spread(acc)), int(acc.size), int(n_images))
+    image = None if se_image is None else float(np.sqrt(np.mean(np.asarray(se_image, dtype=float) ** 2)))
+    return PointStat(float(acc.mean()), float(chip_spread(acc)), int(acc.size), int(n_images), image)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import torch
 from mcsim.data import calibration_images, evaluation_dataset, import_object
 from mcsim.engine.convert import convert, crossbar_layers, pick_device
 from mcsim.engine.counting import counting
-from mcsim.metrics import image_losses
+from mcsim.metrics import MetricError, image_losses
 from mcsim.models import load_model
 from mcsim.runner.plan import CalibrationTask, DigitalTask, EvalTask, Task
 from mcsim.scenario import FactoryMetric, Scenario
@@ -138,7 +138,8 @@ class Worker:
         self.dataset = evaluation_dataset(scenario.data)
         self.loss_metric = scenario.metric_info is not None  # scored by a loss, not by top-1/top-5 hits
         metric = scenario.metric
-        self._metric_fn = import_object(metric.factory, "metric.factory") if isinstance(metric, FactoryMetric) else None
+        self._metric_fn = (import_object(metric.factory, "metric.factory", MetricError)
+                           if isinstance(metric, FactoryMetric) else None)
         self.n_images = len(self.dataset)
         self._cache_bytes = cache_bytes
         self._batches: OrderedDict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
