@@ -131,7 +131,8 @@ def validate(scenario: Path = ScenarioArg) -> None:
         con = _console()
         con.print(f"{scenario}: valid scenario {sc.name!r} (fingerprint {sc.fingerprint[:12]})", markup=False)
         con.print(f"  model {sc.model.name or sc.model.factory}; data {sc.data.name}/{sc.data.split}"
-                  f"{'' if sc.data.limit is None else f' (limit {sc.data.limit})'}", markup=False)
+                  f"{'' if sc.data.limit is None else f' (limit {sc.data.limit})'}"
+                  f"{'' if sc.metric == 'top1' else f'; metric {sc.metric_name}'}", markup=False)
         a = sc.adaptive
         trials = (f"{sc.trials} trials each" if a is None else
                   f"{a.min} to {a.max} trials each, until the mean's SE <= {a.target_se:g}")
