@@ -261,3 +261,12 @@ def test_perplexity_scenario_through_the_cli(tmp_path):
     assert plot.exit_code == 0 and (tmp_path / "ppl.png").stat().st_size > 0
     bad = invoke("plot", tmp_path / "ppl.zarr", "--metric", "top1", "-o", tmp_path / "x.png")
     assert bad.exit_code == 2 and "--metric: 'top1' is not perplexity" in bad.output
+
+
+def test_a_metric_that_cannot_score_the_outputs_is_an_input_error(tmp_path):
+    """Checked on two images before anything is written: exit 2, no store."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(_scenario(metric="perplexity", output=str(tmp_path / "bad.zarr")))
+    result = invoke("run", path)
+    assert result.exit_code == 2 and "perplexity scores logits" in result.output, result.output
+    assert not (tmp_path / "bad.zarr").exists()
