@@ -117,6 +117,23 @@ def test_mismatched_targets_are_refused():
         image_losses(torch.zeros(1, 4, 2), torch.zeros(4, 3), "mse")
 
 
+# ---------------------------------------------------------------- the data sets
+
+
+def test_text_and_diabetes_sets():
+    train, test = load_split(DataSpec(name="text"), "train"), load_split(DataSpec(name="text"), "test")
+    assert len(train) + len(test) == (69555 - 1) // 64 and len(test) == round(0.2 * (len(train) + len(test)))
+    x, y = test[0]
+    assert x.shape == y.shape == (64,) and x.dtype == torch.int64
+    assert torch.equal(x[1:], y[:-1])  # y is the next character of each of x's
+    text = "".join(TEXT_VOCAB[i] for i in x.tolist())
+    assert len(TEXT_VOCAB) == 96 and text.isascii()
+    train, test = load_split(DataSpec(name="diabetes"), "train"), load_split(DataSpec(name="diabetes"), "test")
+    assert (len(train), len(test)) == (354, 88) and test[0][0].shape == (10,) and test[0][1].shape == (1,)
+    both = torch.cat([train.targets, test.targets])
+    assert float(both.mean()) == pytest.approx(0, abs=1e-6) and float(both.std(correction=0)) == pytest.approx(1, abs=1e-5)
+
+
 # ---------------------------------------------------------------- the scenario's field
 
 REGRESSION = {
