@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
+from typing import Optional
 
 import numpy as np
 import xarray as xr
 
-from mcsim.stats import PointStat, Threshold, bracket, chips_run, point_stat
+from mcsim.stats import PointStat, Threshold, bracket, chips_run, metric_values, point_stat
 
-__all__ = ["TOLERANCE", "bit_position_drops", "digital", "fewest", "pick", "plain_dims", "stat", "stat_of",
+__all__ = ["TOLERANCE", "bit_position_drops", "digital", "fewest", "image_se", "metric_info", "pick", "plain_dims", "stat", "stat_of",
            "threshold", "tolerated", "values", "wall_seconds"]
 
 TOLERANCE = 0.02  # "tolerated": mean accuracy within 2 percentage points of the digital model
@@ -66,9 +67,30 @@ def pick(ds: xr.Dataset, **labels) -> xr.Dataset:
     return out
 
 
+def metric_info(ds: xr.Dataset) -> Optional[dict]:
+    """A loss metric's ``name``, ``transform`` and ``lower_is_better`` (the store's layout); None for
+    a classification result (top1 and top5)."""
+    return (ds.attrs.get("layout") or {}).get("metric")
+
+
+def image_se(ds: xr.Dataset, metric: str) -> Optional[xr.DataArray]:
+    """Each chip's finite-image error of a loss metric (:func:`mcsim.metric_values` of its
+    sums), shaped as ``ds[metric]``; None for an accuracy (the binomial term applies)."""
+    info = metric_info(ds)
+    if info is None or metric != info["name"]:
+        return None
+    n = ds["n_images"]
+    _, se = metric_values(ds["moments"].transpose(*n.dims, "moment").values, n.values, info["transform"])
+    return xr.DataArray(se, dims=n.dims, coords=n.coords).transpose(*ds[metric].dims)
+
+
 def stat_of(point: xr.Dataset, metric: str = "top1") -> PointStat:
-    """The :class:`PointStat` of one selected point (its chips along ``trial``, those run)."""
-    return point_stat(chips_run(point[metric].values), int(np.asarray(point["n_images"].values).max()))
+    """The :class:`PointStat` of one selected point (its chips along ``trial``, those run); a loss
+    metric's (e.g. ``perplexity``) with its chips' image errors (:func:`image_se`)."""
+    values = point[metric].values
+    se = image_se(point, metric)
+    return point_stat(chips_run(values), int(np.asarray(point["n_images"].values).max()),
+                      None if se is None else np.asarray(se.values)[~np.isnan(values)])
 
 
 def stat(ds: xr.Dataset, **labels) -> PointStat:

@@ -105,14 +105,16 @@ def run(
         ds = run_scenario(sc, overwrite=overwrite, dry_run=dry_run, progress=not quiet or dry_run,
                           output=output, workers=workers, address=address)
         if ds is not None and not quiet:
-            from mcsim.report import summarize, trials_text
+            from mcsim.report import metric_info, metrics_of, summarize, trials_text
 
-            table = summarize(ds, metrics=("top1",))
+            metric = metrics_of(ds)[0]
+            table = summarize(ds, metrics=(metric,))
             best, worst = table["mean"].max(), table["mean"].min()
+            what = "top-1 accuracy" if metric_info(ds) is None else metric
             _console(stderr=True).print(
-                f"done: {output or sc.output}; top-1 accuracy (mean over {trials_text(ds)} trials) "
+                f"done: {output or sc.output}; {what} (mean over {trials_text(ds)} trials) "
                 f"from {worst:.4f} to {best:.4f} over {len(table)} sweep point(s); digital "
-                f"{float(ds['digital_top1']):.4f}. See `mcsim report`.", markup=False)
+                f"{float(ds[f'digital_{metric}']):.4f}. See `mcsim report`.", markup=False)
 
 
 @app.command()
@@ -129,7 +131,8 @@ def validate(scenario: Path = ScenarioArg) -> None:
         con = _console()
         con.print(f"{scenario}: valid scenario {sc.name!r} (fingerprint {sc.fingerprint[:12]})", markup=False)
         con.print(f"  model {sc.model.name or sc.model.factory}; data {sc.data.name}/{sc.data.split}"
-                  f"{'' if sc.data.limit is None else f' (limit {sc.data.limit})'}", markup=False)
+                  f"{'' if sc.data.limit is None else f' (limit {sc.data.limit})'}"
+                  f"{'' if sc.metric == 'top1' else f'; metric {sc.metric_name}'}", markup=False)
         a = sc.adaptive
         trials = (f"{sc.trials} trials each" if a is None else
                   f"{a.min} to {a.max} trials each, until the mean's SE <= {a.target_se:g}")
@@ -148,7 +151,8 @@ def report(
     yield_pts: Optional[float] = typer.Option(
         None, "--yield", metavar="POINTS",
         help="add the yield: the share of chips within POINTS accuracy points (1.0 = 1 %) of digital, "
-             "with its 95% Wilson interval"),
+             "with its 95% Wilson interval; a loss metric (mse, perplexity): POINTS in its own units, "
+             "chips at most that much above digital"),
     quantile: Optional[float] = typer.Option(
         None, "--quantile", metavar="Q",
         help="add the Q-quantile chip (0.01: the worst 1%) with its 95% order-statistic interval"),
@@ -160,10 +164,10 @@ def report(
         False, "--per-class", help="add the top-1 accuracy per class (needs the per-image outcomes: "
                                    "output: {path: ..., per_image: true})"),
 ) -> None:
-    """Accuracy statistics over trials per sweep point: mean, std, min, 5th/95th percentile,
-    the mean's standard error with both error sources (chips and images) and its 95% interval
-    (docs/physics.md section 14); with --energy, the first-order energy per image (mean over trials)
-    and its components."""
+    """Accuracy statistics over trials per sweep point (or the scenario's metric: mse, perplexity,
+    a factory's): mean, std, min, 5th/95th percentile, the mean's standard error with both error
+    sources (chips and images) and its 95% interval (docs/physics.md section 14); with --energy, the
+    first-order energy per image (mean over trials) and its components."""
     with _Guard():
         from rich.table import Table
 
@@ -172,21 +176,23 @@ def report(
         import pandas as pd
 
         from mcsim.report import ENERGY_COLUMNS, energy_unit, has_energy, point_labels, summarize, summarize_energy, trials_text
+        from mcsim.report import lower_is_better, metric_info
 
-        if yield_pts is not None and not 0 <= yield_pts <= 100:
-            _fail(f"--yield: {yield_pts} is not an accuracy in points between 0 and 100; give e.g. 1.0 for "
-                  "chips within 1 point of digital", EXIT_BAD_INPUT)
         if quantile is not None and not 0 < quantile < 1:
             _fail(f"--quantile: {quantile} is not in (0, 1); give e.g. 0.01 for the worst 1% of chips",
                   EXIT_BAD_INPUT)
         ds = open_result(store, partial=partial)
+        info = metric_info(ds)
+        _check_yield(yield_pts, info)
+        pct = info is None  # accuracies in %, a loss metric in its own units
+        num = (lambda v, d=2: f"{100 * v:.{d}f}") if pct else (lambda v, d=2: f"{v:.4g}")
         if per_class_ and "image_top1" not in ds:
             _fail(f"--per-class: {store} keeps no per-image outcomes; run its scenario with "
                   "output: {path: ..., per_image: true}", EXIT_BAD_INPUT)
         pairs = None
         if compare is not None:
             pairs = _compare_table(ds, compare)
-        delta = None if yield_pts is None else yield_pts / 100
+        delta = None if yield_pts is None else yield_pts / 100 if pct else yield_pts
         df = summarize(ds, yield_delta=delta, quantile=quantile)
         labels = point_labels(ds)
         if energy:
@@ -199,16 +205,19 @@ def report(
             unit, factor = energy_unit(float(df["energy"].max()))
         if csv is not None:
             df.to_csv(csv, index=False)
-        table = Table(title=f"{ds.attrs.get('name', store)}: accuracy in % over {trials_text(ds)} trials "
+        what = ("accuracy in %" if pct else
+                f"{info['name']} ({'lower' if info['lower_is_better'] else 'higher'} is better)")
+        table = Table(title=f"{ds.attrs.get('name', store)}: {what} over {trials_text(ds)} trials "
                       f"(chips), {int(ds['n_images'].max())} images; SE of the mean from chips and images, "
-                      "SE img: images alone (binomial)")
+                      f"SE img: images alone ({'binomial' if pct else 'from each chip loss sums'})")
         for name in labels:
             table.add_column(name, no_wrap=True, min_width=max(len(_fmt(v)) for v in df[name]))
         table.add_column("metric")
         for head in ("mean", "std", "min", "p5", "p95", "SE img", "SE", "95% CI"):
             table.add_column(head, justify="right", no_wrap=True)
         if delta is not None:
-            table.add_column(f"yield -{yield_pts:g}", justify="right", no_wrap=True)
+            table.add_column(f"yield {'+' if lower_is_better(ds) else '-'}{yield_pts:g}", justify="right",
+                             no_wrap=True)
             table.add_column("95% CI", justify="right", no_wrap=True)
         if quantile is not None:
             table.add_column(f"q{quantile:g} chip", justify="right", no_wrap=True)
@@ -224,10 +233,10 @@ def report(
             if delta is not None:
                 extra += [f"{100 * row['yield']:.1f}", _interval(row["yield_lo"], row["yield_hi"], 1)]
             if quantile is not None:
-                extra += [f"{100 * row['q_acc']:.2f}", _interval(row["q_lo"], row["q_hi"], 2)]
+                extra += [num(row["q_acc"]), _interval(row["q_lo"], row["q_hi"], 2, num)]
             table.add_row(*[_fmt(row[name]) if first else "" for name in labels], row["metric"],
-                          *[f"{100 * row[c]:.2f}" for c in ("mean", "std", "min", "p5", "p95", "se_binom", "se")],
-                          _interval(row["ci_lo"], row["ci_hi"], 2), *extra, *cells, end_section=not first)
+                          *[num(row[c]) for c in ("mean", "std", "min", "p5", "p95", "se_binom", "se")],
+                          _interval(row["ci_lo"], row["ci_hi"], 2, num), *extra, *cells, end_section=not first)
         con = _console()
         from rich.measure import Measurement
 
@@ -235,14 +244,22 @@ def report(
         if need > con.width:  # never squeeze the numbers: a wider table beats truncated cells
             con = _console(width=need)
         con.print(table)
-        con.print(f"digital model: top1 {100 * float(ds['digital_top1']):.2f}%, "
-                  f"top5 {100 * float(ds['digital_top5']):.2f}%", markup=False)
-        if delta is not None:
+        if pct:
+            con.print(f"digital model: top1 {100 * float(ds['digital_top1']):.2f}%, "
+                      f"top5 {100 * float(ds['digital_top5']):.2f}%", markup=False)
+        else:
+            con.print(f"digital model: {info['name']} {float(ds['digital_' + info['name']]):.4g}", markup=False)
+        if delta is not None and pct:
             con.print(f"yield -{yield_pts:g}: % of chips with accuracy >= digital - {yield_pts:g} points (Wilson "
                       "interval)", markup=False)
+        elif delta is not None:
+            rel = "<= digital +" if info["lower_is_better"] else ">= digital -"
+            con.print(f"yield: % of chips with {info['name']} {rel} {yield_pts:g} (Wilson interval)", markup=False)
         if quantile is not None:
-            con.print(f"q{quantile:g} chip: the accuracy the worst {100 * quantile:g}% of chips fall below "
-                      "(order-statistic interval; -inf/inf: too few chips to bound that end)", markup=False)
+            worst = "fall below" if pct or not info["lower_is_better"] else "rise above"
+            con.print(f"q{quantile:g} chip: the {info['name'] if info else 'accuracy'} the worst "
+                      f"{100 * quantile:g}% of chips {worst} (order-statistic interval; -inf/inf: too few chips to "
+                      "bound that end)", markup=False)
         if energy:
             con.print(f"energy per image in {unit}, mean over trials (E std: over trials); first order, priced with "
                       "hardware.energy (docs/physics.md section 12)", markup=False)
@@ -261,12 +278,25 @@ def report(
             con.print(f"wrote {csv}", markup=False)
 
 
-def _interval(lo: float, hi: float, digits: int) -> str:
-    """``[lo, hi]`` in %, an open end as -inf/inf."""
+def _interval(lo: float, hi: float, digits: int, num=None) -> str:
+    """``[lo, hi]`` in % (or as ``num(value, digits)`` writes a number), an open end as -inf/inf."""
     import math
 
-    end = lambda v: ("-inf" if v < 0 else "inf") if math.isinf(v) else f"{100 * v:.{digits}f}"
+    num = num or (lambda v, d: f"{100 * v:.{d}f}")
+    end = lambda v: ("-inf" if v < 0 else "inf") if math.isinf(v) else num(v, digits)
     return f"[{end(lo)}, {end(hi)}]"
+
+
+def _check_yield(yield_pts: Optional[float], info: Optional[dict]) -> None:
+    """``--yield``: accuracy points in [0, 100]; a loss metric's own units, at least 0."""
+    if yield_pts is None:
+        return
+    if info is not None and yield_pts < 0:
+        _fail(f"--yield: {yield_pts} is negative; give how much {info['name']} a chip may lose against digital, "
+              "in its own units", EXIT_BAD_INPUT)
+    if info is None and not 0 <= yield_pts <= 100:
+        _fail(f"--yield: {yield_pts} is not an accuracy in points between 0 and 100; give e.g. 1.0 for "
+              "chips within 1 point of digital", EXIT_BAD_INPUT)
 
 
 def _per_class_table(ds):
@@ -289,11 +319,15 @@ def _per_class_table(ds):
 
 
 def _compare_table(ds, spec: str):
-    """The table of ``--compare DIM[=A,B,...]``: paired differences of top-1 (mcsim.report.compare)."""
+    """The table of ``--compare DIM[=A,B,...]``: paired differences of top-1, or of the result's loss
+    metric (mcsim.report.compare)."""
     from rich.table import Table
 
-    from mcsim.report import compare
+    from mcsim.report import compare, metrics_of
 
+    metric = metrics_of(ds)[0]
+    pct = metric == "top1"
+    unit, scale = ("points", 100) if pct else ("", 1)
     dim, _, listed = spec.partition("=")
     try:
         df = compare(ds, dim.strip(), [v.strip() for v in listed.split(",")] if listed else None)
@@ -301,7 +335,7 @@ def _compare_table(ds, spec: str):
         _fail(f"--compare: {str(exc).removeprefix('compare: ')}", EXIT_BAD_INPUT)
     stat_columns = ("a", "b", "diff", "se_paired", "se_unpaired", "se_unpaired_chips", "reduction", "trials")
     labels = [c for c in df.columns if c not in stat_columns]
-    table = Table(title=f"paired differences along {dim}: top1 a - b in points over the same "
+    table = Table(title=f"paired differences along {dim}: {metric} a - b{' in ' + unit if unit else ''} over the same "
                   f"{int(df['trials'].iloc[0])} chips and images; SE paired: std_t(a_t - b_t)/sqrt(T); SE unpaired: "
                   "independent chips, from their spread alone and with the images' error, sqrt(SE_a^2 + SE_b^2); "
                   "variance reduction: (SE unpaired chips / SE paired)^2")
@@ -309,8 +343,10 @@ def _compare_table(ds, spec: str):
         table.add_column(name, justify="left" if name in labels + ["a", "b"] else "right", no_wrap=True)
     for _, row in df.iterrows():
         gain = "-" if row["reduction"] != row["reduction"] else f"{row['reduction']:.1f}x"
-        table.add_row(*[_fmt(row[n]) for n in labels], _fmt(row["a"]), _fmt(row["b"]), f"{100 * row['diff']:+.2f}",
-                      *[f"{100 * row[c]:.3f}" for c in ("se_paired", "se_unpaired_chips", "se_unpaired")], gain)
+        table.add_row(*[_fmt(row[n]) for n in labels], _fmt(row["a"]), _fmt(row["b"]),
+                      f"{scale * row['diff']:+.2f}" if pct else f"{row['diff']:+.4g}",
+                      *[f"{scale * row[c]:.3f}" if pct else f"{row[c]:.3g}"
+                        for c in ("se_paired", "se_unpaired_chips", "se_unpaired")], gain)
     return table
 
 
@@ -318,27 +354,30 @@ def _print_layer_ranking(con, ds) -> None:
     """A layer sensitivity result: the layers ranked by the top-1 accuracy each costs."""
     from rich.table import Table
 
-    from mcsim.report import layer_sensitivity, layer_sweep_mode, trials_text
+    from mcsim.report import layer_sensitivity, layer_sweep_mode, metrics_of, trials_text
 
     mode = layer_sweep_mode(ds)
     if mode is None:
         return
-    df = layer_sensitivity(ds, "top1")
+    metric = metrics_of(ds)[0]
+    num = (lambda v: f"{100 * v:.2f}") if metric == "top1" else (lambda v: f"{v:.4g}")
+    df = layer_sensitivity(ds, metric)
     labels = [c for c in df.columns if c not in ("rank", "layer", "mean", "se", "cost", "cost_se",
                                                  "loss_vs_digital", "digital", "reference", "mode")]
     cost = ("lost with only this layer analog (vs digital)" if mode == "only_analog"
-            else "recovered with only this layer ideal (vs every layer analog, top1 "
-                 f"{100 * df['reference'].iloc[0]:.2f}%)")
-    table = Table(title=f"layer sensitivity ({mode}): top1 accuracy {cost}, in %; +-: Monte Carlo "
+            else f"recovered with only this layer ideal (vs every layer analog, {metric} "
+                 f"{num(df['reference'].iloc[0])}{'%' if metric == 'top1' else ''})")
+    what = "top1 accuracy" if metric == "top1" else metric
+    table = Table(title=f"layer sensitivity ({mode}): {what} {cost}{', in %' if metric == 'top1' else ''}; "
+                  "+-: Monte Carlo "
                   f"standard error std/sqrt({trials_text(ds)} trials)")
     for name in labels:
         table.add_column(name, no_wrap=True)
-    for head in ("rank", "layer", "top1", "cost"):
+    for head in ("rank", "layer", metric, "cost"):
         table.add_column(head, justify="right" if head != "layer" else "left", no_wrap=True)
     for _, row in df.iterrows():
         table.add_row(*[_fmt(row[n]) for n in labels], str(row["rank"]), str(row["layer"]),
-                      f"{100 * row['mean']:.2f} +- {100 * row['se']:.2f}",
-                      f"{100 * row['cost']:.2f} +- {100 * row['cost_se']:.2f}",
+                      f"{num(row['mean'])} +- {num(row['se'])}", f"{num(row['cost'])} +- {num(row['cost_se'])}",
                       end_section=row["rank"] == df["rank"].max() and bool(labels))
     con.print(table)
 
@@ -348,7 +387,8 @@ def plot(
     store: str = StoreArg,
     output: Optional[Path] = typer.Option(None, "--output", "-o",
                                           help="PNG file (default: next to a local store, <store>.<metric>.png)"),
-    metric: str = typer.Option("top1", "--metric", help="top1 or top5"),
+    metric: Optional[str] = typer.Option(None, "--metric",
+                                         help="top1 or top5 (default top1); a loss metric's result: its name"),
     band: str = typer.Option("std", "--band", help="std (+-1 std) or percentile (5-95)"),
     partial: bool = typer.Option(False, "--partial", help="plot an unfinished run"),
     energy: bool = typer.Option(False, "--energy",
@@ -362,20 +402,20 @@ def plot(
     digital accuracy dashed. With --energy: accuracy against the energy per image, one point per
     sweep point, error bars over the chips. With --yield: the yield with its Wilson interval."""
     with _Guard():
-        if metric not in ("top1", "top5"):
-            _fail(f"--metric: {metric!r} is not top1 or top5", EXIT_BAD_INPUT)
         if band not in ("std", "percentile"):
             _fail(f"--band: {band!r} is not std or percentile", EXIT_BAD_INPUT)
         from mcsim.api import open_result
-        if yield_pts is not None and not 0 <= yield_pts <= 100:
-            _fail(f"--yield: {yield_pts} is not an accuracy in points between 0 and 100; give e.g. 1.0",
-                  EXIT_BAD_INPUT)
         if yield_pts is not None and energy:
             _fail("--yield and --energy draw different figures; give one", EXIT_BAD_INPUT)
-        from mcsim.report import has_energy, plot_energy, plot_yield
+        from mcsim.report import has_energy, metric_info, metrics_of, plot_energy, plot_yield
         from mcsim.report import plot as draw
 
         ds = open_result(store, partial=partial)
+        metric = metric or metrics_of(ds)[0]
+        if metric not in metrics_of(ds):
+            _fail(f"--metric: {metric!r} is not {' or '.join(metrics_of(ds))}", EXIT_BAD_INPUT)
+        info = metric_info(ds)
+        _check_yield(yield_pts, info)
         if energy and not has_energy(ds):
             _fail(f"--energy: {store} has no energy (its scenario ran with energy: false); run it with "
                   "energy: true", EXIT_BAD_INPUT)
@@ -387,7 +427,7 @@ def plot(
         if energy:
             plot_energy(ds, str(output), metric=metric)
         elif yield_pts is not None:
-            plot_yield(ds, str(output), yield_pts / 100, metric=metric)
+            plot_yield(ds, str(output), yield_pts / 100 if info is None else yield_pts, metric=metric)
         else:
             draw(ds, str(output), metric=metric, band=band)
         _console().print(f"wrote {output}", markup=False)

@@ -1,7 +1,17 @@
 """Workload data: the loaders of the evaluation and calibration images (the `data:` schema is in mcsim.specs).
 
-Every dataset yields ``(image, label)`` with ``image`` a float32 CHW tensor, already normalised
-the way the matching models expect, and ``label`` an int. Nothing is ever downloaded.
+Every image dataset yields ``(image, label)`` with ``image`` a float32 CHW tensor, already normalised
+the way the matching models expect, and ``label`` an int. Nothing is ever downloaded. Two built-in
+sets serve the metrics other than accuracy (``metric: mse | perplexity``, docs/physics.md 14):
+
+* ``diabetes``: scikit-learn's diabetes regression set (442 patients, shipped with scikit-learn),
+  its 10 features and its target standardised; items ``(x (10,), y (1,))`` float32.
+* ``text``: character-level text, windows of :data:`TEXT_LENGTH` characters; items ``(x (T,),
+  y (T,))`` int64, ``y`` the next character of each of ``x``'s, as indices into :data:`TEXT_VOCAB`.
+  The text, ``mcsim/text/python_docstrings.txt`` (69,555 characters), is the docstrings of twelve
+  standard-library modules of CPython 3.11.7 (statistics, fractions, textwrap, argparse, random,
+  json, string, heapq, bisect, functools, shlex, difflib; PSF license), non-ASCII characters
+  replaced by ``?``; it ships with mcsim and is checked against its sha256 on load.
 
 Subsets (train/test split of the built-in sets, evaluation subset, calibration subset) are drawn
 with a hash-based permutation (splitmix64 of the index), so they are identical on every machine
@@ -36,6 +46,10 @@ _SPLIT_SEED = 20_221_001  # built-in train/test split
 _EVAL_SEED = 1  # evaluation subset
 _CALIB_SEED = 2  # calibration subset
 _IMAGENET_META = ("meta.bin", "ILSVRC2012_devkit_t12.tar.gz")
+TEXT_FILE = Path(__file__).parent / "text" / "python_docstrings.txt"
+TEXT_SHA256 = "642ef154956bfd7b02d402b316321f4ca19142ebf8ed9fe7b5c63ca56ce5623d"
+TEXT_LENGTH = 64  # characters per window of the text set
+TEXT_VOCAB = "\n" + "".join(chr(c) for c in range(32, 127))  # newline and printable ASCII: 96 symbols
 
 
 class DataError(InputError, ValueError):
@@ -50,6 +64,20 @@ class ImageDataset(Dataset):
     def __init__(self, images: torch.Tensor, labels: np.ndarray):
         self.images = images
         self.targets = [int(v) for v in labels]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        return self.images[i], self.targets[i]
+
+
+class ArrayDataset(Dataset):
+    """In-memory inputs and targets (tensors of any shape and type, first dim the items)."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor):
+        self.images = images
+        self.targets = targets
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -150,8 +178,8 @@ def import_object(ref: str, field: str, error: type[Exception] = DataError) -> C
 def _load(spec: DataSpec, split: str, field: str) -> Dataset:
     if spec.name in SPLITS:
         _check_split(spec.name, split, field, DataError)
-    loader = {"digits": _builtin, "mnist5k": _builtin, "imagenet": _imagenet,
-              "imagefolder": _imagefolder, "factory": _factory}[spec.name]
+    loader = {"digits": _builtin, "mnist5k": _builtin, "imagenet": _imagenet, "imagefolder": _imagefolder,
+              "factory": _factory, "diabetes": _sequence_set, "text": _sequence_set}[spec.name]
     return loader(spec, split, field)
 
 
@@ -178,6 +206,39 @@ def _builtin_arrays(name: str) -> tuple[torch.Tensor, np.ndarray]:
     mean, std = NORMALIZATION[name]
     images = torch.from_numpy(((x - mean) / std).astype(np.float32)).unsqueeze(1)
     return images, np.asarray(y, dtype=np.int64)
+
+
+def _sequence_set(spec: DataSpec, split: str, field: str) -> Dataset:
+    """``diabetes`` or ``text``: TEST_FRACTION of the items, a fixed random subset, is the test split."""
+    x, y = _diabetes_arrays() if spec.name == "diabetes" else _text_arrays()
+    order = stable_permutation(len(y), _SPLIT_SEED)
+    n_test = int(round(TEST_FRACTION * len(y)))
+    idx = np.sort(order[:n_test] if split == "test" else order[n_test:])
+    return ArrayDataset(x[torch.from_numpy(idx)], y[torch.from_numpy(idx)])
+
+
+@functools.lru_cache(maxsize=None)
+def _diabetes_arrays() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's diabetes set, features and target standardised: (442, 10) and (442, 1) float32."""
+    from sklearn.datasets import load_diabetes
+
+    raw = load_diabetes()
+    x, y = raw.data, raw.target[:, None]
+    x, y = (x - x.mean(0)) / x.std(0), (y - y.mean()) / y.std()
+    return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.float32))
+
+
+@functools.lru_cache(maxsize=None)
+def _text_arrays() -> tuple[torch.Tensor, torch.Tensor]:
+    """The shipped text as windows of TEXT_LENGTH characters and their next characters, (N, T) int64."""
+    import hashlib
+
+    raw = TEXT_FILE.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != TEXT_SHA256:
+        raise DataError(f"data.name: {TEXT_FILE} is not the text mcsim ships (sha256 differs); reinstall mcsim")
+    ids = torch.tensor([TEXT_VOCAB.index(c) for c in raw.decode("ascii")], dtype=torch.int64)
+    n = (len(ids) - 1) // TEXT_LENGTH
+    return ids[: n * TEXT_LENGTH].view(n, TEXT_LENGTH), ids[1 : n * TEXT_LENGTH + 1].view(n, TEXT_LENGTH)
 
 
 def _stratified_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

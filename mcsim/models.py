@@ -157,6 +157,24 @@ class RowLSTM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y, _ = self.lstm(x.flatten(1, 2))  # (B, 1, 28, 28) -> rows (B, 28 steps, 28)
         return self.head(y[:, -1])
+def diabetes_mlp() -> nn.Module:
+    """10 standardised features -> 64 -> 64 -> 1 (ReLU): a regression MLP, scored by ``metric: mse``."""
+    return nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
+
+
+class CharLSTM(nn.Module):
+    """A character-level language model: token ids (B, T) -> embedding 32 -> one LSTM layer of 128
+    -> linear head -> next-character logits (B, T, vocab); scored by ``metric: perplexity``. On
+    arrays: the head (and the LSTM's matrices where the engine maps recurrent layers)."""
+
+    def __init__(self, vocab: int = 96, embed: int = 32, hidden: int = 128):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, embed)
+        self.lstm = nn.LSTM(embed, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, vocab)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lstm(self.embed(x))[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +203,11 @@ BUILTINS: dict[str, Recipe] = {
     "mnist-resnet": Recipe(MnistResNet, "mnist5k", epochs=10, lr=5e-3, weight_decay=1e-4),
     "digits-vit": Recipe(digits_vit, "digits", epochs=40, lr=3e-3, weight_decay=1e-4),
     "mnist-lstm": Recipe(RowLSTM, "mnist5k", epochs=15, lr=5e-3),
+    "diabetes-mlp": Recipe(diabetes_mlp, "diabetes", epochs=60, lr=3e-3, batch_size=32, weight_decay=1e-3),
+    "text-lstm": Recipe(CharLSTM, "text", epochs=12, lr=1e-2, batch_size=32),
 }
+#: What a built-in model trained on a data set is scored by: its training loss and its test score.
+_REGRESSION_SETS = ("diabetes",)
 assert tuple(BUILTINS) == BUILTIN_MODELS, "mcsim.specs.BUILTIN_MODELS must list the recipes of BUILTINS"
 
 
@@ -285,12 +307,12 @@ def _train(name: str) -> dict:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(recipe.seed)
             model = recipe.build()
-            _fit(model, train.images, torch.tensor(train.targets), recipe)
-            accuracy = _accuracy(model, test.images, torch.tensor(test.targets))
+            _fit(model, train.images, torch.as_tensor(train.targets), recipe)
+            score = _score(model, test.images, torch.as_tensor(test.targets), recipe.dataset)
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
-    meta = {"name": name, "recipe": recipe.digest(), "test_accuracy": accuracy,
+    meta = {"name": name, "recipe": recipe.digest(), **score,
             "train_seconds": round(time.perf_counter() - start, 2), "torch": str(torch.__version__)}
     return {"state_dict": model.state_dict(), "meta": meta}
 
@@ -305,16 +327,30 @@ def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe) -> 
     for _ in range(recipe.epochs):
         for idx in torch.randperm(len(x), generator=gen).split(recipe.batch_size):
             opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            _loss(model(x[idx]), y[idx], recipe.dataset).backward()
             opt.step()
             sched.step()
     model.eval()
 
 
+def _loss(out: torch.Tensor, y: torch.Tensor, dataset: str) -> torch.Tensor:
+    """Mean squared error on a regression set, else cross-entropy over the last dim (a language
+    model's logits (B, T, V) count every token)."""
+    if dataset in _REGRESSION_SETS:
+        return nn.functional.mse_loss(out, y)
+    return nn.functional.cross_entropy(out.flatten(0, -2), y.flatten())
+
+
 @torch.no_grad()
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+def _score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dataset: str) -> dict:
+    """The test score recorded with a built-in: ``test_accuracy``, or ``test_mse`` / ``test_perplexity``."""
     model.eval()
-    return float((model(x).argmax(1) == y).float().mean())
+    out = model(x)
+    if dataset in _REGRESSION_SETS:
+        return {"test_mse": float(_loss(out, y, dataset))}
+    if out.dim() > 2:
+        return {"test_perplexity": float(_loss(out, y, dataset).exp())}
+    return {"test_accuracy": float((out.argmax(1) == y).float().mean())}
 
 
 # ---------------------------------------------------------------- torchvision and factory

@@ -13,6 +13,11 @@ band, the mean's 95 % interval as error bars; ``plot_yield`` draws the yield.
 ``summarize_energy(ds)`` gives the mean energy per image per sweep point (total and by component,
 docs/physics.md section 12), and ``plot_energy(ds, path)`` draws accuracy against it.
 
+A result scored by a loss metric (``metric: mse | perplexity | {factory: ...}``) has one metric,
+named in its layout (:func:`metric_info`); its statistics are in its own units, its image term
+comes from each chip's loss sums (:func:`image_se`, docs/physics.md section 14), and for mse and
+perplexity lower is better (the yield counts chips at most ``delta`` above digital).
+
 A layer sensitivity sweep (dim ``target_layer``, :class:`mcsim.sweep.LayerSweep`) gets its own
 summary: ``layer_sensitivity(ds)`` ranks the layers by the accuracy each costs, with Monte Carlo
 errors ``std / sqrt(trials)``, and ``plot`` draws that ranking as bars.
@@ -27,9 +32,10 @@ import numpy as np
 import xarray as xr
 
 from mcsim import stats
+from mcsim.analysis import image_se, metric_info
 
 __all__ = ["ENERGY_COLUMNS", "LEVEL", "METRICS", "STAT_COLUMNS", "chips_common", "compare", "energy_unit",
-           "layer_sensitivity", "per_class", "plot", "plot_energy", "plot_yield", "point_labels", "summarize", "summarize_energy",
+           "image_se", "layer_sensitivity", "lower_is_better", "metric_info", "metric_label", "metrics_of", "per_class", "plot", "plot_energy", "plot_yield", "point_labels", "summarize", "summarize_energy",
            "trials_text", "x_axis"]
 
 LAYER_DIM, NO_LAYER = "target_layer", "(none)"  # as mcsim.sweep names them
@@ -40,12 +46,41 @@ LEVEL = 0.95  # the level of every interval of the report and the plots
 
 
 def sweep_dims(ds: xr.Dataset) -> list[str]:
-    return [d for d in ds["top1"].dims if d != "trial"]
+    return [d for d in ds["n_images"].dims if d != "trial"]
 
 
-def _per_point(f, acc: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``f(chips)`` (a tuple of numbers) of each row of ``acc`` (chips last), on the chips run."""
-    rows = [f(stats.chips_run(a)) for a in acc.reshape(-1, acc.shape[-1])]
+def metrics_of(ds: xr.Dataset) -> tuple[str, ...]:
+    """The metrics of a result: ``top1, top5``, or the one loss metric's name."""
+    info = metric_info(ds)
+    return METRICS if info is None else (info["name"],)
+
+
+def lower_is_better(ds: xr.Dataset) -> bool:
+    info = metric_info(ds)
+    return bool(info and info["lower_is_better"])
+
+
+def metric_label(ds: xr.Dataset, metric: str) -> str:
+    """An axis label: ``top1 accuracy``, or ``perplexity (lower is better)``."""
+    if metric_info(ds) is None:
+        return f"{metric} accuracy"
+    return f"{metric} ({'lower' if lower_is_better(ds) else 'higher'} is better)"
+
+
+def _check_metric(ds: xr.Dataset, metric: str) -> None:
+    if metric not in metrics_of(ds):
+        raise ValueError(f"metric: {metric!r} is not one of {', '.join(metrics_of(ds))}")
+
+
+def _per_point(f, acc: np.ndarray, se: Optional[np.ndarray] = None) -> tuple[np.ndarray, ...]:
+    """``f(chips)`` (a tuple of numbers) of each row of ``acc`` (chips last), on the chips run;
+    with ``se`` (a loss metric's image errors, shaped as ``acc``) ``f(chips, their se)``."""
+    flat = acc.reshape(-1, acc.shape[-1])
+    run = ~np.isnan(flat)
+    if se is None:
+        rows = [f(a[r]) for a, r in zip(flat, run)]
+    else:
+        rows = [f(a[r], e[r]) for a, e, r in zip(flat, se.reshape(flat.shape), run)]
     return tuple(np.array(x, dtype=float).reshape(acc.shape[:-1]) for x in zip(*rows))
 
 
@@ -74,20 +109,25 @@ def _value(v):
     return v.item() if hasattr(v, "item") else v
 
 
-def summarize(ds: xr.Dataset, metrics=METRICS, *, yield_delta: Optional[float] = None,
+def summarize(ds: xr.Dataset, metrics=None, *, yield_delta: Optional[float] = None,
               quantile: Optional[float] = None):
-    """One row per sweep point and metric: the point's labels, then the statistics over trials.
+    """One row per sweep point and metric (default: :func:`metrics_of`): the point's labels, then
+    the statistics over trials.
 
     ``se`` is the mean's SE with both error sources (chips and images, :func:`mcsim.stats.se_mean`),
-    ``ci_lo``/``ci_hi`` its 95 % interval. ``yield_delta`` (a fraction: 0.01 is one accuracy point)
-    adds ``yield``, ``yield_lo``, ``yield_hi``: the share of chips within it of the digital accuracy,
-    with its Wilson interval; ``quantile`` (e.g. 0.01) adds ``q_acc``, ``q_lo``, ``q_hi``: the
+    ``ci_lo``/``ci_hi`` its 95 % interval; ``se_binom`` is the image term alone (a loss metric: the
+    root mean square of the chips' :func:`image_se`). ``yield_delta`` (a fraction: 0.01 is one
+    accuracy point; a loss metric: in its own units) adds ``yield``, ``yield_lo``, ``yield_hi``: the
+    share of chips within it of the digital value (a loss: at most ``yield_delta`` above it), with
+    its Wilson interval; ``quantile`` (e.g. 0.01) adds ``q_acc``, ``q_lo``, ``q_hi``: the
     accuracy of the ``q``-quantile chip with its order-statistic interval (an end that so few chips
     cannot give is infinite)."""
     import pandas as pd
 
+    metrics = metrics_of(ds) if metrics is None else metrics
     dims = sweep_dims(ds)
     labels = point_labels(ds)
+    lower = lower_is_better(ds)
     rows = []
     shape = [ds.sizes[d] for d in dims]
     for pos in itertools.product(*(range(n) for n in shape)):
@@ -95,10 +135,15 @@ def summarize(ds: xr.Dataset, metrics=METRICS, *, yield_delta: Optional[float] =
         point = ds.isel(at)
         base = {name: _value(point[name].values) for name in labels}
         for metric in metrics:
-            acc = stats.chips_run(point[metric].values)
+            values = point[metric].values
+            acc = stats.chips_run(values)
+            se_img = image_se(point, metric)
+            se_img = None if se_img is None else np.asarray(se_img.values)[~np.isnan(values)]
             n = int(point["n_images"].values.max())
             digital = float(ds[f"digital_{metric}"].values)
-            mean, lo, hi = stats.mean_interval(acc, n, LEVEL) if n else (float(np.mean(acc)), math.nan, math.nan)
+            mean, lo, hi = (stats.mean_interval(acc, n, LEVEL, se_img) if n
+                            else (float(np.mean(acc)), math.nan, math.nan))
+            image_term = stats.se_binom(mean, n) if se_img is None else np.sqrt(np.mean(se_img**2))
             row = {
                 **base,
                 "metric": metric,
@@ -107,14 +152,14 @@ def summarize(ds: xr.Dataset, metrics=METRICS, *, yield_delta: Optional[float] =
                 "min": float(np.min(acc)),
                 "p5": float(np.percentile(acc, 5)),
                 "p95": float(np.percentile(acc, 95)),
-                "se_binom": float(stats.se_binom(mean, n)) if n else math.nan,
-                "se": float(stats.se_mean(acc, n)) if n else math.nan,
+                "se_binom": float(image_term) if n else math.nan,
+                "se": float(stats.se_mean(acc, n, se_img)) if n else math.nan,
                 "ci_lo": float(lo),
                 "ci_hi": float(hi),
             }
             if yield_delta is not None:
                 row["yield"], row["yield_lo"], row["yield_hi"] = map(
-                    float, stats.yield_interval(acc, digital, yield_delta, LEVEL))
+                    float, stats.yield_interval(acc, digital, yield_delta, LEVEL, lower))
             if quantile is not None:
                 row["q_acc"], row["q_lo"], row["q_hi"] = map(float, stats.quantile_interval(acc, quantile, LEVEL))
             rows.append({**row, "trials": int(acc.size), "n_images": n, "digital": digital})
@@ -160,15 +205,18 @@ def chips_common(ds: xr.Dataset) -> bool:
     return (scenario.get("execution") or {}).get("chips", "per_point") == "common"
 
 
-def compare(ds: xr.Dataset, dim: str, values: Optional[list] = None, metric: str = "top1"):
+def compare(ds: xr.Dataset, dim: str, values: Optional[list] = None, metric: Optional[str] = None):
     """Paired differences between the values of the swept dim ``dim``, chip by chip, at every point of
     the other dims: one row per pair ``(a, b)`` (all pairs of ``values``, default every value of the
     dim, in order): ``diff = mean(a) - mean(b)``, ``se_paired = std_t(a_t - b_t) / sqrt(T)``,
     ``se_unpaired = sqrt(SE_a**2 + SE_b**2)`` and ``reduction``, the variance ratio
     (:func:`mcsim.stats.paired_difference`). Pairing holds only where the chips are common random
-    numbers (:func:`chips_common`); with per-point chips ``se_paired`` estimates the unpaired error."""
+    numbers (:func:`chips_common`); with per-point chips ``se_paired`` estimates the unpaired error.
+    ``metric``: default the result's first (:func:`metrics_of`)."""
     import pandas as pd
 
+    metric = metric or metrics_of(ds)[0]
+    se_img = image_se(ds, metric)
     if dim not in sweep_dims(ds):
         raise ValueError(f"compare: {dim!r} is not a swept dim of this result; its dims: {', '.join(sweep_dims(ds))}"
                          " (a zipped setting is compared along 'point')")
@@ -188,7 +236,9 @@ def compare(ds: xr.Dataset, dim: str, values: Optional[list] = None, metric: str
             acc_b = sub[metric].isel({dim: known.index(b)}).values.astype(float)
             both = ~(np.isnan(acc_a) | np.isnan(acc_b))  # the chips run at both (adaptive trials)
             acc_a, acc_b = acc_a[both], acc_b[both]
-            d = stats.paired_difference(acc_a, acc_b, n)
+            se_ab = [None, None] if se_img is None else [
+                se_img.isel(dict(zip(others, pos))).isel({dim: known.index(v)}).values[both] for v in (a, b)]
+            d = stats.paired_difference(acc_a, acc_b, n, *se_ab)
             rows.append({**base, "a": a, "b": b, **{k: float(v) for k, v in d.items()}, "trials": acc_a.size})
     return pd.DataFrame(rows)
 
@@ -264,8 +314,7 @@ def plot_energy(ds: xr.Dataset, path: str, metric: str = "top1", title: Optional
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if metric not in METRICS:
-        raise ValueError(f"metric: {metric!r} is not one of {', '.join(METRICS)}")
+    _check_metric(ds, metric)
     _require_energy(ds)
     dims = sweep_dims(ds)
     total = ds["energy_per_image"].sum("component", skipna=False)
@@ -283,7 +332,7 @@ def plot_energy(ds: xr.Dataset, path: str, metric: str = "top1", title: Optional
     ax.axhline(digital, color="black", linestyle="--", linewidth=1, label=f"digital ({digital:.3f})")
     ax.set_xscale("log")
     ax.set_xlabel("energy per image (J, first order: ADC + DAC + array + digital)")
-    ax.set_ylabel(f"{metric} accuracy")
+    ax.set_ylabel(metric_label(ds, metric))
     ax.set_title(title or f"{ds.attrs.get('name', '')}: mean over {trials_text(ds)} chips, bars +-1 std")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
@@ -317,7 +366,8 @@ def layer_sensitivity(ds: xr.Dataset, metric: str = "top1"):
     analog). ``only_ideal``: ``cost = mean - mean[(none)]`` (the accuracy recovered when only this
     layer is ideal, vs the chip with every layer analog). ``cost_se`` is the Monte Carlo standard
     error (``std / sqrt(trials)``, combined in quadrature with the reference's for only_ideal);
-    rank 1 costs the most. Also ``loss_vs_digital = digital - mean`` for both modes.
+    rank 1 costs the most. Also ``loss_vs_digital = digital - mean`` for both modes. For a loss
+    metric (lower is better) the signs turn: the cost is what the loss rises by.
     """
     import pandas as pd
 
@@ -325,6 +375,7 @@ def layer_sensitivity(ds: xr.Dataset, metric: str = "top1"):
     if mode is None:
         raise ValueError(f"no layer sensitivity sweep in this result (no '{LAYER_DIM}' dim)")
     digital = float(ds[f"digital_{metric}"].values)
+    sign = -1.0 if lower_is_better(ds) else 1.0  # a loss costs by rising
     others = [d for d in sweep_dims(ds) if d != LAYER_DIM]
     labels = [n for n in point_labels(ds) if n != LAYER_DIM]
     rows = []
@@ -340,11 +391,11 @@ def layer_sensitivity(ds: xr.Dataset, metric: str = "top1"):
                 continue
             mean, se = stats[name]
             if mode == "only_ideal":
-                cost, cost_se = mean - ref[0], math.hypot(se, ref[1])
+                cost, cost_se = sign * (mean - ref[0]), math.hypot(se, ref[1])
             else:
-                cost, cost_se = digital - mean, se
+                cost, cost_se = sign * (digital - mean), se
             group.append({**base, "layer": name, "mean": mean, "se": se, "cost": cost, "cost_se": cost_se,
-                          "loss_vs_digital": digital - mean, "digital": digital,
+                          "loss_vs_digital": sign * (digital - mean), "digital": digital,
                           "reference": ref[0] if ref else digital, "mode": mode})
         group.sort(key=lambda r: -r["cost"])
         rows += [{"rank": i + 1, **r} for i, r in enumerate(group)]
@@ -413,12 +464,18 @@ def x_axis(ds: xr.Dataset) -> tuple[str, str]:
     return dims[0], dims[0]
 
 
-def _mean_ci(line: xr.DataArray, ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
+def _mean_ci(line: xr.DataArray, ds: xr.Dataset, se_line: Optional[xr.DataArray] = None
+             ) -> tuple[np.ndarray, np.ndarray]:
     """The mean over trials and the half-widths below/above of its 95 % interval (both error
-    sources), along the last remaining dim of ``line`` (trial last)."""
+    sources; ``se_line``: a loss metric's image errors of the same chips), along the last remaining
+    dim of ``line`` (trial last)."""
     acc = line.transpose(..., "trial").values.astype(float)
     n = int(ds["n_images"].values.max())
-    mean, lo, hi = _per_point(lambda a: stats.mean_interval(a, n, LEVEL), acc)
+    if se_line is None:
+        mean, lo, hi = _per_point(lambda a: stats.mean_interval(a, n, LEVEL), acc)
+    else:
+        se = se_line.transpose(..., "trial").values.astype(float)
+        mean, lo, hi = _per_point(lambda a, e: stats.mean_interval(a, n, LEVEL, e), acc, se)
     return mean, np.stack([mean - lo, hi - mean])
 
 
@@ -453,11 +510,10 @@ def plot(ds: xr.Dataset, path: str, metric: str = "top1", band: str = "std", tit
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if metric not in METRICS:
-        raise ValueError(f"metric: {metric!r} is not one of {', '.join(METRICS)}")
+    _check_metric(ds, metric)
     if layer_sweep_mode(ds) is not None:
         return plot_layer_sensitivity(ds, path, metric, title)
-    acc = ds[metric]
+    acc, se_img = ds[metric], image_se(ds, metric)
     spread = "5-95 percentile" if band == "percentile" else "+-1 std"
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if sweep_dims(ds):
@@ -466,7 +522,7 @@ def plot(ds: xr.Dataset, path: str, metric: str = "top1", band: str = "std", tit
         for pos in itertools.product(*(range(ds.sizes[d]) for d in others)):
             sel = dict(zip(others, pos))
             line = acc.isel(sel)
-            mean, err = _mean_ci(line, ds)
+            mean, err = _mean_ci(line, ds, None if se_img is None else se_img.isel(sel))
             mean, err = mean[order], err[:, order]
             if band == "percentile":
                 lo, hi = line.quantile(0.05, "trial").values[order], line.quantile(0.95, "trial").values[order]
@@ -480,7 +536,7 @@ def plot(ds: xr.Dataset, path: str, metric: str = "top1", band: str = "std", tit
             ax.set_xticks(xs, [_fmt(v) for v in ds[xcoord].values])
         ax.set_xlabel(xcoord)
     else:  # a single point: the mean with its interval, the spread as a box
-        mean, err = _mean_ci(acc, ds)
+        mean, err = _mean_ci(acc, ds, se_img)
         std = float(acc.std(ddof=1)) if ds.sizes["trial"] > 1 else 0.0
         handle = ax.errorbar([0], [float(mean)], yerr=err.reshape(2, 1), fmt="o", capsize=4, label=metric)
         ax.fill_between([-0.2, 0.2], float(mean) - std, float(mean) + std, color=handle.lines[0].get_color(),
@@ -489,8 +545,9 @@ def plot(ds: xr.Dataset, path: str, metric: str = "top1", band: str = "std", tit
         ax.set_xticks([])
         spread = "+-1 std"
     digital = float(ds[f"digital_{metric}"].values)
-    ax.axhline(digital, color="black", linestyle="--", linewidth=1, label=f"digital ({digital:.3f})")
-    ax.set_ylabel(f"{metric} accuracy")
+    shown = f"{digital:.3f}" if metric_info(ds) is None else f"{digital:.4g}"
+    ax.axhline(digital, color="black", linestyle="--", linewidth=1, label=f"digital ({shown})")
+    ax.set_ylabel(metric_label(ds, metric))
     ax.set_title(title or f"{ds.attrs.get('name', '')}: mean over {trials_text(ds)} chips, band {spread}, "
                  f"bars {100 * LEVEL:g} % CI")
     ax.grid(True, alpha=0.3)
@@ -502,17 +559,17 @@ def plot(ds: xr.Dataset, path: str, metric: str = "top1", band: str = "std", tit
 
 
 def plot_yield(ds: xr.Dataset, path: str, delta: float, metric: str = "top1", title: Optional[str] = None) -> str:
-    """The yield, the share of chips within ``delta`` (a fraction) of the digital accuracy, with its
-    95 % Wilson interval as error bars, vs the first numeric swept setting, one line per value of the
-    other dims (:func:`mcsim.stats.yield_interval`). Writes ``path``."""
+    """The yield, the share of chips within ``delta`` (a fraction; a loss metric: its own units, at
+    most ``delta`` above) of the digital value, with its 95 % Wilson interval as error bars, vs the
+    first numeric swept setting, one line per value of the other dims
+    (:func:`mcsim.stats.yield_interval`). Writes ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if metric not in METRICS:
-        raise ValueError(f"metric: {metric!r} is not one of {', '.join(METRICS)}")
-    digital = float(ds[f"digital_{metric}"].values)
+    _check_metric(ds, metric)
+    digital, lower = float(ds[f"digital_{metric}"].values), lower_is_better(ds)
     acc = ds[metric]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     dims = sweep_dims(ds)
@@ -521,7 +578,7 @@ def plot_yield(ds: xr.Dataset, path: str, delta: float, metric: str = "top1", ti
         others = [d for d in dims if d != xdim]
         for pos in itertools.product(*(range(ds.sizes[d]) for d in others)):
             sel = dict(zip(others, pos))
-            y, lo, hi = _per_point(lambda a: stats.yield_interval(a, digital, delta, LEVEL),
+            y, lo, hi = _per_point(lambda a: stats.yield_interval(a, digital, delta, LEVEL, lower),
                                    acc.isel(sel).transpose(..., "trial").values)
             label = ", ".join(_label(ds, d, i) for d, i in sel.items()) or metric
             ax.errorbar(xs[order], y[order], yerr=np.stack([y - lo, hi - y])[:, order], marker="o", capsize=3,
@@ -530,13 +587,19 @@ def plot_yield(ds: xr.Dataset, path: str, delta: float, metric: str = "top1", ti
             ax.set_xticks(xs, [_fmt(v) for v in ds[xcoord].values])
         ax.set_xlabel(xcoord)
     else:
-        y, lo, hi = map(float, stats.yield_interval(stats.chips_run(acc.values), digital, delta, LEVEL))
+        y, lo, hi = map(float, stats.yield_interval(stats.chips_run(acc.values), digital, delta, LEVEL, lower))
         ax.errorbar([0], [y], yerr=[[y - lo], [hi - y]], fmt="o", capsize=4, label=metric)
         ax.set_xticks([])
     ax.set_ylim(-0.02, 1.02)
-    ax.set_ylabel(f"yield: chips with {metric} >= {100 * digital:.2f} - {100 * delta:g} %")
+    if metric_info(ds) is None:
+        ax.set_ylabel(f"yield: chips with {metric} >= {100 * digital:.2f} - {100 * delta:g} %")
+        what = f"{100 * digital:.2f} %"
+    else:
+        ax.set_ylabel(f"yield: chips with {metric} {'<=' if lower else '>='} {digital:.4g} {'+' if lower else '-'} "
+                      f"{delta:g}")
+        what = f"{digital:.4g}"
     ax.set_title(title or f"{ds.attrs.get('name', '')}: yield over {trials_text(ds)} chips, bars "
-                 f"{100 * LEVEL:g} % Wilson CI; digital {100 * digital:.2f} %")
+                 f"{100 * LEVEL:g} % Wilson CI; digital {what}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()

@@ -14,6 +14,7 @@ how the work is cut and run (``execution``) and where results go (``output``)::
       grid: {hardware.error.sigma: [0.0, 0.05, 0.1], hardware.mapping: [differential, offset]}
       zip: {}            # same-length lists swept together, along one dim named `point`
     trials: 20         # or adaptive: {target_se: 0.002, min: 10, max: 2000}
+    metric: top1       # top5, mse, perplexity or {factory: pkg.mod:fn}: what a chip is scored by
     execution: {shard_images: 500, trials_per_task: 10, device: auto}
     output: outputs/quickstart.zarr   # or {path: ..., per_image: true}: also each image's outcome
 
@@ -24,7 +25,8 @@ sweep values are normalised to their validated form (``0`` -> ``0.0`` for a floa
 
 ``Scenario.text`` is the canonical YAML of the scenario (all defaults written out), and
 ``scenario_fingerprint`` hashes everything that can change results (all but ``execution``,
-``output`` and ``per_image``, save ``execution.chips`` when it is ``common``).
+``output`` and ``per_image``, save ``execution.chips`` when it is ``common``, and ``metric`` unless
+it is ``top1``).
 
 This module must stay light: it does not import torch, ray or zarr itself. The sweep's schema
 and expansion are :mod:`mcsim.sweep`'s, the validation messages :mod:`mcsim.validation`'s (both
@@ -49,7 +51,9 @@ from mcsim.validation import ScenarioError, StrictModel, canonical_json, format_
 
 __all__ = [
     "AdaptiveTrials",
+    "CLASSIFICATION",
     "Execution",
+    "FactoryMetric",
     "RESERVED_DIMS",
     "Scenario",
     "ScenarioError",
@@ -68,6 +72,17 @@ __all__ = [
 NON_RESULT_FIELDS = frozenset({"execution", "output", "per_image"})
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+#: The classification metrics: the store counts both top-1 and top-5 hits; ``metric`` names the one
+#: adaptive trials stop on.
+CLASSIFICATION = ("top1", "top5")
+#: The built-in non-classification metrics and the function of the mean loss a chip is scored by
+#: (docs/physics.md section 14): mse = mean squared error, perplexity = exp(mean token NLL).
+LOSS_METRICS = {"mse": "identity", "perplexity": "exp"}
+_METRIC_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+#: Names a factory metric cannot take: the result store's own variables, and the built-in metrics.
+_RESERVED_METRIC_NAMES = frozenset(CLASSIFICATION) | frozenset(LOSS_METRICS) | {
+    "n_images", "n_trials", "complete", "label", "moments", "calibrated", "analog", "trial"}
 
 
 # --------------------------------------------------------------------------------------
@@ -95,8 +110,8 @@ class AdaptiveTrials(StrictModel):
     its mean top-1 accuracy (chips and images) is at most ``target_se``, with at least ``min`` and at
     most ``max`` chips. The stop is checked after each block of ``execution.trials_per_task`` chips."""
 
-    target_se: float = Field(gt=0, lt=1, description="stop once the mean's SE (a fraction: 0.002 is 0.2 points) "
-                                                      "is at most this")
+    target_se: float = Field(gt=0, description="stop once the mean's SE is at most this (in the metric's units: "
+                                               "a fraction for top1/top5, 0.002 is 0.2 points)")
     min: int = Field(10, ge=2, description="chips run before the first stop check (the chip spread needs two)")
     max: int = Field(ge=2, description="chips run at most (the store's trial dim)")
 
@@ -105,6 +120,41 @@ class AdaptiveTrials(StrictModel):
         if self.max < self.min:
             raise ValueError(f"max: {self.max} is below min {self.min}; give max >= min")
         return self
+
+
+class FactoryMetric(StrictModel):
+    """A user metric (docs/physics.md section 14): ``fn(outputs, targets, **kwargs) -> values``, where
+    ``outputs`` are the model's outputs with a leading chip dim ``(C, B, ...)`` (C = 1 for the digital
+    model), ``targets`` the batch's targets ``(B, ...)``, and ``values`` one number per chip and sample
+    ``(C, B)``; a chip's score is the mean over the samples."""
+
+    factory: str = Field(description="'package.module:function' of fn(outputs, targets, **kwargs) -> (C, B) values")
+    name: Optional[str] = Field(None, description="the metric's name in the store and report; default: the "
+                                                  "function's name")
+    higher_is_better: bool = Field(False, description="true for a score (accuracy-like), false for a loss")
+    kwargs: dict = Field(default_factory=dict, description="extra keyword arguments of the function")
+
+    @model_validator(mode="after")
+    def _name(self):
+        module_name, _, attr = self.factory.partition(":")
+        if not module_name or not attr:
+            raise ValueError(f"factory: {self.factory!r} is not of the form 'package.module:function'")
+        if self.name is None:
+            object.__setattr__(self, "name", attr.rpartition(".")[2].lower())
+        if not _METRIC_NAME_RE.match(self.name) or self.name in _RESERVED_METRIC_NAMES:
+            raise ValueError(f"name: {self.name!r} cannot name a metric: use lower-case letters, digits and '_', "
+                             f"not one of {', '.join(sorted(_RESERVED_METRIC_NAMES))}")
+        return self
+
+
+def metric_info(metric) -> Optional[dict]:
+    """What the store and the report need of a non-classification ``metric``: ``name``,
+    ``transform`` of the mean loss (``identity`` or ``exp``), ``lower_is_better``; None for top1/top5."""
+    if isinstance(metric, FactoryMetric):
+        return {"name": metric.name, "transform": "identity", "lower_is_better": not metric.higher_is_better}
+    if metric in LOSS_METRICS:
+        return {"name": metric, "transform": LOSS_METRICS[metric], "lower_is_better": True}
+    return None
 
 
 def _trials_kind(value) -> str:
@@ -125,6 +175,11 @@ class Scenario(StrictModel):
                       Discriminator(_trials_kind)] = Field(
         description="Monte Carlo trials (chips) per sweep point: a number, or {target_se, min, max} to run "
                     "chips until the mean's SE reaches target_se")
+    metric: Union[Literal["top1", "top5", "mse", "perplexity"], FactoryMetric] = Field(
+        "top1", description="what a chip is scored by (docs/physics.md section 14): top1/top5 accuracy (both "
+                            "are stored; adaptive trials stop on this one), mse (mean squared error of the "
+                            "outputs against float targets), perplexity (exp of the mean token NLL of logits "
+                            "against class-index targets), or {factory: 'pkg.mod:fn', name, higher_is_better}")
     energy: bool = Field(
         True, description="count each chip's operations and price the energy per image (docs/physics.md "
                           "section 12; hardware.energy); false skips the counting (~5-15 % faster on the CPU)")
@@ -186,6 +241,27 @@ class Scenario(StrictModel):
             object.__setattr__(self, "sweep", sweep)
         return self
 
+    @model_validator(mode="after")
+    def _metric(self):
+        if self.metric in CLASSIFICATION:
+            if self.adaptive is not None and self.adaptive.target_se >= 1:
+                raise ValueError(f"trials.target_se: {self.adaptive.target_se} is not below 1; an accuracy's SE is "
+                                 "a fraction (0.002 is 0.2 points)")
+        elif self.per_image:
+            raise ValueError(f"output.per_image: keeps top-1 outcomes per image, which metric {self.metric_name!r} "
+                             "has not; leave it out")
+        return self
+
+    @property
+    def metric_name(self) -> str:
+        """The metric's name: top1, top5, mse, perplexity or a factory metric's name."""
+        return self.metric.name if isinstance(self.metric, FactoryMetric) else self.metric
+
+    @property
+    def metric_info(self) -> Optional[dict]:
+        """:func:`metric_info` of the scenario's metric (None for top1/top5)."""
+        return metric_info(self.metric)
+
     @property
     def max_trials(self) -> int:
         """The chips a point runs at most: ``trials``, or ``trials.max`` when adaptive."""
@@ -218,7 +294,8 @@ def scenario_text(scenario: Scenario) -> str:
 
 
 def scenario_fingerprint(scenario: Scenario) -> str:
-    """sha256 hex of the canonical JSON of everything that can change results.
+    """sha256 hex of the canonical JSON of everything that can change results (``metric`` only when
+    it is not ``top1``, so stores written before the setting keep their fingerprint).
 
     ``execution``, ``output`` and ``per_image`` are left out: how the work is cut, where it is
     written and what more it keeps never change a number. ``execution.chips`` does (it keys the
@@ -226,6 +303,8 @@ def scenario_fingerprint(scenario: Scenario) -> str:
     point) keeps its fingerprint and resumes with ``chips: per_point`` only.
     """
     data = {k: v for k, v in scenario.canonical().items() if k not in NON_RESULT_FIELDS}
+    if data["metric"] == "top1":  # the default, and all there was before the setting: stores keep their fingerprint
+        del data["metric"]
     if scenario.execution.chips != "per_point":
         data["chips"] = scenario.execution.chips
     swept = sorted({str(v) for key, vals in {**scenario.sweep.grid, **scenario.sweep.zip}.items()

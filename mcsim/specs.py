@@ -15,10 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 __all__ = ["BUILTIN_MODELS", "CalibrationSpec", "DataSpec", "ModelSpec", "SPLITS", "split_ref", "check_split"]
 
 #: Names of the built-in models (``builtin:<name>``); mcsim.models holds their recipes.
-BUILTIN_MODELS = ("digits-cnn", "mnist-cnn", "mnist-resnet", "digits-vit", "mnist-lstm")
+BUILTIN_MODELS = ("digits-cnn", "mnist-cnn", "mnist-resnet", "digits-vit", "mnist-lstm", "diabetes-mlp", "text-lstm")
 
 #: Splits of the data sets that have fixed ones.
-SPLITS = {"digits": ("train", "test"), "mnist5k": ("train", "test"), "imagenet": ("val", "train")}
+SPLITS = {"digits": ("train", "test"), "mnist5k": ("train", "test"), "imagenet": ("val", "train"),
+          "diabetes": ("train", "test"), "text": ("train", "test")}
 
 
 # ---------------------------------------------------------------- helpers
@@ -104,9 +105,9 @@ class DataSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Literal["digits", "mnist5k", "imagenet", "imagefolder", "factory"]
+    name: Literal["digits", "mnist5k", "imagenet", "imagefolder", "factory", "diabetes", "text"]
     root: Optional[str] = Field(None, description="dataset directory (imagenet, imagefolder)")
-    split: str = Field("test", description="digits/mnist5k: train|test; imagenet: val|train; "
+    split: str = Field("test", description="digits/mnist5k/diabetes/text: train|test; imagenet: val|train; "
                        "imagefolder: a subfolder of root, or '.' for root itself")
     limit: Optional[int] = Field(None, ge=1, description="evaluate on this many images (fixed random subset)")
     batch_size: int = Field(100, ge=1)

@@ -11,6 +11,13 @@ with an order-statistic interval (:func:`quantile_interval`), and the yield, the
 within ``delta`` of the digital accuracy, with a Wilson interval (:func:`yield_interval`). Both
 describe the chips on this image set (the image error is the mean's, not theirs).
 
+A metric other than accuracy (mse, perplexity, a user's) is a function ``f`` of a chip's mean
+loss ``m = sum_i L_i / sum_i c_i`` over the images ``i`` (``L_i`` the image's summed loss, ``c_i``
+its elements or tokens); a chip keeps the five sums :data:`MOMENTS`, which add over shards
+exactly as counts do. Its finite-image error is the ratio estimator's,
+``Var(m) = N sum_i (L_i - m c_i)**2 / ((N - 1) (sum_i c_i)**2)``, carried through ``f``
+(:func:`metric_values`), and takes the binomial term's place in the SE of the mean.
+
 With common random numbers (``execution.chips: common``) chip ``t`` is the same manufactured chip
 at every point, so a difference between two points is estimated per chip
 (:func:`paired_difference`): ``SE_diff = std_t(a_t - b_t) / sqrt(T)``, against the unpaired
@@ -33,6 +40,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 __all__ = [
+    "MOMENTS",
     "Margin",
     "PointStat",
     "Threshold",
@@ -40,6 +48,8 @@ __all__ = [
     "chip_spread",
     "chips_run",
     "mean_interval",
+    "metric_values",
+    "moment_sums",
     "paired_difference",
     "point_stat",
     "quantile_interval",
@@ -49,6 +59,38 @@ __all__ = [
     "yield_interval",
     "z_value",
 ]
+
+
+#: The per-chip sums a loss metric keeps: of ``L_i``, ``c_i``, ``L_i**2``, ``L_i c_i`` and ``c_i**2``.
+MOMENTS = ("loss", "count", "loss_sq", "loss_count", "count_sq")
+
+
+def moment_sums(loss, count) -> np.ndarray:
+    """The :data:`MOMENTS` ``(..., 5)`` of per-image losses ``loss (..., B)`` and counts ``count (B,)``
+    (float64; each sum over the last axis, so a chip's sums do not depend on the other chips)."""
+    loss = np.asarray(loss, dtype=np.float64)
+    count = np.broadcast_to(np.asarray(count, dtype=np.float64), loss.shape)
+    return np.stack([loss.sum(-1), count.sum(-1), (loss * loss).sum(-1), (loss * count).sum(-1),
+                     (count * count).sum(-1)], axis=-1)
+
+
+def metric_values(moments, n_images, transform: str = "identity"):
+    """``(value, se_image)`` of each chip from its :data:`MOMENTS` ``(..., 5)`` over ``n_images``
+    images: ``value = f(m)``, ``m = sum L / sum c``, and the finite-image error
+    ``|f'(m)| sqrt(N sum (L_i - m c_i)**2 / ((N - 1) (sum c)**2))``; ``f`` is ``identity`` (mse, a
+    factory metric) or ``exp`` (perplexity). NaN where no image is counted (SE: fewer than two)."""
+    if transform not in ("identity", "exp"):
+        raise ValueError(f"transform: {transform!r} is not 'identity' or 'exp'")
+    mo = np.asarray(moments, dtype=np.float64)
+    loss, count, loss_sq, loss_count, count_sq = np.moveaxis(mo, -1, 0)
+    n = np.asarray(n_images, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = np.where(count > 0, loss / count, np.nan)
+        resid = np.clip(loss_sq - 2 * m * loss_count + m * m * count_sq, 0.0, None)
+        var = np.where(n > 1, n * resid / ((n - 1) * count**2), np.nan)
+        value = np.exp(m) if transform == "exp" else m
+        slope = value if transform == "exp" else 1.0
+        return value, np.abs(slope) * np.sqrt(var)
 
 
 def z_value(level: float = 0.95) -> float:
@@ -77,19 +119,25 @@ def chip_spread(acc) -> np.ndarray:
     return np.std(acc, axis=-1, ddof=1) if acc.shape[-1] > 1 else np.zeros(acc.shape[:-1])
 
 
-def se_mean(acc, n_images):
+def se_mean(acc, n_images, se_image=None):
     """The standard error of the mean accuracy over chips (last axis) with both error sources:
-    ``sqrt(s_chips**2 / T + p (1 - p) / N_images)``."""
+    ``sqrt(s_chips**2 / T + p (1 - p) / N_images)``. For another metric ``se_image`` gives each
+    chip's finite-image error (:func:`metric_values`, same shape as ``acc``); the mean of their
+    squares replaces the binomial term."""
     acc = np.asarray(acc, dtype=float)
     t = acc.shape[-1]
-    return np.sqrt(chip_spread(acc) ** 2 / t + se_binom(acc.mean(axis=-1), n_images) ** 2)
+    image = (se_binom(acc.mean(axis=-1), n_images) ** 2 if se_image is None
+             else np.mean(np.asarray(se_image, dtype=float) ** 2, axis=-1))
+    return np.sqrt(chip_spread(acc) ** 2 / t + image)
 
 
-def mean_interval(acc, n_images, level: float = 0.95):
+def mean_interval(acc, n_images, level: float = 0.95, se_image=None):
     """``(mean, lo, hi)``: the mean over chips (last axis) and its normal ``level`` interval
-    ``mean +- z SE`` (:func:`se_mean`), clipped to [0, 1]."""
+    ``mean +- z SE`` (:func:`se_mean`), clipped to [0, 1] for an accuracy (``se_image`` None)."""
     acc = np.asarray(acc, dtype=float)
-    mean, half = acc.mean(axis=-1), z_value(level) * se_mean(acc, n_images)
+    mean, half = acc.mean(axis=-1), z_value(level) * se_mean(acc, n_images, se_image)
+    if se_image is not None:
+        return mean, mean - half, mean + half
     return mean, np.clip(mean - half, 0.0, 1.0), np.clip(mean + half, 0.0, 1.0)
 
 
@@ -132,18 +180,19 @@ def wilson_interval(k, n, level: float = 0.95):
     return p, np.clip(center - half, 0.0, 1.0), np.clip(center + half, 0.0, 1.0)
 
 
-def yield_interval(acc, digital, delta: float, level: float = 0.95):
+def yield_interval(acc, digital, delta: float, level: float = 0.95, lower_is_better: bool = False):
     """``(yield, lo, hi)``: the share of chips (last axis of ``acc``) whose accuracy is within
     ``delta`` (a fraction: 0.01 is one accuracy point) of ``digital``, i.e. ``acc >= digital - delta``,
-    with its Wilson interval."""
+    with its Wilson interval. ``lower_is_better`` (a loss, in its own units): ``acc <= digital + delta``."""
     if delta < 0:
         raise ValueError(f"yield delta: {delta!r} is negative; give the accuracy a chip may lose, e.g. 0.01")
     acc = np.asarray(acc, dtype=float)
-    good = (acc >= np.asarray(digital, dtype=float)[..., None] - delta - 1e-12).sum(axis=-1)
+    digital = np.asarray(digital, dtype=float)[..., None]
+    good = (acc <= digital + delta + 1e-12 if lower_is_better else acc >= digital - delta - 1e-12).sum(axis=-1)
     return wilson_interval(good, acc.shape[-1], level)
 
 
-def paired_difference(a, b, n_images: int) -> dict:
+def paired_difference(a, b, n_images: int, se_image_a=None, se_image_b=None) -> dict:
     """The difference ``mean(a) - mean(b)`` of two points measured on the same chips (last axis:
     chip ``t`` the same manufactured chip in ``a`` and ``b``) and the same images.
 
@@ -152,7 +201,8 @@ def paired_difference(a, b, n_images: int) -> dict:
     chips would give: ``se_unpaired = sqrt(SE_a**2 + SE_b**2)`` (each with both error sources,
     :func:`se_mean`) and its chip part alone, ``se_unpaired_chips = sqrt((s_a**2 + s_b**2) / T)``.
     ``reduction = se_unpaired_chips**2 / se_paired**2``: the variance common chips remove (about 1
-    for chips drawn per point; NaN where neither point varies between chips).
+    for chips drawn per point; NaN where neither point varies between chips). ``se_image_a``/``_b``:
+    the chips' finite-image errors of a metric other than accuracy (:func:`se_mean`).
     """
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape:
@@ -165,7 +215,7 @@ def paired_difference(a, b, n_images: int) -> dict:
     with np.errstate(divide="ignore", invalid="ignore"):
         reduction = np.where(chips > tiny, chips**2 / np.where(se_paired > tiny, se_paired, 0.0) ** 2, np.nan)
     return {"diff": a.mean(axis=-1) - b.mean(axis=-1), "se_paired": se_paired,
-            "se_unpaired": np.hypot(se_mean(a, n_images), se_mean(b, n_images)), "se_unpaired_chips": chips,
+            "se_unpaired": np.hypot(se_mean(a, n_images, se_image_a), se_mean(b, n_images, se_image_b)), "se_unpaired_chips": chips,
             "reduction": reduction}
 
 
@@ -176,16 +226,19 @@ def paired_difference(a, b, n_images: int) -> dict:
 @dataclass(frozen=True)
 class PointStat:
     """Top-1 accuracy of one sweep point over its chips: mean, chip-to-chip std (``ddof=1``; 0 for
-    one chip), the number of chips and of images."""
+    one chip), the number of chips and of images; for a loss metric ``se_image``, the root mean
+    square of the chips' image errors (:func:`metric_values`), in place of the binomial term."""
 
     mean: float
     std: float
     trials: int
     n_images: int
+    se_image: Optional[float] = None
 
     @property
     def se_binom(self) -> float:
-        return float(se_binom(self.mean, self.n_images))
+        """The image term: binomial for an accuracy, ``se_image`` for a loss metric."""
+        return float(se_binom(self.mean, self.n_images)) if self.se_image is None else self.se_image
 
     @property
     def se(self) -> float:
@@ -198,10 +251,12 @@ class PointStat:
         return f"{100 * self.mean:.1f}"
 
 
-def point_stat(acc, n_images: int) -> PointStat:
-    """The :class:`PointStat` of per-chip accuracies ``acc``."""
+def point_stat(acc, n_images: int, se_image=None) -> PointStat:
+    """The :class:`PointStat` of per-chip accuracies ``acc`` (a loss metric: per-chip values and
+    their image errors ``se_image``)."""
     acc = np.asarray(acc, dtype=float).ravel()
-    return PointStat(float(acc.mean()), float(chip_spread(acc)), int(acc.size), int(n_images))
+    image = None if se_image is None else float(np.sqrt(np.mean(np.asarray(se_image, dtype=float) ** 2)))
+    return PointStat(float(acc.mean()), float(chip_spread(acc)), int(acc.size), int(n_images), image)
 
 
 @dataclass(frozen=True)

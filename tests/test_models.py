@@ -60,7 +60,7 @@ def test_cache_dir(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow  # trains every built-in
-@pytest.mark.parametrize("name", list(M.BUILTINS))
+@pytest.mark.parametrize("name", list(THRESHOLDS))
 def test_builtin_accuracy(trained, name):
     meta, _ = trained[name]
     print(f"{name}: test accuracy {meta['test_accuracy']:.4f}, trained in {meta['train_seconds']} s")
@@ -70,6 +70,22 @@ def test_builtin_accuracy(trained, name):
     with torch.no_grad():
         accuracy = float((model(test.images).argmax(1) == torch.tensor(test.targets)).float().mean())
     assert accuracy == pytest.approx(meta["test_accuracy"], abs=1e-6)
+
+
+#: The built-ins scored by a loss (docs/physics.md section 14): their test score and its bound.
+LOSS_SCORES = {"diabetes-mlp": ("test_mse", 0.7), "text-lstm": ("test_perplexity", 7.0)}
+
+
+@pytest.mark.slow  # trains every built-in
+@pytest.mark.parametrize("name", list(LOSS_SCORES))
+def test_builtin_loss_models(trained, name):
+    """The regression MLP explains about half the diabetes target's variance (mse of the
+    standardised target < 0.7; predicting the mean scores 1); the character LSTM is far better than
+    uniform guessing over 96 characters."""
+    meta, _ = trained[name]
+    key, bound = LOSS_SCORES[name]
+    print(f"{name}: {key} {meta[key]:.4f}, trained in {meta['train_seconds']} s")
+    assert meta[key] < bound and meta["train_seconds"] < 60
 
 
 @pytest.mark.slow  # trains every built-in

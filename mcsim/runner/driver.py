@@ -306,7 +306,8 @@ def report_dry_run(scenario: Scenario, prep: Prepared, on_event: EventSink) -> N
 
 def preflight(scenario: Scenario, prep: Prepared, model: ModelLoader, *, check_device: bool) -> None:
     """Setup and model errors before any write: the device exists here (unless the tasks run
-    elsewhere), the store's device type is this one, the model loads (a built-in trains once)."""
+    elsewhere), the store's device type is this one, the model loads (a built-in trains once), a
+    loss metric scores its outputs (:func:`check_metric`)."""
     from mcsim.engine.convert import pick_device
 
     if check_device:
@@ -316,7 +317,29 @@ def preflight(scenario: Scenario, prep: Prepared, model: ModelLoader, *, check_d
             raise SetupError(f"execution.device: {err}") from None
         if not prep.fresh and not prep.complete:
             check_device_type(prep.path, prep.info.attrs, str(device))
-    model()
+    net = model()
+    if scenario.metric_info is not None:
+        check_metric(scenario, net)
+
+
+def check_metric(scenario: Scenario, net) -> None:
+    """A loss metric scores the digital model on the first two evaluation images: a factory that
+    does not import or fails, or targets the metric cannot use, raise :class:`mcsim.metrics.MetricError`
+    (an input error) before anything is written."""
+    import torch
+
+    from mcsim.data import evaluation_dataset, import_object
+    from mcsim.metrics import MetricError, image_losses
+    from mcsim.scenario import FactoryMetric
+
+    metric = scenario.metric
+    fn = import_object(metric.factory, "metric.factory", MetricError) if isinstance(metric, FactoryMetric) else None
+    data = evaluation_dataset(scenario.data)
+    items = [data[i] for i in range(min(2, len(data)))]
+    x = torch.stack([torch.as_tensor(item[0]) for item in items])
+    y = torch.stack([torch.as_tensor(item[1]) for item in items])
+    with torch.no_grad():
+        image_losses(net(x).unsqueeze(0), y, scenario.metric_name, fn, getattr(metric, "kwargs", None))
 
 
 def open_store(scenario: Scenario, prep: Prepared, model: ModelLoader) -> ResultStore:
@@ -529,9 +552,15 @@ def run(
 
 
 def check_counts(result, task) -> None:
-    """A worker's counts must be possible: as many images as the task's, counts within them."""
+    """A worker's counts must be possible: as many images as the task's, counts within them (a loss
+    metric's sums finite, each batch counting elements)."""
     if result.n_images != task.n_images:
         raise RuntimeError(f"task {task}: the worker evaluated {result.n_images} images, not {task.n_images}")
+    if result.moments is not None:  # a loss metric: sums per batch of the task's shard
+        counts = result.moments[..., 1]
+        if not np.isfinite(result.moments).all() or counts.min() <= 0:
+            raise RuntimeError(f"task {task}: loss sums not finite or without images: {result.moments}")
+        return
     for name in ("correct_top1", "correct_top5"):
         values = np.asarray(getattr(result, name))
         if values.min() < 0 or values.max() > task.n_images:

@@ -127,6 +127,16 @@ class RunPlan:
     chips: str = "per_point"  # execution.chips
     adaptive: Optional[AdaptiveTrials] = None  # adaptive trials; ``trials`` is then their max
     per_image: bool = False  # the store keeps each chip's outcome per image
+    metric_name: str = "top1"  # scenario.metric_name: adaptive trials stop on it
+    metric: Optional[dict] = None  # scenario.metric_info: a loss metric's name, transform, direction
+
+    @property
+    def batches_per_shard(self) -> int:
+        return self.shard_size // self.batch_size
+
+    @property
+    def n_batches(self) -> int:
+        return math.ceil(self.n_images / self.batch_size)
 
     def engine_seed(self, point: int) -> int:
         """The engine seed of sweep point ``point``: with ``chips: common`` one seed for every point
@@ -194,7 +204,7 @@ class RunPlan:
                 f"<= {a.target_se:g}; round 1 runs {first} block(s) of up to {self.trials_per_task}, then up to "
                 f"{len(blocks) - first} more round(s) of one block per point above the target "
                 f"(the stop is checked per block of {self.trials_per_task} chips); chips {chips}")
-            if a.target_se < floor:
+            if a.target_se < floor and self.metric is None:
                 lines.append(f"note: the image term sqrt(p (1 - p) / {self.n_images}) of the SE does not shrink "
                              f"with chips (at most {floor:.4g}, at p = 0.5): points with a larger image term "
                              f"than the target {a.target_se:g} run all {self.trials} chips")
@@ -204,6 +214,9 @@ class RunPlan:
             size += (f" (execution.shard_images {self.shard_images_asked} rounded up to a multiple of the "
                      f"batch size {self.batch_size})")
         lines.append(f"image shards: {len(shards)} of {size}")
+        if self.metric is not None:
+            better = "lower" if self.metric["lower_is_better"] else "higher"
+            lines.append(f"metric: {self.metric['name']} ({better} is better), from each chip's loss sums per batch")
         if self.per_image:
             lines.append("per-image outcomes: kept (top-1 per chip and image, packed as bits)")
         if "target_layer" in self.sweep.coords:
@@ -247,6 +260,8 @@ def make_plan(
         chips=scenario.execution.chips,
         adaptive=scenario.adaptive,
         per_image=scenario.per_image if per_image is None else per_image,
+        metric_name=scenario.metric_name,
+        metric=scenario.metric_info,
     )
 
 

@@ -43,6 +43,20 @@ for zipped keys; the sweep values are coordinates)::
     image_top1                   uint8 (S..., trial, shard, shard_byte)  with ``per_image``: each shard's
                                    bits (``np.packbits`` of its images), chunks (1..., trials_per_task, 1, all)
 
+With a metric other than accuracy (``metric: mse | perplexity | {factory: ...}``, the layout's
+``metric`` attribute: its ``name``, ``transform`` and ``lower_is_better``) the counts of top-1/top-5
+hits give way to each chip's loss sums (:data:`mcsim.stats.MOMENTS`, docs/physics.md section 14)::
+
+    root: moments                float64 (S..., trial, moment)  sums over the images done
+          <name>                 float64 (S..., trial)  the chip's score (e.g. ``perplexity``); NaN where none
+          digital_moments        float64 (moment,), digital_<name> float64 ()  the digital model
+    ledger: moments              float64 (S..., trial, batch, moment)  per global batch, chunks
+                                   (1..., trials_per_task, batches per shard, all)
+          digital_moments        float64 (batch, moment)
+
+The sums are kept per global batch and added in batch order whatever the shards, so a result does
+not depend on how the images were cut into tasks, bit for bit (``per_image`` is refused).
+
 The energy arrays exist when the scenario counts energy (``energy: true``); their ``layer`` dim is
 every Conv/Linear of the model (``layout.energy_layers``), analog or kept digital, and the
 calibration's ``layer`` dim is then the same list (``analog`` tells which are analog where).
@@ -105,6 +119,7 @@ IMAGE_VAR = "image_top1"  # per-image outcomes (ledger and result), with ``per_i
 ENERGY_COUNTS = ("adc_conversions", "dac_pulses", "row_slots", "array_g_v2", "digital_adds", "digital_macs")
 ENERGY_COMPONENTS = ("adc", "dac", "array", "digital")
 DIGITAL_VARS = ("digital_correct_top1", "digital_correct_top5")
+MOMENT_VAR, DIGITAL_MOMENTS = "moments", "digital_moments"  # a loss metric's sums (ledger and result)
 CALIBRATION_VARS = ("calibrated", "analog", "x_range", "input_signed", "adc_slices", "adc_lo", "adc_hi")
 SETTING_VARS = ("weight_bits", "input_bits", "adc_bits")  # per layer, with layer_overrides
 _WRITE = dict(consolidated=False, zarr_format=3)  # metadata is consolidated once all of it is written
@@ -234,8 +249,27 @@ def _summary(counts: dict, done: np.ndarray, shard_images: np.ndarray, trials_pe
     return out
 
 
+def _batch_sum(moments: np.ndarray) -> np.ndarray:
+    """A loss metric's sums ``(..., batch, moment)`` added over the batches, in batch order: the same
+    numbers whatever the rest of the array (no dependence on how shards or chips were cut)."""
+    return np.ascontiguousarray(np.moveaxis(moments, -2, -1)).sum(-1)
+
+
+def _metric_summary(moments: np.ndarray, done: np.ndarray, shard_images: np.ndarray, trials_per_task: int,
+                    batches_per_shard: int, metric: dict) -> dict:
+    """The result arrays of a loss metric's ledger: ``moments`` (..., trial, batch, moment) and
+    ``done`` (..., trial_block, shard) give ``n_images``, ``moments`` and the score (..., trial)."""
+    n_trials, n_batches = moments.shape[-3], moments.shape[-2]
+    done_trial = done[..., np.arange(n_trials) // trials_per_task, :]  # (..., trial, shard)
+    n_images = (done_trial * shard_images.astype(np.int64)).sum(-1)
+    done_batch = done_trial[..., np.arange(n_batches) // batches_per_shard]  # (..., trial, batch)
+    sums = _batch_sum(np.where(done_batch[..., None], moments, 0.0))
+    value, _ = stats.metric_values(sums, n_images, metric["transform"])
+    return {"n_images": n_images, MOMENT_VAR: sums, metric["name"]: value}
+
+
 def adaptive_stop(correct: np.ndarray, done: np.ndarray, shard_images: np.ndarray, trials_per_task: int,
-                  adaptive: Optional[dict]) -> tuple[np.ndarray, np.ndarray]:
+                  adaptive: Optional[dict], metric: Optional[dict] = None) -> tuple[np.ndarray, np.ndarray]:
     """Per point ``(S...)``: the chips run to its end, and whether it has ended.
 
     ``correct`` (S..., trial, shard) and ``done`` (S..., trial_block, shard) are the ledger's top-1
@@ -243,12 +277,17 @@ def adaptive_stop(correct: np.ndarray, done: np.ndarray, shard_images: np.ndarra
     Without ``adaptive`` a point ends when every block is done. With it (``{target_se, min, max}``,
     docs/physics.md section 14) a point ends at the first of its leading blocks that brings it to at
     least ``min`` chips with :func:`mcsim.stats.se_mean` of their top-1 accuracies at most
-    ``target_se`` (the stop is checked per block), or when all ``max`` chips are run.
+    ``target_se`` (the stop is checked per block), or when all ``max`` chips are run. With a loss
+    ``metric`` (the layout's) ``correct`` is the ledger's sums ``(S..., trial, batch, moment)`` and the
+    SE's image term is the chips' (:func:`mcsim.stats.metric_values`).
     """
-    n_trials = correct.shape[-2]
+    n_trials = correct.shape[-2] if metric is None else correct.shape[-3]
     full = done.all(axis=-1)  # (S..., block)
     n_images = int(shard_images.astype(np.int64).sum())
-    acc = correct.astype(np.int64).sum(-1) / n_images  # (S..., trial), valid in full blocks
+    if metric is None:  # (S..., trial), valid in full blocks
+        acc, se_image = correct.astype(np.int64).sum(-1) / n_images, None
+    else:
+        acc, se_image = stats.metric_values(_batch_sum(correct), n_images, metric["transform"])
     chips = np.zeros(full.shape[:-1], np.int64)
     ended = np.zeros(full.shape[:-1], bool)
     for pos in np.ndindex(chips.shape):
@@ -259,7 +298,8 @@ def adaptive_stop(correct: np.ndarray, done: np.ndarray, shard_images: np.ndarra
             continue
         for block in range(lead):
             t1 = min((block + 1) * trials_per_task, n_trials)
-            if t1 >= adaptive["min"] and stats.se_mean(acc[pos][:t1], n_images) <= adaptive["target_se"]:
+            image = None if se_image is None else se_image[pos][:t1]
+            if t1 >= adaptive["min"] and stats.se_mean(acc[pos][:t1], n_images, image) <= adaptive["target_se"]:
                 chips[pos], ended[pos] = t1, True
                 break
     return chips, ended
@@ -365,6 +405,8 @@ class ResultStore:
                 "energy_layers": store._energy_layers,
                 # the layer sensitivity sweep's mode (its dim: target_layer), None without one
                 "layer_sweep": scenario.sweep.layers.mode if scenario.sweep.layers is not None else None,
+                "metric_name": plan.metric_name,  # adaptive trials stop on it
+                "metric": plan.metric,  # a loss metric's name, transform and direction; None: top1/top5
             },
             "created": now(),
             "runs": [],
@@ -382,21 +424,34 @@ class ResultStore:
         plan, s_dims, s_shape = self.plan, self.dims, self.shape
         trials, ones = plan.trials, (1,) * len(self.dims)
         per_trial = s_dims + ["trial"]
-        data = {
+        data = {} if plan.metric else {
             "correct_top1": (per_trial, np.zeros(s_shape + (trials,), np.int64)),
             "correct_top5": (per_trial, np.zeros(s_shape + (trials,), np.int64)),
             "n_images": (per_trial, np.zeros(s_shape + (trials,), np.int64)),
             "top1": (per_trial, np.full(s_shape + (trials,), np.nan), {"long_name": "top-1 accuracy"}),
             "top5": (per_trial, np.full(s_shape + (trials,), np.nan), {"long_name": "top-5 accuracy"}),
-            "complete": (s_dims, np.zeros(s_shape, bool)),
-            "n_trials": (s_dims, np.zeros(s_shape, np.int64), {"long_name": "chips run"}),
             "digital_top1": ((), np.nan, {"long_name": "top-1 accuracy of the digital model"}),
             "digital_top5": ((), np.nan, {"long_name": "top-5 accuracy of the digital model"}),
         }
+        data["n_images"] = (per_trial, np.zeros(s_shape + (trials,), np.int64))
+        data["complete"] = (s_dims, np.zeros(s_shape, bool))
+        data["n_trials"] = (s_dims, np.zeros(s_shape, np.int64), {"long_name": "chips run"})
         coords = dict(sweep_coords(plan))
         coords["trial"] = ("trial", np.arange(trials, dtype=np.int64))
-        encoding = {var: {"chunks": ones + (plan.trials_per_task,)}
-                    for var in ("correct_top1", "correct_top5", "n_images", "top1", "top5")}
+        per_chip = ("n_images",) + (("correct_top1", "correct_top5", "top1", "top5") if not plan.metric else ())
+        if plan.metric:
+            name, n_m = plan.metric["name"], len(stats.MOMENTS)
+            data[name] = (per_trial, np.full(s_shape + (trials,), np.nan), {"long_name": name})
+            data[MOMENT_VAR] = (per_trial + ["moment"], np.zeros(s_shape + (trials, n_m)),
+                                {"long_name": "sums over the images of each chip's loss metric"})
+            data[f"digital_{name}"] = ((), np.nan, {"long_name": f"{name} of the digital model"})
+            data[DIGITAL_MOMENTS] = (["moment"], np.zeros(n_m))
+            coords["moment"] = ("moment", np.array(stats.MOMENTS, dtype=object))
+            per_chip += (name,)
+            encoding = {MOMENT_VAR: {"chunks": ones + (plan.trials_per_task, n_m)}}
+        else:
+            encoding = {}
+        encoding.update({var: {"chunks": ones + (plan.trials_per_task,)} for var in per_chip})
         encoding["complete"] = {"chunks": ones}
         encoding["n_trials"] = {"chunks": ones}
         if self._energy_layers:
@@ -421,17 +476,23 @@ class ResultStore:
     def _empty_ledger(self) -> tuple[xr.Dataset, dict]:
         plan, s_dims, s_shape = self.plan, self.dims, self.shape
         n_shards, n_blocks, ones = len(plan.shards), len(plan.trial_blocks), (1,) * len(self.dims)
-        data = {var: (s_dims + ["trial", "shard"], np.zeros(s_shape + (plan.trials, n_shards), np.int32))
-                for var in COUNT_VARS}
+        if plan.metric:  # a loss metric's sums, per global batch (chunks: a shard's batches)
+            n_b, n_m, bps = plan.n_batches, len(stats.MOMENTS), plan.batches_per_shard
+            data = {MOMENT_VAR: (s_dims + ["trial", "batch", "moment"], np.zeros(s_shape + (plan.trials, n_b, n_m))),
+                    DIGITAL_MOMENTS: (["batch", "moment"], np.zeros((n_b, n_m)))}
+            encoding = {MOMENT_VAR: {"chunks": ones + (plan.trials_per_task, bps, n_m)},
+                        DIGITAL_MOMENTS: {"chunks": (bps, n_m)}}
+        else:
+            data = {var: (s_dims + ["trial", "shard"], np.zeros(s_shape + (plan.trials, n_shards), np.int32))
+                    for var in COUNT_VARS}
+            data.update({var: (["shard"], np.zeros(n_shards, np.int32)) for var in DIGITAL_VARS})
+            encoding = {var: {"chunks": ones + (plan.trials_per_task, 1)} for var in COUNT_VARS}
+            encoding.update({var: {"chunks": (1,)} for var in DIGITAL_VARS})
         data["done"] = (s_dims + ["trial_block", "shard"], np.zeros(s_shape + (n_blocks, n_shards), bool))
-        for var in DIGITAL_VARS:
-            data[var] = (["shard"], np.zeros(n_shards, np.int32))
         data["digital_done"] = (["shard"], np.zeros(n_shards, bool))
         data["shard_images"] = (["shard"], np.array([i1 - i0 for i0, i1 in plan.shards], np.int32))
-        encoding = {var: {"chunks": ones + (plan.trials_per_task, 1)} for var in COUNT_VARS}
         encoding["done"] = {"chunks": ones + (1, 1)}
-        for var in DIGITAL_VARS + ("digital_done",):
-            encoding[var] = {"chunks": (1,)}
+        encoding["digital_done"] = {"chunks": (1,)}
         if self._energy_layers:
             n_layers, n_c, n_k = len(self._energy_layers), len(ENERGY_COMPONENTS), len(ENERGY_COUNTS)
             base = s_dims + ["trial", "shard"]
@@ -470,7 +531,8 @@ class ResultStore:
     def _ledger(self) -> dict:
         if self._mirror is None:
             group = zarr.open_group(self.path, mode="r")[LEDGER]
-            names = COUNT_VARS + DIGITAL_VARS + ("done", "digital_done", "shard_images")
+            names = (MOMENT_VAR, DIGITAL_MOMENTS) if self.plan.metric else COUNT_VARS + DIGITAL_VARS
+            names += ("done", "digital_done", "shard_images")
             names += ENERGY_VARS if self.energy_layers else ()
             names += (IMAGE_VAR,) if self.plan.per_image else ()
             self._mirror = {name: np.asarray(group[name][...]) for name in names}
@@ -492,7 +554,12 @@ class ResultStore:
         task, m = result.task, self._ledger()
         pos = self.plan.sweep.points[task.point].position
         ledger = self._root()[LEDGER]
-        for var in COUNT_VARS:
+        if self.plan.metric:  # the shard's batches: whole chunks
+            b0 = task.shard * self.plan.batches_per_shard
+            at = pos + (slice(task.t0, task.t1), slice(b0, b0 + result.moments.shape[1]))
+            ledger[MOMENT_VAR][at] = result.moments
+            m[MOMENT_VAR][at] = result.moments
+        for var in () if self.plan.metric else COUNT_VARS:
             values = np.asarray(getattr(result, var), dtype=np.int32)
             ledger[var][pos + (slice(task.t0, task.t1), task.shard)] = values
             m[var][pos + (slice(task.t0, task.t1), task.shard)] = values
@@ -529,11 +596,10 @@ class ResultStore:
         m, tpt = self._ledger(), self.plan.trials_per_task
         t0, t1 = self.plan.trial_blocks[block]
         done = m["done"][pos][[block]]  # (1 block, shard)
-        counts = {var: m[var][pos][t0:t1] for var in COUNT_VARS}
-        summary = _summary(counts, done, m["shard_images"], tpt)
+        summary = self._summary({var: m[var][pos][t0:t1] for var in self._count_vars}, done)
         root = self._root()
-        for var in ("n_images",) + COUNT_VARS + ("top1", "top5"):
-            root[var][pos + (slice(t0, t1),)] = summary[var]
+        for var, values in summary.items():
+            root[var][pos + (slice(t0, t1),)] = values
         if self.energy_layers:
             ledger = {var: m[var][pos][t0:t1] for var in ENERGY_VARS}
             for var, values in _energy_summary(ledger, done, summary["n_images"], tpt).items():
@@ -547,18 +613,36 @@ class ResultStore:
         if "n_trials" in root:  # stores written before n_trials lack it
             root["n_trials"][pos] = int(chips)
 
+    @property
+    def _count_vars(self) -> tuple:
+        """The ledger's per-chip counts: the loss sums of a loss metric, else the top-1/top-5 hits."""
+        return (MOMENT_VAR,) if self.plan.metric else COUNT_VARS
+
+    def _summary(self, counts: dict, done: np.ndarray) -> dict:
+        """The per-chip result arrays of ledger counts and entries (:func:`_summary`, :func:`_metric_summary`)."""
+        m, plan = self._ledger(), self.plan
+        if plan.metric:
+            return _metric_summary(counts[MOMENT_VAR], done, m["shard_images"], plan.trials_per_task,
+                                   plan.batches_per_shard, plan.metric)
+        return _summary(counts, done, m["shard_images"], plan.trials_per_task)
+
     def stops(self, pos: tuple = ()) -> tuple[np.ndarray, np.ndarray]:
         """:func:`adaptive_stop` of the points at ``pos`` (default: all) from the ledger."""
         m = self._ledger()
         adaptive = self.plan.adaptive.model_dump() if self.plan.adaptive is not None else None
-        return adaptive_stop(m["correct_top1"][pos], m["done"][pos], m["shard_images"], self.plan.trials_per_task,
-                             adaptive)
+        counts = MOMENT_VAR if self.plan.metric else f"correct_{self.plan.metric_name}"
+        return adaptive_stop(m[counts][pos], m["done"][pos], m["shard_images"], self.plan.trials_per_task,
+                             adaptive, self.plan.metric)
 
     def write_digital(self, result) -> None:
         """Counts of one digital task, its ledger entry, then the digital accuracies."""
         s, m = result.task.shard, self._ledger()
         ledger = self._root()[LEDGER]
-        for var in DIGITAL_VARS:
+        if self.plan.metric:
+            b0 = s * self.plan.batches_per_shard
+            ledger[DIGITAL_MOMENTS][b0:b0 + len(result.moments)] = result.moments
+            m[DIGITAL_MOMENTS][b0:b0 + len(result.moments)] = result.moments
+        for var in () if self.plan.metric else DIGITAL_VARS:
             value = int(getattr(result, var.removeprefix("digital_")))
             ledger[var][s] = value
             m[var][s] = value
@@ -571,6 +655,12 @@ class ResultStore:
 
     def _write_digital_result(self) -> None:
         m, root = self._ledger(), self._root()
+        if self.plan.metric:  # the digital model as one chip whose every block is done when its shards are
+            summary = _metric_summary(m[DIGITAL_MOMENTS][None], m["digital_done"][None], m["shard_images"], 1,
+                                      self.plan.batches_per_shard, self.plan.metric)
+            root[DIGITAL_MOMENTS][...] = summary[MOMENT_VAR][0]
+            root[f"digital_{self.plan.metric['name']}"][()] = summary[self.plan.metric["name"]][0]
+            return
         counts = {var: m[var] for var in DIGITAL_VARS}
         for var, value in _digital_summary(counts, m["digital_done"], m["shard_images"]).items():
             root[var][()] = value
@@ -579,8 +669,7 @@ class ResultStore:
         """Recompute every result array from the ledger (after an interruption, the result may
         lag its ledger by the task being written)."""
         m, root = self._ledger(), self._root()
-        summary = _summary({var: m[var] for var in COUNT_VARS}, m["done"], m["shard_images"],
-                           self.plan.trials_per_task)
+        summary = self._summary({var: m[var] for var in self._count_vars}, m["done"])
         summary["n_trials"], summary["complete"] = self.stops()
         for var, values in summary.items():
             if var in root:  # stores written before n_trials lack it
@@ -755,8 +844,10 @@ def open_result(path: str, *, partial: bool = False) -> xr.Dataset:
         digital_done = np.asarray(ledger["digital_done"][...])
         calibrated = bool(info.attrs.get("calibration_written"))
         layout = info.layout
-        _, ended = adaptive_stop(np.asarray(ledger["correct_top1"][...]), done, np.asarray(ledger["shard_images"][...]),
-                                 int(layout["trials_per_task"]), layout.get("adaptive"))
+        metric = layout.get("metric")
+        counts = MOMENT_VAR if metric else f"correct_{layout.get('metric_name', 'top1')}"
+        _, ended = adaptive_stop(np.asarray(ledger[counts][...]), done, np.asarray(ledger["shard_images"][...]),
+                                 int(layout["trials_per_task"]), layout.get("adaptive"), metric)
         if not (ended.all() and digital_done.all() and calibrated):
             raise StoreError(
                 f"{path}: the run is not finished ({int(done.sum())} of {done.size} evaluation tasks, "

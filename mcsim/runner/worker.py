@@ -2,8 +2,9 @@
 
 A :class:`Worker` is what an executor runs in each of its processes (local) or actors (Ray):
 it loads the model and the evaluation data set when built, then runs any number of tasks and
-returns only small results (correct counts per chip). It knows nothing of processes, queues or
-stores.
+returns only small results (correct counts per chip; with a metric other than accuracy, each
+chip's loss sums per global batch, :data:`mcsim.stats.MOMENTS`). It knows nothing of processes,
+queues or stores.
 
 Evaluation of a task: the model is converted for the point's hardware and the task's chips
 (kept while the next task shares point and trial block), the point's calibration is loaded,
@@ -23,12 +24,14 @@ from typing import Optional
 import numpy as np
 import torch
 
-from mcsim.data import calibration_images, evaluation_dataset
+from mcsim.data import calibration_images, evaluation_dataset, import_object
 from mcsim.engine.convert import convert, crossbar_layers, pick_device
 from mcsim.engine.counting import counting
+from mcsim.metrics import MetricError, image_losses
 from mcsim.models import load_model
 from mcsim.runner.plan import CalibrationTask, DigitalTask, EvalTask, Task
-from mcsim.scenario import Scenario
+from mcsim.scenario import FactoryMetric, Scenario
+from mcsim.stats import moment_sums
 from mcsim.sweep import expand, needs_layer_names
 
 __all__ = ["CalibrationResult", "DigitalResult", "EnergySums", "EvalResult", "Worker", "TOPK"]
@@ -49,24 +52,28 @@ class CalibrationResult:
 @dataclass(frozen=True)
 class DigitalResult:
     task: DigitalTask
-    correct_top1: int
-    correct_top5: int
+    correct_top1: Optional[int]  # None with a metric other than accuracy
+    correct_top5: Optional[int]
     n_images: int
     seconds: float
     labels: Optional[np.ndarray] = None  # (n_images,) int64, when the task keeps per-image outcomes
+    moments: Optional[np.ndarray] = None  # (n_batches, 5) float64: a loss metric's sums per global batch
 
 
 @dataclass(frozen=True)
 class EvalResult:
     task: EvalTask
-    correct_top1: np.ndarray  # (n_trials,) int64: images classified right by each chip
-    correct_top5: np.ndarray
+    correct_top1: Optional[np.ndarray]  # (n_trials,) int64: images classified right by each chip; None
+    correct_top5: Optional[np.ndarray]  # with a metric other than accuracy (then ``moments``)
     n_images: int
     seconds: float
     energy: Optional["EnergySums"] = None  # when the scenario counts energy
     #: (n_trials, ceil(n_images / 8)) uint8: each chip's top-1 outcome per image of the shard,
     #: ``np.packbits`` along the images; when the task keeps per-image outcomes
     image_top1: Optional[np.ndarray] = None
+    #: (n_trials, n_batches, 5) float64: with a metric other than accuracy, each chip's sums
+    #: (:data:`mcsim.stats.MOMENTS`) per global batch of the shard
+    moments: Optional[np.ndarray] = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +136,10 @@ class Worker:
         self.points = expand(scenario, crossbar_layers(self.model) if needs_layer_names(scenario) else None).points
         self.digital_model = self.model if self.device.type == "cpu" else copy.deepcopy(self.model).to(self.device)
         self.dataset = evaluation_dataset(scenario.data)
+        self.loss_metric = scenario.metric_info is not None  # scored by a loss, not by top-1/top-5 hits
+        metric = scenario.metric
+        self._metric_fn = (import_object(metric.factory, "metric.factory", MetricError)
+                           if isinstance(metric, FactoryMetric) else None)
         self.n_images = len(self.dataset)
         self._cache_bytes = cache_bytes
         self._batches: OrderedDict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
@@ -138,14 +149,18 @@ class Worker:
 
     # ------------------------------------------------------------------ data
     def batch(self, b0: int, b1: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images ``[b0, b1)`` of the evaluation list and their labels (kept while memory allows)."""
+        """Images ``[b0, b1)`` of the evaluation list and their labels (targets of any shape and type
+        with a loss metric), kept while memory allows."""
         key = (b0, b1)
         if key in self._batches:
             self._batches.move_to_end(key)
             return self._batches[key]
         items = [self.dataset[i] for i in range(b0, b1)]
         x = torch.stack([torch.as_tensor(item[0]) for item in items])
-        y = torch.tensor([int(item[1]) for item in items], dtype=torch.int64)
+        if self.loss_metric:
+            y = torch.stack([torch.as_tensor(item[1]) for item in items])
+        else:
+            y = torch.tensor([int(item[1]) for item in items], dtype=torch.int64)
         self._batches[key] = (x, y)
         total = sum(v[0].numel() * v[0].element_size() for v in self._batches.values())
         while total > self._cache_bytes and len(self._batches) > 1:
@@ -189,10 +204,21 @@ class Worker:
         settings = {name: layer_settings(hw, chip) for name, hw in analog.layer_hardware.items()}
         return CalibrationResult(task, list(analog.layer_names), state, time.perf_counter() - start, settings)
 
+    def _moments(self, outputs: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
+        """Each chip's loss sums ``(C, 5)`` on one batch (``outputs (C, B, ...)``)."""
+        metric = self.scenario.metric
+        fn, kwargs = (self._metric_fn, metric.kwargs) if self._metric_fn is not None else (None, None)
+        loss, count = image_losses(outputs, targets, self.scenario.metric_name, fn, kwargs)
+        return moment_sums(loss, count)
+
     @torch.no_grad()
     def digital(self, task: DigitalTask) -> DigitalResult:
-        """Correct counts of the digital model on the task's shard."""
+        """Correct counts (a loss metric: loss sums per batch) of the digital model on the task's shard."""
         start = time.perf_counter()
+        if self.loss_metric:
+            sums = [self._moments(self.digital_model(x.to(self.device)).unsqueeze(0), y)[0]
+                    for _, (x, y) in self.batches(task.i0, task.i1)]
+            return DigitalResult(task, None, None, task.n_images, time.perf_counter() - start, moments=np.stack(sums))
         top1 = top5 = 0
         labels = []
         for _, (x, y) in self.batches(task.i0, task.i1):
@@ -204,7 +230,8 @@ class Worker:
 
     @torch.no_grad()
     def evaluate(self, task: EvalTask, calibration: Optional[dict] = None) -> EvalResult:
-        """Correct counts of each chip ``[t0, t1)`` of the task's point on its shard.
+        """Correct counts (a loss metric: loss sums per batch) of each chip ``[t0, t1)`` of the
+        task's point on its shard.
 
         ``calibration``: the point's calibration (:meth:`calibrate`'s ``state``); required when
         the point's hardware needs one.
@@ -223,10 +250,15 @@ class Worker:
         top1 = torch.zeros(task.n_trials, dtype=torch.int64)
         top5 = torch.zeros(task.n_trials, dtype=torch.int64)
         images = []  # per batch, the chips' top-1 outcomes (n_trials, B)
+        losses = []  # per batch, a loss metric's sums (n_trials, 5)
         with counting(analog) if self.scenario.energy else nullcontext() as counter:
             for b0, (x, y) in self.batches(task.i0, task.i1):
                 ids = torch.arange(b0, b0 + len(y), dtype=torch.int64)
-                h1, h5 = _hits(analog(x, image_ids=ids), y)
+                outputs = analog(x, image_ids=ids)
+                if self.loss_metric:
+                    losses.append(self._moments(outputs, y))
+                    continue
+                h1, h5 = _hits(outputs, y)
                 top1 += h1.sum(-1).cpu()
                 top5 += h5.sum(-1).cpu()
                 if task.per_image:
@@ -236,5 +268,8 @@ class Worker:
         if counter is not None:
             sums = counter.result(per_image=False)
             energy = EnergySums(sums.layers, sums.stacked(), sums.joules())  # each layer at its own prices
+        if self.loss_metric:
+            return EvalResult(task, None, None, task.n_images, time.perf_counter() - start, energy,
+                              moments=np.stack(losses, axis=1))
         return EvalResult(task, top1.numpy(), top5.numpy(), task.n_images, time.perf_counter() - start, energy,
                           bits)
