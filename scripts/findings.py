@@ -44,6 +44,7 @@ EXPERIMENTS = [
     "03_adc_resolution",
     "04_parasitics",
     "10_on_off_ratio",
+    "14_digital_subtraction",
     "05_bitserial_accumulation",
     "06_sonos_designs",
     "11_stuck_cells",
@@ -86,6 +87,10 @@ PAPER = {
                "absence of proportional mapping requires larger and more power-hungry peripheral circuits that can "
                "support larger bit line currents\". Its energies per design (Table 3, from SPICE simulations of a "
                "40 nm SONOS process) were not available, so no number of theirs is quoted."),
+    "subtraction": ("The project's issue quotes the study's Section 3.2 (page 32): dot-product proportionality needs "
+                    "more than a differential pair, \"the current subtraction in differential cells [must] be "
+                    "conducted in analog\", explored in its Section 6. That page's text was not available here "
+                    "to check the quote."),
     "designs": ("Tables 3-5 (the design points A-E and their accuracies) were not available: "
                 "mcsim/designs.py marks its reading of A-E as unverified, and no accuracy of the study's is "
                 "quoted here."),
@@ -1164,6 +1169,68 @@ Top-1 % (mean ± std over chips) per time since programming:
     return text, {"year": year}
 
 
+# --------------------------------------------------------------------------------------
+# where a differential pair is subtracted (docs/physics.md section 15): the study's Section 6
+
+SUBTRACTIONS = {"analog": ("analog subtraction", "-"), "digital": ("digital subtraction", "--")}
+
+
+def plot_subtraction(ds, path):
+    plt = _plt()
+    bits, sigmas = values(ds, "bits"), values(ds, "sigma")
+    fig, axes = plt.subplots(1, len(sigmas), figsize=(5 * len(sigmas), 3.8), sharey=True, squeeze=False)
+    for ax, sig in zip(axes[0], sigmas):
+        for sub, (label, style) in SUBTRACTIONS.items():
+            _line(ax, bits, [stat(ds, bits=b, sigma=sig, subtraction=sub) for b in bits], label,
+                  color=COLORS["differential"], linestyle=style)
+        ax.set_title(f"programming error {100 * sig:g} % (state-proportional)", fontsize=9)
+        ax.set_xlabel("ADC bits")
+    _finish(fig, axes[0], ds, path, f"{ds.attrs['name']}: mean over {ds.sizes['trial']} chips, band +-1 std; "
+            "dashed: digital", legend="lower right")
+
+
+def section_subtraction(ds) -> tuple[str, dict]:
+    bits, sigmas = values(ds, "bits"), values(ds, "sigma")
+    need = {(sub, sig): threshold(ds, "bits", bits, "down", subtraction=sub, sigma=sig)
+            for sub in SUBTRACTIONS for sig in sigmas}
+    gaps = {sig: max(((b, Margin(stat(ds, bits=b, sigma=sig, subtraction="analog"),
+                                 stat(ds, bits=b, sigma=sig, subtraction="digital"))) for b in bits),
+                     key=lambda t: t[1].z) for sig in sigmas}
+    rows = [[SUBTRACTIONS[sub][0], f"{100 * sig:g} %"] + [stat(ds, bits=b, sigma=sig, subtraction=sub).fmt() for b in bits]
+            + [need[(sub, sig)].short()] for sig in sigmas for sub in SUBTRACTIONS]
+    clear = all(g.z > 3 for _, g in gaps.values())
+    verdict = ("**Reproduced.**" if clear else
+               "**Reproduced in part.**" if any(g.z > 3 for _, g in gaps.values()) else "**Not reproduced.**")
+    gap_text = "; ".join(f"at {100 * sig:g} % error, {b} ADC bits: analog − digital = {g.fmt()}"
+                         for sig, (b, g) in gaps.items())
+    text = f"""## Finding 6: a differential pair must be subtracted in analog
+
+Scenario `scenarios/cpu/14_digital_subtraction.yaml` (full scale: `scenarios/study/14_digital_subtraction.yaml`).
+{ds.attrs['name']}: builtin:mnist-resnet, differential, 8-bit weights in one pair, 8-bit analog inputs, 1152-row
+arrays, {int(ds['n_images'].max())} test images, {ds.sizes['trial']} chips per point. Digital model: {pct(digital(ds))} %.
+`subtraction: analog` subtracts G+ − G− before one ADC per pair; `digital` gives each column its own ADC, with a range
+calibrated per device kind (99.98th percentile of the error-free G+ outputs, then of the G− outputs), and subtracts
+the codes (docs/physics.md section 15).
+
+![accuracy vs ADC bits, analog vs digital subtraction](findings_14_digital_subtraction.png)
+
+**Paper.** {PAPER['subtraction']}
+
+**mcsim.** {verdict} Fewest ADC bits within {100 * TOLERANCE:.0f} points of digital (bracket as above): analog
+subtraction {', '.join(f"{need[('analog', s)].short()} at {100 * s:g} % error" for s in sigmas)}; digital subtraction
+{', '.join(f"{need[('digital', s)].short()} at {100 * s:g} % error" for s in sigmas)}. Widest margins: {gap_text}.
+Each side of a digital pair carries Gmin·Σx and every weight of its sign, a common-mode current that analog subtraction
+cancels before the conversion: its ADC must span it, so its step is coarser against the difference the network needs.
+Programming errors do not change this: they add the same error to both schemes (they are in the devices, before either
+subtraction).
+
+Top-1 % (mean ± std over chips) per ADC resolution:
+
+{table(["subtraction", "error"] + [f"{b} bits" for b in bits] + ["fewest bits"], rows)}
+"""
+    return text, {"need": need, "gaps": gaps}
+
+
 def discussion(results: dict) -> str:
     return """## Where mcsim and the study differ, and what the small models cannot show
 
@@ -1253,6 +1320,7 @@ def main(argv=None) -> int:
         "11_stuck_cells": (plot_stuck, section_stuck),
         "12_die_variation": (plot_die, section_die),
         "13_measured_pcm_table": (plot_pcm, section_pcm),
+        "14_digital_subtraction": (plot_subtraction, section_subtraction),
     }
     sections, results, walls = [], {}, {}
     missing = []
