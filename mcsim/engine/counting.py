@@ -25,7 +25,7 @@ MVM; ``pos`` output positions, tokens included; ``C_out`` columns, a differentia
   ``v**2`` (bit-serial: the count of set bits), summed over the call's images, with each row's
   conductance summed over the columns.
 * ``digital_adds``: recombining the ``S * P * nb`` digitized terms of each output (``terms - 1``
-  shift-and-adds; one more per extra conversion with digital subtraction); offset mapping with the
+  shift-and-adds; each side's with digital subtraction: ``2 terms - 1``); offset mapping with the
   nominal offset: summing each plane's inputs over the ``K`` rows (``K - 1``) and the
   planes (``nb - 1``) per position and group, and one subtraction per output.
   ``digital_macs``: offset mapping, scaling that input sum by ``G_zero`` (one per position and group).
@@ -157,7 +157,7 @@ class EnergyCounter:
         terms = layer.n_slices * part.parts * nb_adc
         conversions = pos * geo.groups * layer.cols * terms  # cols: C_out / g, or each side's (section 15)
         self._add("adc_conversions", layer.name, chips, conversions)
-        adds, macs = conversions - pos * geo.c_out, 0
+        adds, macs = pos * geo.c_out * (layer.sides * terms - 1), 0  # each output: its terms, both sides'
         if layer.offset:  # the nominal offset term (a reference column needs none)
             adds += pos * (geo.groups * (nb_adc * geo.rows - 1) + geo.c_out)
             macs += pos * geo.groups
