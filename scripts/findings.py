@@ -1172,7 +1172,7 @@ Top-1 % (mean ± std over chips) per time since programming:
 # --------------------------------------------------------------------------------------
 # where a differential pair is subtracted (docs/physics.md section 15): the study's Section 6
 
-SUBTRACTIONS = {"analog": ("analog subtraction", "-"), "digital": ("digital subtraction", "--")}
+SUBTRACTIONS = {"analog": ("analog subtraction", "tab:blue"), "digital": ("digital subtraction", "tab:orange")}
 
 
 def plot_subtraction(ds, path):
@@ -1180,13 +1180,12 @@ def plot_subtraction(ds, path):
     bits, sigmas = values(ds, "bits"), values(ds, "sigma")
     fig, axes = plt.subplots(1, len(sigmas), figsize=(5 * len(sigmas), 3.8), sharey=True, squeeze=False)
     for ax, sig in zip(axes[0], sigmas):
-        for sub, (label, style) in SUBTRACTIONS.items():
-            _line(ax, bits, [stat(ds, bits=b, sigma=sig, subtraction=sub) for b in bits], label,
-                  color=COLORS["differential"], linestyle=style)
+        for sub, (label, color) in SUBTRACTIONS.items():
+            _line(ax, bits, [stat(ds, bits=b, sigma=sig, subtraction=sub) for b in bits], label, color=color)
         ax.set_title(f"programming error {100 * sig:g} % (state-proportional)", fontsize=9)
         ax.set_xlabel("ADC bits")
     _finish(fig, axes[0], ds, path, f"{ds.attrs['name']}: mean over {ds.sizes['trial']} chips, band +-1 std; "
-            "dashed: digital", legend="lower right")
+            "dashed: the digital model", legend="lower right")
 
 
 def section_subtraction(ds) -> tuple[str, dict]:

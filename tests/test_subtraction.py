@@ -134,7 +134,8 @@ def test_reference_column_errors_are_common_to_its_array(reference):
     torch.nn.init.zeros_(net.weight)
     x = torch.rand(1, 16, generator=torch.Generator().manual_seed(7)) + 0.5
     sigma, chips = 0.02, 3000
-    out, _ = _run(torch.nn.Sequential(net).eval(), x, trials=chips, mapping="offset", offset_reference=reference, input_bits=None,
+    out, _ = _run(torch.nn.Sequential(net).eval(), x, trials=chips, mapping="offset", offset_reference=reference,
+                  input_bits=None,
                   adc={"bits": None}, error={"model": "independent", "sigma": sigma, "clip": False})
     z = out[:, 0, :].double().numpy()  # (chips, outputs)
     K = 255 / (1 - 0.01) * (1.0 / 127) * sigma  # w_max = 1 for all-zero weights
@@ -192,3 +193,14 @@ def test_nonsense_combinations_are_refused():
         mcsim.Hardware(mapping="offset", offset_reference="column", variation={"column": 0.01})
     with pytest.raises(ValidationError, match="subtraction"):
         mcsim.Hardware(subtraction="both")
+
+
+def test_each_side_of_a_digital_pair_has_its_own_adc_mismatch():
+    mismatch = {"bits": 6, "gain_sigma": 0.05, "offset_lsb": 0.5}
+    _, model = _run(_cnn(), _X[:2], trials=2, subtraction="digital", adc=mismatch)
+    layer = _layer(model)
+    scale, shift = layer._codes(layer._pass())  # per ADC (Tc, g, P, S, columns): G+ columns, then G-
+    ng = layer.geom.ng
+    assert scale.shape[-1] == 2 * ng == layer.cols
+    ratio = scale[..., ng:] / scale[..., :ng]  # one range per side: the ratio of two gains, drawn apart
+    assert ratio.std() > 0.02 and (shift[..., ng:] - shift[..., :ng]).std() > 0.1
