@@ -63,18 +63,20 @@ def _range(samples, percentile):
     return np.percentile(samples, [tail, 100 - tail])
 
 
-@pytest.mark.parametrize("levels", ["mid_tread", "mid_rise"])
+@pytest.mark.parametrize("levels,subtraction", [("mid_tread", "digital"), ("mid_rise", "digital"),
+                                                ("mid_rise", "analog")])
 @pytest.mark.parametrize("mapping", ["differential", "offset"])
-def test_each_side_is_quantized_in_its_own_range_then_subtracted(levels, mapping):
+def test_each_side_is_quantized_in_its_own_range_then_subtracted(levels, subtraction, mapping):
     """One Linear layer, no device errors: per side (G+ and G-, or the columns and their reference
     column) quantized in a range calibrated on that side's outputs, then subtracted, then the slices
-    recombined, by plain NumPy from the definitions (sections 2, 3, 5, 7 and 15)."""
+    recombined, by plain NumPy from the definitions (sections 2, 3, 5, 7 and 15); with analog
+    subtraction the difference quantized in its own calibrated range."""
     torch.manual_seed(5)
     net = torch.nn.Sequential(torch.nn.Linear(24, 7)).eval()
     x = torch.rand(48, 24, generator=torch.Generator().manual_seed(6))
     extra = dict(offset_reference="column") if mapping == "offset" else {}
     bits, slices, pct = 5, 2, 99.0
-    out, model = _run(net, x, trials=1, mapping=mapping, subtraction="digital", slices=slices, **extra,
+    out, model = _run(net, x, trials=1, mapping=mapping, subtraction=subtraction, slices=slices, **extra,
                       adc={"bits": bits, "levels": levels, "percentile": pct, "slice_ranges": "independent"})
     layer = _layer(model)
 
@@ -102,8 +104,12 @@ def test_each_side_is_quantized_in_its_own_range_then_subtracted(levels, mapping
     z = 0.0
     for s in range(slices):
         y = [v @ g[s].T for g in sides]  # (images, columns) per side
-        codes = [_quantize(yy, *_range(yy, pct), bits, levels) for yy in y]
-        z = z + 2 ** (bs * s) * L / (1 - gmin) * (codes[0] - codes[1])
+        if subtraction == "digital":
+            codes = [_quantize(yy, *_range(yy, pct), bits, levels) for yy in y]
+            diff = codes[0] - codes[1]
+        else:
+            diff = _quantize(y[0] - y[1], *_range(y[0] - y[1], pct), bits, levels)
+        z = z + 2 ** (bs * s) * L / (1 - gmin) * diff
     expect = z * (w_max / Q) * layer.x_range + b
     np.testing.assert_allclose(out[0].double().numpy(), expect, rtol=1e-5, atol=1e-5 * np.abs(expect).max())
 
