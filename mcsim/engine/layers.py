@@ -8,7 +8,9 @@ as one grouped convolution (a Linear is a 1x1 conv), all chips of the block in o
 
 * **split** structure (a real ADC, or ADC calibration): output channels per (chip, group,
   partition) are ``(slice, column)``; each column output is digitized on its own (section 7), per
-  input bit when inputs are bit-serial with digital accumulation (section 5), then recombined.
+  input bit when inputs are bit-serial with digital accumulation (section 5), then recombined. A pair
+  subtracted digitally (section 15) has its second side's columns (G-, or one reference column per
+  array) beside the first's, each with its own ADC range, subtracted in the recombination.
 * **folded** structure (an ideal ADC): partitions, slices, input bits and the offset mapping's
   ``G_zero * sum(x)`` are linear, so they are folded into one effective weight per chip before the
   matmul: one convolution, no cancellation of large terms in float32 (docs/physics.md section 10).
@@ -302,8 +304,9 @@ class AnalogLayer(Programming, Calibrated, GatedColumns, nn.Module):
         return k.add_(var.sqrt_().mul_(z))
 
     def _digitize(self, k: torch.Tensor, p: Pass) -> tuple[torch.Tensor, list[float], list[float]]:
-        """Section 7, in place: ADC codes, with each slice's ``(step, lo)`` to read them back. When
-        calibrating, records the raw outputs instead and reads them back as they are."""
+        """Section 7, in place: ADC codes, with each range's ``(step, first level)`` to read them back (a
+        range per slice, and per side of a pair digitized apart: section 15). When calibrating, records
+        the raw outputs instead and reads them back as they are."""
         ranges = self.n_slices * self.sides  # range i = side * S + slice (section 15)
         if p.adc_bits is None:  # ideal ADC (only gated rows split without one) or calibrating
             if p.calibrating:
@@ -322,7 +325,8 @@ class AnalogLayer(Programming, Calibrated, GatedColumns, nn.Module):
 
     def _recombine(self, digitized, bit_weights: list[float], p: Pass) -> torch.Tensor:
         """``z = sum over planes b, partitions p, slices s of w_b c_s (lo_s + step_s code)``, in recombined
-        digits (sections 3, 5, 6), summed in a fixed order: ``(r, Tc, g, N_g, H', W')``."""
+        digits (sections 3, 5, 6), summed in a fixed order: ``(r, Tc, g, N_g, H', W')``. A pair digitized
+        apart adds its second side's terms with ``-c_s`` (section 15)."""
         k, step, lo = digitized
         coef = self.coef.tolist()
         if self.sides == 2:  # section 15: each slice's second side (G-, or the reference column) subtracted
