@@ -1175,82 +1175,106 @@ Top-1 % (mean ± std over chips) per time since programming:
 SUBTRACTIONS = {"analog": ("analog subtraction", "tab:blue"), "digital": ("digital subtraction", "tab:orange")}
 
 
+def _onoff(ds) -> list[float]:
+    return sorted(values(ds, "on_off_ratio"), reverse=True)  # the proportional end (high ratio) first
+
+
 def plot_subtraction(ds, path):
     plt = _plt()
-    bits, sigmas = values(ds, "bits"), values(ds, "sigma")
-    fig, axes = plt.subplots(1, len(sigmas), figsize=(5 * len(sigmas), 3.8), sharey=True, squeeze=False)
-    for ax, sig in zip(axes[0], sigmas):
-        for sub, (label, color) in SUBTRACTIONS.items():
-            _line(ax, bits, [stat(ds, bits=b, sigma=sig, subtraction=sub) for b in bits], label, color=color)
-        ax.set_title(f"programming error {100 * sig:g} % (state-proportional)", fontsize=9)
-        ax.set_xlabel("ADC bits")
-    _finish(fig, axes[0], ds, path, f"{ds.attrs['name']}: mean over {ds.sizes['trial']} chips, band +-1 std; "
+    bits, sigmas, onoff = values(ds, "bits"), values(ds, "sigma"), _onoff(ds)
+    fig, axes = plt.subplots(len(onoff), len(sigmas), figsize=(5 * len(sigmas), 3.4 * len(onoff)), sharey=True,
+                             squeeze=False)
+    for row, ratio in zip(axes, onoff):
+        for ax, sig in zip(row, sigmas):
+            for sub, (label, color) in SUBTRACTIONS.items():
+                _line(ax, bits, [stat(ds, bits=b, sigma=sig, subtraction=sub, on_off_ratio=ratio) for b in bits],
+                      label, color=color)
+            ax.set_title(f"on/off {ratio:g}, programming error {100 * sig:g} % (state-proportional)", fontsize=9)
+            ax.set_xlabel("ADC bits")
+    _finish(fig, axes, ds, path, f"{ds.attrs['name']}: mean over {ds.sizes['trial']} chips, band +-1 std; "
             "dashed: the digital model", legend="lower right")
 
 
 def section_subtraction(ds) -> tuple[str, dict]:
-    bits, sigmas = values(ds, "bits"), values(ds, "sigma")
-    need = {(sub, sig): threshold(ds, "bits", bits, "down", subtraction=sub, sigma=sig)
-            for sub in SUBTRACTIONS for sig in sigmas}
+    bits, sigmas, onoff = values(ds, "bits"), values(ds, "sigma"), _onoff(ds)
+    points = [(r, sig) for r in onoff for sig in sigmas]
 
-    def widest(pairs):  # the (label, margin) of largest |z|
+    def at(b, r, sig, sub):
+        return stat(ds, bits=b, sigma=sig, subtraction=sub, on_off_ratio=r)
+
+    need = {(sub, r, sig): threshold(ds, "bits", bits, "down", subtraction=sub, sigma=sig, on_off_ratio=r)
+            for sub in SUBTRACTIONS for r, sig in points}
+
+    def widest(pairs):  # the (bits, margin) of largest |z|
         return max(pairs, key=lambda t: abs(t[1].z))
 
     # the same bits per converter, and the same ADC energy: a digital pair's two b-bit conversions cost
     # 2 * 2**b steps (Walden), an analog pair's one (b+1)-bit conversion as much (docs/physics.md 12)
-    same_bits = {sig: widest([(b, Margin(stat(ds, bits=b, sigma=sig, subtraction="analog"),
-                                         stat(ds, bits=b, sigma=sig, subtraction="digital"))) for b in bits])
-                 for sig in sigmas}
-    same_energy = {sig: widest([(b, Margin(stat(ds, bits=b + 1, sigma=sig, subtraction="analog"),
-                                           stat(ds, bits=b, sigma=sig, subtraction="digital")))
-                                for b in bits if b + 1 in bits]) for sig in sigmas}
-    rows = [[SUBTRACTIONS[sub][0], f"{100 * sig:g} %"] + [stat(ds, bits=b, sigma=sig, subtraction=sub).fmt() for b in bits]
-            + [need[(sub, sig)].short()] for sig in sigmas for sub in SUBTRACTIONS]
-    analog_worse = any(g.z < -3 for _, g in same_bits.values())
-    analog_better_bits = any(g.z > 3 for _, g in same_bits.values())
-    analog_better_energy = any(g.z > 3 for _, g in same_energy.values())
-    if analog_better_bits:
-        verdict = "**Reproduced.**"
-    elif analog_better_energy:
+    same_bits = {(r, sig): widest([(b, Margin(at(b, r, sig, "analog"), at(b, r, sig, "digital"))) for b in bits])
+                 for r, sig in points}
+    same_energy = {(r, sig): widest([(b, Margin(at(b + 1, r, sig, "analog"), at(b, r, sig, "digital")))
+                                     for b in bits if b + 1 in bits]) for r, sig in points}
+    rows = [[f"{r:g}", f"{100 * sig:g} %", SUBTRACTIONS[sub][0]] + [at(b, r, sig, sub).fmt() for b in bits]
+            + [need[(sub, r, sig)].short()] for r, sig in points for sub in SUBTRACTIONS]
+
+    def phrase(r):  # what the same bits per converter show at on/off ratio r
+        zs = [same_bits[(r, sig)][1].z for sig in sigmas]
+        if any(z > 3 for z in zs):
+            return "analog subtraction is the better one"
+        if any(z < -3 for z in zs):
+            return ("digital subtraction is nowhere worse by 3 SE, and at the lowest resolution the better one (two "
+                    "ADCs of b bits resolve a pair into more levels than one)")
+        return "the two are alike within 3 SE"
+
+    energy_wins = [k for k, (_, g) in same_energy.items() if g.z > 3]
+    bits_wins = sorted({r for (r, _), (_, g) in same_bits.items() if g.z > 3}, reverse=True)
+    if bits_wins and len(energy_wins) == len(points):
+        verdict = "**Reproduced.**" if len(bits_wins) == len(onoff) else (
+            f"**Reproduced at equal ADC energy; at equal resolution per converter only at on/off "
+            f"{', '.join(f'{r:g}' for r in bits_wins)}.**")
+    elif energy_wins:
         verdict = "**Reproduced at equal ADC energy, not at equal resolution per converter.**"
     else:
         verdict = "**Not reproduced.**"
 
     def fmt(margins, label):
-        return "; ".join(f"at {100 * sig:g} % error, {label(b)}: {g.fmt()}" for sig, (b, g) in margins.items())
-    per_converter = ("digital subtraction is nowhere worse by 3 SE, and at the lowest resolution the better "
-                     "one: two ADCs of b bits resolve a pair into more levels than one" if analog_worse else
-                     "analog subtraction is the better one" if analog_better_bits else
-                     "the two schemes are alike within 3 SE")
+        return "; ".join(f"on/off {r:g}, {100 * sig:g} % error, {label(b)}: {g.fmt()}"
+                         for (r, sig), (b, g) in margins.items())
+
+    low, hi_r, lo_r, s0 = bits[0], onoff[0], onoff[-1], sigmas[0]
+    common = (f"Without programming error, at {low} ADC bits, digital subtraction goes from "
+              f"{at(low, hi_r, s0, 'digital').fmt()} % at on/off {hi_r:g} to {at(low, lo_r, s0, 'digital').fmt()} % "
+              f"at on/off {lo_r:g}, while analog subtraction gives {at(low, hi_r, s0, 'analog').fmt()} % and "
+              f"{at(low, lo_r, s0, 'analog').fmt()} %: the Gmin terms cancel in G+ − G− before the ADC, and the "
+              "range calibrated on the difference is the same up to a scale.")
+    fewest = "; ".join(f"on/off {r:g}, {100 * sig:g} % error: {need[('analog', r, sig)].short()} / "
+                       f"{need[('digital', r, sig)].short()}" for r, sig in points)
     text = f"""## Finding 6: a differential pair should be subtracted in analog
 
 Scenario `scenarios/cpu/14_digital_subtraction.yaml` (full scale: `scenarios/study/14_digital_subtraction.yaml`).
 {ds.attrs['name']}: builtin:mnist-resnet, differential, 8-bit weights in one pair, 8-bit analog inputs, 1152-row
-arrays, on/off ratio 100, {int(ds['n_images'].max())} test images, {ds.sizes['trial']} chips per point (without
-programming error the chips are identical). Digital model: {pct(digital(ds))} %. `subtraction: analog` subtracts
-G+ − G− before one ADC per pair; `digital` gives each column its own ADC, with a range calibrated per device kind
-(99.98th percentile of the error-free G+ outputs, then of the G− outputs), and subtracts the codes (docs/physics.md
-section 15).
+arrays, {int(ds['n_images'].max())} test images, {ds.sizes['trial']} chips per point (without programming error the
+chips are identical). Digital model: {pct(digital(ds))} %. `subtraction: analog` subtracts G+ − G− before one ADC per
+pair; `digital` gives each column its own ADC, with a range calibrated per device kind (99.98th percentile of the
+error-free G+ outputs, then of the G− outputs), and subtracts the codes (docs/physics.md section 15). Each side of a
+digital pair carries a common-mode current, Gmin·Σx (1 % of Gmax per active row at on/off 100, 10 % at 10), that
+analog subtraction cancels before the conversion.
 
 ![accuracy vs ADC bits, analog vs digital subtraction](findings_14_digital_subtraction.png)
 
 **Paper.** {PAPER['subtraction']}
 
-**mcsim.** {verdict} At the same resolution per converter {per_converter} (widest margins, analog −
-digital: {fmt(same_bits, lambda b: f"{b} bits")}). But a digital pair converts twice: at the same
-ADC energy (two b-bit conversions cost as much as one of b + 1 bits, Walden's 2**bits per conversion, docs/physics.md
-section 12) analog subtraction wins: {fmt(same_energy, lambda b: f"analog {b + 1} bits vs digital {b} bits")}.
-Fewest ADC bits within {100 * TOLERANCE:.0f} points of digital (bracket as above): analog subtraction
-{', '.join(f"{need[('analog', s)].short()} at {100 * s:g} % error" for s in sigmas)}; digital subtraction
-{', '.join(f"{need[('digital', s)].short()} at {100 * s:g} % error" for s in sigmas)}. The common-mode current
-that each side of a digital pair carries (Gmin·Σx, 1 % of Gmax per active row at this on/off ratio) is small here;
-a lower on/off ratio would widen each side's range against the difference, which this scenario does not sweep.
-Programming errors sit in the devices, before either subtraction, and change neither comparison beyond the
-chip-to-chip spread.
+**mcsim.** {verdict} At the same resolution per converter: {'; '.join(f'at on/off {r:g} {phrase(r)}' for r in onoff)}
+(widest margins, analog − digital: {fmt(same_bits, lambda b: f"{b} bits")}). But a digital pair converts twice: at
+the same ADC energy (two b-bit conversions cost as much as one of b + 1 bits, Walden's 2**bits per conversion,
+docs/physics.md section 12): {fmt(same_energy, lambda b: f"analog {b + 1} bits vs digital {b} bits")}. {common} Fewest ADC
+bits within {100 * TOLERANCE:.0f} points of digital (bracket as above), analog / digital subtraction:
+{fewest}.
+Programming errors sit in the devices, before either subtraction.
 
 Top-1 % (mean ± std over chips) per ADC resolution:
 
-{table(["subtraction", "error"] + [f"{b} bits" for b in bits] + ["fewest bits"], rows)}
+{table(["on/off", "error", "subtraction"] + [f"{b} bits" for b in bits] + ["fewest bits"], rows)}
 """
     return text, {"need": need, "same_bits": same_bits, "same_energy": same_energy}
 
