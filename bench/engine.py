@@ -35,6 +35,8 @@ the chip effects (issue 20) <= 1.2x and programming <= 1.5x (a) with constant re
     python bench/engine.py --models resnet18-112 --configs a_drift_read_noise u_chip_effects
 3-bit input slices with an ADC per slice (issue 25, docs/physics.md section 16) <= 3.5x (a):
     python bench/engine.py --models resnet18-112 --configs a_differential_adc8 s_input_slices3_adc_per_slice --repeat 3
+digital subtraction (issue 25) <= 2.2x (a):
+    python bench/engine.py --models resnet18-112 --configs a_differential_adc8 s_digital_subtraction --repeat 3
 Numbers from a machine shared with other jobs are noisy: read the range beside the median.
 The engine sets its allocator thresholds in-process on conversion, as in any process that
 converts a model (mcsim/engine/allocator.py: large buffers reused instead of mapped anew per call);
@@ -90,6 +92,8 @@ CONFIGS = {
         **BITS, "adc": {"bits": 8, "offset_lsb": 0.5, "gain_sigma": 0.01, "noise_lsb": 0.3}},
         faults={"stuck_off": 0.001, "stuck_on": 0.001}, variation={"chip": 0.02, "array": 0.02, "column": 0.02},
         drift={"model": "pcm", "time_s": 3600, "compensate": True}, read_noise={"model": "pcm", "t_read_s": 250e-9}),
+    # Digital subtraction (docs/physics.md section 15): G+ and G- each through its own ADC.
+    "s_digital_subtraction": dict(mapping="differential", slices=1, subtraction="digital", **BITS),
 }
 # Configs measured against another one (per repeat, the ratio of the two load-corrected overhead
 # ratios), with the target of that ratio: parasitics at most 4x the same config without (gated rows,
@@ -102,6 +106,7 @@ BASELINE = {
     "p_gated_bitserial_analog": ("d_bitserial_analog_acc", 30.0),
     "u_chip_effects": ("a_drift_read_noise", 1.2),
     "s_input_slices3_adc_per_slice": ("a_differential_adc8", 3.5),
+    "s_digital_subtraction": ("a_differential_adc8", 2.2),  # issue 25
 }
 TARGETS = {"a_differential_adc8": 1.3, "b_offset_4slices": 5.0, "c_bitserial_adc_per_bit": 10.0}
 # Models with targets of their own, in place of TARGETS: the built-in LSTM (issue 22) within 3x of its

@@ -44,6 +44,13 @@ class ADC(_Strict):
         description="calibrated ranges of weight slices: differing only by powers of two (the study's "
         "constraint: recombination is a shift), or calibrated independently per slice",
     )
+    levels: Literal["mid_tread", "mid_rise"] = Field(
+        "mid_tread",
+        description="where the 2**bits levels sit in [lo, hi] (docs/physics.md section 15): mid_tread, "
+        "2**bits - 1 steps from lo to hi (both ends and, for a range around zero, zero are levels); "
+        "mid_rise, 2**bits steps of (hi - lo) / 2**bits with levels at their centres, no zero code "
+        "(a ramp ADC as CrossSim models it)",
+    )
     grid: bool = Field(
         False,
         description="calibrated ranges snapped onto the column outputs' grid (one weight digit times one "
@@ -62,6 +69,9 @@ class ADC(_Strict):
             raise ValueError("adc.limits: only used with adc.range 'explicit'")
         if self.grid and self.range != "calibrated":
             raise ValueError("adc.grid: only used with adc.range 'calibrated'")
+        if self.grid and self.levels == "mid_rise":
+            raise ValueError("adc.grid: snaps mid-tread levels onto the output grid; mid-rise levels sit "
+                             "half a step off it (use adc.levels 'mid_tread' or adc.grid false)")
         if self.bits is None:
             for key in ("offset_lsb", "gain_sigma", "noise_lsb"):
                 if getattr(self, key) != 0:
@@ -301,6 +311,13 @@ class Hardware(_Strict):
     design: Optional[Literal["A", "B", "C", "D", "E"]] = Field(
         None, description="start from one of the study's design points (mcsim.designs); other settings override it")
     mapping: Literal["differential", "offset"] = "differential"
+    subtraction: Literal["analog", "digital"] = Field(
+        "analog", description="where a pair's currents are subtracted (docs/physics.md section 15): analog, "
+        "before one ADC; digital, each column through its own ADC, the codes subtracted. Read for the "
+        "differential mapping, and for offset with offset_reference 'column'")
+    offset_reference: Literal["nominal", "column"] = Field(
+        "nominal", description="offset mapping: subtract the nominal G_zero * sum(x) digitally (nominal), or "
+        "the current of a reference column programmed at G_zero on every array (column, ISAAC's unit column)")
     on_off_ratio: Optional[float] = Field(100.0, gt=1, description="Gmax/Gmin; null = infinite")
     weight_bits: Optional[int] = Field(8, ge=2, le=16, description="null = continuous weights")
     weight_percentile: float = Field(100.0, gt=50, le=100, description="w_max as a percentile of |W|")
@@ -383,6 +400,8 @@ class Hardware(_Strict):
         if t_read is not None and (self.drift.time_s is None or self.drift.time_s <= t_read):
             raise ValueError("read_noise.t_read_s: read noise growing with time needs drift.time_s (the "
                              f"time since programming) above t_read_s {t_read:g} s")
+        if self.offset_reference == "column":
+            self._check_reference_column()
         if self.input_mode == "bitserial" and self.input_bits is None:
             raise ValueError("input_mode: bit-serial inputs need integer input_bits, not null")
         if self.input_slice_bits > 1 and self.input_mode != "bitserial":
@@ -396,6 +415,20 @@ class Hardware(_Strict):
                 "analog inputs drive their rows (parasitics.rows 'driven' or 'auto')"
             )
         return self
+
+    def _check_reference_column(self):
+        """docs/physics.md section 15: what a reference column combines with."""
+        if self.mapping != "offset":
+            raise ValueError("offset_reference: a reference column subtracts the offset mapping's G_zero term; "
+                             f"the {self.mapping} mapping has none (use mapping 'offset', or offset_reference "
+                             "'nominal')")
+        if self.variation.array > 0 or self.variation.column > 0:
+            raise ValueError("offset_reference: the reference column's array and column variation are not "
+                             "modelled; use variation.array and variation.column 0 (the chip component "
+                             "applies), or offset_reference 'nominal'")
+        if self.parasitics.rp > 0 and self.parasitics.topology == "grid":
+            raise ValueError("offset_reference: the reference column on the grid topology is not modelled; "
+                             "use parasitics.topology 'columns', or offset_reference 'nominal'")
 
     def for_layer(self, name: str) -> "Hardware":
         """The effective hardware of the layer named ``name`` (its module path in the model).

@@ -44,6 +44,7 @@ EXPERIMENTS = [
     "03_adc_resolution",
     "04_parasitics",
     "10_on_off_ratio",
+    "14_digital_subtraction",
     "05_bitserial_accumulation",
     "06_sonos_designs",
     "11_stuck_cells",
@@ -86,6 +87,10 @@ PAPER = {
                "absence of proportional mapping requires larger and more power-hungry peripheral circuits that can "
                "support larger bit line currents\". Its energies per design (Table 3, from SPICE simulations of a "
                "40 nm SONOS process) were not available, so no number of theirs is quoted."),
+    "subtraction": ("The project's issue quotes the study's Section 3.2 (page 32): dot-product proportionality needs "
+                    "more than a differential pair, \"the current subtraction in differential cells [must] be "
+                    "conducted in analog\", explored in its Section 6. That page's text was not available here "
+                    "to check the quote."),
     "designs": ("Tables 3-5 (the design points A-E and their accuracies) were not available: "
                 "mcsim/designs.py marks its reading of A-E as unverified, and no accuracy of the study's is "
                 "quoted here."),
@@ -1164,6 +1169,116 @@ Top-1 % (mean ± std over chips) per time since programming:
     return text, {"year": year}
 
 
+# --------------------------------------------------------------------------------------
+# where a differential pair is subtracted (docs/physics.md section 15): the study's Section 6
+
+SUBTRACTIONS = {"analog": ("analog subtraction", "tab:blue"), "digital": ("digital subtraction", "tab:orange")}
+
+
+def _onoff(ds) -> list[float]:
+    return sorted(values(ds, "on_off_ratio"), reverse=True)  # the proportional end (high ratio) first
+
+
+def plot_subtraction(ds, path):
+    plt = _plt()
+    bits, sigmas, onoff = values(ds, "bits"), values(ds, "sigma"), _onoff(ds)
+    fig, axes = plt.subplots(len(onoff), len(sigmas), figsize=(5 * len(sigmas), 3.4 * len(onoff)), sharey=True,
+                             squeeze=False)
+    for row, ratio in zip(axes, onoff):
+        for ax, sig in zip(row, sigmas):
+            for sub, (label, color) in SUBTRACTIONS.items():
+                _line(ax, bits, [stat(ds, bits=b, sigma=sig, subtraction=sub, on_off_ratio=ratio) for b in bits],
+                      label, color=color)
+            ax.set_title(f"on/off {ratio:g}, programming error {100 * sig:g} % (state-proportional)", fontsize=9)
+            ax.set_xlabel("ADC bits")
+    _finish(fig, axes, ds, path, f"{ds.attrs['name']}: mean over {ds.sizes['trial']} chips, band +-1 std; "
+            "dashed: the digital model", legend="lower right")
+
+
+def section_subtraction(ds) -> tuple[str, dict]:
+    bits, sigmas, onoff = values(ds, "bits"), values(ds, "sigma"), _onoff(ds)
+    points = [(r, sig) for r in onoff for sig in sigmas]
+
+    def at(b, r, sig, sub):
+        return stat(ds, bits=b, sigma=sig, subtraction=sub, on_off_ratio=r)
+
+    need = {(sub, r, sig): threshold(ds, "bits", bits, "down", subtraction=sub, sigma=sig, on_off_ratio=r)
+            for sub in SUBTRACTIONS for r, sig in points}
+
+    def widest(pairs):  # the (bits, margin) of largest |z|
+        return max(pairs, key=lambda t: abs(t[1].z))
+
+    # the same bits per converter, and the same ADC energy: a digital pair's two b-bit conversions cost
+    # 2 * 2**b steps (Walden), an analog pair's one (b+1)-bit conversion as much (docs/physics.md 12)
+    same_bits = {(r, sig): widest([(b, Margin(at(b, r, sig, "analog"), at(b, r, sig, "digital"))) for b in bits])
+                 for r, sig in points}
+    same_energy = {(r, sig): widest([(b, Margin(at(b + 1, r, sig, "analog"), at(b, r, sig, "digital")))
+                                     for b in bits if b + 1 in bits]) for r, sig in points}
+    rows = [[f"{r:g}", f"{100 * sig:g} %", SUBTRACTIONS[sub][0]] + [at(b, r, sig, sub).fmt() for b in bits]
+            + [need[(sub, r, sig)].short()] for r, sig in points for sub in SUBTRACTIONS]
+
+    def phrase(r):  # what the same bits per converter show at on/off ratio r
+        zs = [same_bits[(r, sig)][1].z for sig in sigmas]
+        if any(z > 3 for z in zs):
+            return "analog subtraction is the better one"
+        if any(z < -3 for z in zs):
+            return ("digital subtraction is nowhere worse by 3 SE, and at the lowest resolution the better one (two "
+                    "ADCs of b bits resolve a pair into more levels than one)")
+        return "the two are alike within 3 SE"
+
+    energy_wins = [k for k, (_, g) in same_energy.items() if g.z > 3]
+    bits_wins = sorted({r for (r, _), (_, g) in same_bits.items() if g.z > 3}, reverse=True)
+    if bits_wins and len(energy_wins) == len(points):
+        verdict = "**Reproduced.**" if len(bits_wins) == len(onoff) else (
+            f"**Reproduced at equal ADC energy; at equal resolution per converter only at on/off "
+            f"{', '.join(f'{r:g}' for r in bits_wins)}.**")
+    elif energy_wins:
+        verdict = "**Reproduced at equal ADC energy, not at equal resolution per converter.**"
+    else:
+        verdict = "**Not reproduced.**"
+
+    def fmt(margins, label):
+        return "; ".join(f"on/off {r:g}, {100 * sig:g} % error, {label(b)}: {g.fmt()}"
+                         for (r, sig), (b, g) in margins.items())
+
+    low, hi_r, lo_r, s0 = bits[0], onoff[0], onoff[-1], sigmas[0]
+    common = (f"Without programming error, at {low} ADC bits, digital subtraction goes from "
+              f"{at(low, hi_r, s0, 'digital').fmt()} % at on/off {hi_r:g} to {at(low, lo_r, s0, 'digital').fmt()} % "
+              f"at on/off {lo_r:g}, while analog subtraction gives {at(low, hi_r, s0, 'analog').fmt()} % and "
+              f"{at(low, lo_r, s0, 'analog').fmt()} %: the Gmin terms cancel in G+ − G− before the ADC, and the "
+              "range calibrated on the difference is the same up to a scale.")
+    fewest = "; ".join(f"on/off {r:g}, {100 * sig:g} % error: {need[('analog', r, sig)].short()} / "
+                       f"{need[('digital', r, sig)].short()}" for r, sig in points)
+    text = f"""## Finding 6: a differential pair should be subtracted in analog
+
+Scenario `scenarios/cpu/14_digital_subtraction.yaml` (full scale: `scenarios/study/14_digital_subtraction.yaml`).
+{ds.attrs['name']}: builtin:mnist-resnet, differential, 8-bit weights in one pair, 8-bit analog inputs, 1152-row
+arrays, {int(ds['n_images'].max())} test images, {ds.sizes['trial']} chips per point (without programming error the
+chips are identical). Digital model: {pct(digital(ds))} %. `subtraction: analog` subtracts G+ − G− before one ADC per
+pair; `digital` gives each column its own ADC, with a range calibrated per device kind (99.98th percentile of the
+error-free G+ outputs, then of the G− outputs), and subtracts the codes (docs/physics.md section 15). Each side of a
+digital pair carries a common-mode current, Gmin·Σx (1 % of Gmax per active row at on/off 100, 10 % at 10), that
+analog subtraction cancels before the conversion.
+
+![accuracy vs ADC bits, analog vs digital subtraction](findings_14_digital_subtraction.png)
+
+**Paper.** {PAPER['subtraction']}
+
+**mcsim.** {verdict} At the same resolution per converter: {'; '.join(f'at on/off {r:g} {phrase(r)}' for r in onoff)}
+(widest margins, analog − digital: {fmt(same_bits, lambda b: f"{b} bits")}). But a digital pair converts twice: at
+the same ADC energy (two b-bit conversions cost as much as one of b + 1 bits, Walden's 2**bits per conversion,
+docs/physics.md section 12): {fmt(same_energy, lambda b: f"analog {b + 1} bits vs digital {b} bits")}. {common} Fewest ADC
+bits within {100 * TOLERANCE:.0f} points of digital (bracket as above), analog / digital subtraction:
+{fewest}.
+Programming errors sit in the devices, before either subtraction.
+
+Top-1 % (mean ± std over chips) per ADC resolution:
+
+{table(["on/off", "error", "subtraction"] + [f"{b} bits" for b in bits] + ["fewest bits"], rows)}
+"""
+    return text, {"need": need, "same_bits": same_bits, "same_energy": same_energy}
+
+
 def discussion(results: dict) -> str:
     return """## Where mcsim and the study differ, and what the small models cannot show
 
@@ -1253,6 +1368,7 @@ def main(argv=None) -> int:
         "11_stuck_cells": (plot_stuck, section_stuck),
         "12_die_variation": (plot_die, section_die),
         "13_measured_pcm_table": (plot_pcm, section_pcm),
+        "14_digital_subtraction": (plot_subtraction, section_subtraction),
     }
     sections, results, walls = [], {}, {}
     missing = []

@@ -47,12 +47,15 @@ class Calibrated:
     """The calibration state of an analog layer, and the ranges read from it.
 
     The layer provides ``hw`` (its :class:`Hardware`), ``part`` (its :class:`Partitioning`) and
-    ``n_slices``; :meth:`_init_calibration` starts the state empty (explicit ADC limits need none).
+    ``n_slices``, ``reference`` and ``sides`` (section 15); :meth:`_init_calibration` starts the state
+    empty (explicit ADC limits need none).
     """
 
     hw: Hardware
     part: Partitioning
     n_slices: int
+    reference: bool
+    sides: int
 
     def _init_calibration(self):
         self.x_range: Optional[float] = None
@@ -86,13 +89,17 @@ class Calibrated:
         return float(dac.max_level(hw.input_bits, self.signed_inputs))
 
     def _adc_limits(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-slice ADC range ``(lo, hi)`` (float64, shape (S,)) in units of one Gmax device at full input."""
+        """Per-slice ADC range ``(lo, hi)`` (float64, shape ``(sides * S,)``, range ``side * S + slice``:
+        section 15) in units of one Gmax device at full input."""
         hw = self.hw
-        if hw.adc.range == "max":
-            lo, hi = adc.full_range(self.part.rows_per_array, self.signed_inputs, hw.mapping, hw.gmin)
-            lo, hi = [lo] * self.n_slices, [hi] * self.n_slices
+        ranges = self.n_slices * self.sides
+        if hw.adc.range == "max":  # a pair subtracted in analog spans a difference; one side, its own devices
+            pair = hw.mapping == "differential" or self.reference
+            lo, hi = adc.full_range(self.part.rows_per_array, self.signed_inputs,
+                                    "differential" if pair and self.sides == 1 else "offset", hw.gmin)
+            lo, hi = [lo] * ranges, [hi] * ranges
         elif hw.adc.range == "explicit":
-            lo, hi = [hw.adc.limits[0]] * self.n_slices, [hw.adc.limits[1]] * self.n_slices
+            lo, hi = [hw.adc.limits[0]] * ranges, [hw.adc.limits[1]] * ranges
         elif self.adc_range is None:
             raise RuntimeError("the ADC range is calibrated: call .calibrate() (or load a calibration) first")
         else:
@@ -107,14 +114,16 @@ class Calibrated:
 
     def finish_adc_calibration(self):
         lo, hi = [], []
-        for k in range(self.n_slices):
+        for k in range(self.n_slices * self.sides):
             l, h = adc.percentile_range(np.concatenate(self._samples.pop(f"adc_{k}")), self.hw.adc.percentile)
             if self.hw.adc.grid:
                 l, h = adc.grid_range(l, h, self.grid_unit(), self.hw.adc.bits)
             lo.append(l)
             hi.append(h)
         if self.hw.adc.slice_ranges == "power_of_two":  # aligned ranges stay aligned divided by 2**m
-            lo, hi = power_of_two_ranges(lo, hi)
+            s = self.n_slices  # per side (section 15): each side's slices are recombined by shifts
+            aligned = [power_of_two_ranges(lo[i : i + s], hi[i : i + s]) for i in range(0, len(lo), s)]
+            lo, hi = [x for a in aligned for x in a[0]], [x for a in aligned for x in a[1]]
         self.adc_range = (lo, hi)
 
     def grid_unit(self) -> float:

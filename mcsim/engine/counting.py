@@ -12,7 +12,9 @@ slices (docs/physics.md section 16), applied one per MVM; ``pos`` output positio
 ``C_out`` columns, a differential pair being one):
 
 * ``adc_conversions = pos * C_out * S * P * (nb with digital input-bit accumulation, else 1)``, each
-  at ``adc.bits`` (an ideal ADC: ``energy.ideal_adc_bits``). The count is of the physical design,
+  at ``adc.bits`` (an ideal ADC: ``energy.ideal_adc_bits``); with digital subtraction (docs/physics.md
+  section 15) ``C_out`` becomes the columns digitized: ``2 C_out`` for differential pairs, ``C_out + g``
+  with a reference column per array. The count is of the physical design,
   whatever path the simulation takes (an ideal ADC folds slices and bits into one matmul).
 * ``dac_pulses``: row lines driven, per MVM (analog inputs: every row whose input is nonzero) or per
   input bit (bit-serial: every row whose bit is set, or whose slice is nonzero), summed over output
@@ -24,7 +26,8 @@ slices (docs/physics.md section 16), applied one per MVM; ``pos`` output positio
   grouped convolution of ``v**2`` (bit-serial: the count of set bits), summed over the call's images,
   with each row's conductance summed over the columns.
 * ``digital_adds``: recombining the ``S * P * nb`` digitized terms of each output (``terms - 1``
-  shift-and-adds); offset mapping: summing each plane's inputs over the ``K`` rows (``K - 1``) and the
+  shift-and-adds; each side's with digital subtraction: ``2 terms - 1``); offset mapping with the
+  nominal offset: summing each plane's inputs over the ``K`` rows (``K - 1``) and the
   planes (``nb - 1``) per position and group, and one subtraction per output.
   ``digital_macs``: offset mapping, scaling that input sum by ``G_zero`` (one per position and group).
 
@@ -153,9 +156,10 @@ class EnergyCounter:
         self._add("row_slots", layer.name, chips, pos * geo.groups * geo.rows * nb_in * spans)
         self._add("array_g_v2", layer.name, chips, g_v2.sum((1, 2, 3)))
         terms = layer.n_slices * part.parts * nb_adc
-        self._add("adc_conversions", layer.name, chips, pos * geo.c_out * terms)
-        adds, macs = pos * geo.c_out * (terms - 1), 0
-        if hw.mapping == "offset":
+        conversions = pos * geo.groups * layer.cols * terms  # cols: C_out / g, or each side's (section 15)
+        self._add("adc_conversions", layer.name, chips, conversions)
+        adds, macs = pos * geo.c_out * (layer.sides * terms - 1), 0  # each output: its terms, both sides'
+        if layer.offset:  # the nominal offset term (a reference column needs none)
             adds += pos * (geo.groups * (nb_adc * geo.rows - 1) + geo.c_out)
             macs += pos * geo.groups
         self._add("digital_adds", layer.name, chips, adds)
@@ -168,8 +172,11 @@ class EnergyCounter:
         if key not in self._rows_g:
             g, _ = layer._program_devices(error_free=False)
             geo, tc = layer.geom, len(layer.ctx.chips)
+            ref = g.pop("ref", None)  # a reference column: one device per row of each array (section 15)
             total = sum(x.double().sum(1) for x in g.values())  # (Tc, C_out, K)
             rows = total.view(tc, geo.groups, geo.ng, geo.rows).sum(2)
+            if ref is not None:
+                rows = rows + ref.double().sum(1)
             self._rows_g[key] = rows.reshape(tc * geo.groups, geo.cg, *geo.kernel)
         return self._rows_g[key]
 
@@ -214,7 +221,8 @@ def _row_spans(layer: "AnalogLayer") -> int:
     if hw.cols_max is None:
         return 1
     devices = 2 if hw.mapping == "differential" else 1
-    return math.ceil(layer.geom.ng * layer.n_slices * devices / hw.cols_max)
+    columns = layer.geom.ng * devices + (1 if layer.reference else 0)  # per slice (section 15)
+    return math.ceil(columns * layer.n_slices / hw.cols_max)
 
 
 def _counted_layers(model: "AnalogModel") -> list[tuple[str, nn.Module]]:

@@ -28,6 +28,8 @@ _STREAM_FAULTS = 21
 _STREAM_CHIP, _STREAM_ARRAY, _STREAM_COLUMN = 31, 32, 41
 _STREAM_ADC_GAIN, _STREAM_ADC_OFFSET = 51, 52
 _STREAM_READ_STEP = 61  # read noise of a recurrent layer's per-step matmuls (section 17)
+# A reference column's devices (section 15): programming, stuck devices, drift.
+_STREAM_REF_PROGRAM, _STREAM_REF_FAULTS, _STREAM_REF_DRIFT = 71, 72, 73
 
 
 def partition_rows(part: Partitioning) -> list[slice]:
@@ -87,7 +89,7 @@ def variation_factors(hw: Hardware, seed: int, chips: torch.Tensor, layer_key: i
 
 
 def program_devices(hw: Hardware, targets: dict[str, torch.Tensor], seed: int, chips: torch.Tensor,
-                    layer_key: int, part: Partitioning, error_free: bool
+                    layer_key: int, part: Partitioning, error_free: bool, reference: bool = False
                     ) -> tuple[dict[str, torch.Tensor], Optional[torch.Tensor]]:
     """Per device kind ('pos'/'neg' or 'one', in the layer's order), programmed (and drifted)
     conductances ``(Tc, S, C_out, K)``; and the global drift compensation factors alpha ``(Tc,)`` or None.
@@ -95,6 +97,9 @@ def program_devices(hw: Hardware, targets: dict[str, torch.Tensor], seed: int, c
     ``targets[kind]`` is the exact float64 ``(S, C_out, K)`` target of that kind, ``chips`` the
     ``(Tc,)`` global chip indices, ``layer_key = rng.name_key(module name)``, ``part`` the layer's
     partitioning. ``error_free`` (the ADC calibration pass) returns the targets. Sections 4, 13.1-13.5.
+    ``reference``: the one kind of ``targets`` is a reference column (section 15), ``part`` its arrays'
+    (one column each), drawn from the reference's own streams; of the correlated variation only the
+    chip component applies (the hardware's validation refuses the others).
     """
     tc = len(chips)
     dev = next(iter(targets.values())).device
@@ -106,6 +111,12 @@ def program_devices(hw: Hardware, targets: dict[str, torch.Tensor], seed: int, c
     def keys(stream: int) -> torch.Tensor:
         return rng.derive(seed, chips, layer_key, stream)
 
+    def stream(base: int, i: int) -> int:  # kind i's stream of a quantity (the reference column's own)
+        if not reference:
+            return base + i
+        return {_STREAM_PROGRAM: _STREAM_REF_PROGRAM, _STREAM_FAULTS: _STREAM_REF_FAULTS,
+                _STREAM_DRIFT: _STREAM_REF_DRIFT}[base]
+
     factors = (variation_factors(hw, seed, chips, layer_key, part, next(iter(targets.values())).shape[0],
                                  len(targets), dev) if programmed else [None] * len(targets))
     rows = partition_rows(part) if factors[0] is not None and factors[0].shape[-1] > 1 else None
@@ -116,7 +127,7 @@ def program_devices(hw: Hardware, targets: dict[str, torch.Tensor], seed: int, c
         if programmed or stuck or drifting:
             g = g.float()  # random errors dwarf float32 rounding; exact targets stay float64
         if programmed:
-            eps = (rng.chip_normal(keys(_STREAM_PROGRAM + i), n, dev).view_as(g) if err.model != "none"
+            eps = (rng.chip_normal(keys(stream(_STREAM_PROGRAM, i)), n, dev).view_as(g) if err.model != "none"
                    else None)
             if factors[i] is not None:
                 g = devices.perturb(g, err, eps, hw.gmin) if eps is not None else g  # g is this call's own
@@ -124,13 +135,13 @@ def program_devices(hw: Hardware, targets: dict[str, torch.Tensor], seed: int, c
             else:
                 g = devices.program(g, err, eps, hw.gmin)
         if stuck:
-            events = rng.chip_events(keys(_STREAM_FAULTS + i), n, flt.stuck_off + flt.stuck_on)
+            events = rng.chip_events(keys(stream(_STREAM_FAULTS, i)), n, flt.stuck_off + flt.stuck_on)
             off, on = faults.stuck_indices(events, n, flt.stuck_off, flt.stuck_on)
             g = faults.apply_stuck_(g, off, on, hw.gmin)
         if drifting:
             mean, std = ((d.nu_mean, d.nu_std) if d.model == "constant"
                          else devices.nu_moments(target.to(g.dtype), d))
-            nu = mean + std * rng.chip_normal(keys(_STREAM_DRIFT + i), n, dev).view_as(g)
+            nu = mean + std * rng.chip_normal(keys(stream(_STREAM_DRIFT, i)), n, dev).view_as(g)
             g0 = g.sum((1, 2, 3), dtype=torch.float64)
             g = devices.drift(g, nu, d)
             if stuck:  # a stuck device holds its state
@@ -143,10 +154,12 @@ def program_devices(hw: Hardware, targets: dict[str, torch.Tensor], seed: int, c
     return out, alpha
 
 
-def adc_count(part: Partitioning, slices: int) -> int:
-    """ADCs of one chip's layer: one per (group, partition, slice, output column), in that order (the
-    split convolution's output channels per chip); a differential pair shares one (section 13.6)."""
-    return part.geom.groups * part.parts * slices * part.geom.ng
+def adc_count(part: Partitioning, slices: int, columns: Optional[int] = None) -> int:
+    """ADCs of one chip's layer: one per (group, partition, slice, column), in that order (the split
+    convolution's output channels per chip); ``columns`` per array and slice, ``N_g`` by default, where
+    a differential pair shares one ADC (section 13.6; digital subtraction gives each side its own and
+    a digitized reference column one, section 15)."""
+    return part.geom.groups * part.parts * slices * (part.geom.ng if columns is None else columns)
 
 
 def adc_mismatch(hw: Hardware, seed: int, chips: torch.Tensor, layer_key: int, n_adcs: int

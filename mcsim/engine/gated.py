@@ -34,15 +34,17 @@ _GATED_DTYPE, _GATED_DTYPE_DIGITIZED = torch.float64, torch.float32
 
 
 class GatedColumns:
-    """The gated-row path of an analog layer, which provides ``hw``, ``geom``, ``part``, ``kinds``,
-    ``n_slices``, ``conv_args``, ``digital_weight`` and the pass steps it shares (``_grouped_conv``,
-    ``_add_noise``)."""
+    """The gated-row path of an analog layer, which provides ``hw``, ``geom``, ``part``,
+    ``n_slices``, ``cols``, ``sides``, ``conv_args``, ``digital_weight`` and the pass steps it shares
+    (``_grouped_conv``, ``_add_noise``, ``_paired``). A reference column (section 15) is a circuit column
+    beside every column it serves, solved with it."""
 
     hw: Hardware
     geom: Geometry
     part: Partitioning
-    kinds: list[str]
     n_slices: int
+    cols: int
+    sides: int
     conv_args: dict
 
     def _gated_columns(self, u: torch.Tensor, u2: Optional[torch.Tensor], bit_weights: list[float],
@@ -61,7 +63,7 @@ class GatedColumns:
         nb, tc, r = u.shape[:3]
         planes = nb if p.serial else 1
         hp, wp = self._out_size(*u.shape[-2:])
-        k = u.new_empty(planes, r, tc, geo.groups, part.parts, self.n_slices, geo.ng, hp, wp)
+        k = u.new_empty(planes, r, tc, geo.groups, part.parts, self.n_slices, self.cols, hp, wp)
         per_image = nb * hp * wp * geo.groups * part.parts * (12 * part.cp * geo.taps + 24 * prog.circuit.shape[-1])
         chunk = max(1, _GATED_CHUNK_BYTES // per_image)
         for c in range(tc):
@@ -92,8 +94,9 @@ class GatedColumns:
         length = vec.shape[3]
         cur = parasitics.gated_column_currents(g.unsqueeze(2), vec.flatten(2, 3), self.hw.parasitics.rp,
                                                signed=p.signed, top=top, compute_dtype=g.dtype)
-        cur = cur.view(geo.groups, part.parts, nb, rc, length, len(self.kinds), self.n_slices, geo.ng).double()
-        y = cur[..., 0, :, :] - cur[..., 1, :, :] if self.hw.mapping == "differential" else cur[..., 0, :, :]
+        kinds = prog.circuit.shape[-1] // (self.n_slices * geo.ng)  # a reference column's copies included
+        cur = cur.view(geo.groups, part.parts, nb, rc, length, kinds, self.n_slices, geo.ng).double()
+        y = self._paired([cur[..., i, :, :] for i in range(kinds)], -1, self.sides == 2)
         if not p.serial:  # analog accumulation: sum_k 2**k / n_max * I_k, bit by bit in a fixed order
             acc = y[:, :, 0] * bit_weights[0]
             for b in range(1, nb):

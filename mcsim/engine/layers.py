@@ -8,7 +8,9 @@ as one grouped convolution (a Linear is a 1x1 conv), all chips of the block in o
 
 * **split** structure (a real ADC, or ADC calibration): output channels per (chip, group,
   partition) are ``(slice, column)``; each column output is digitized on its own (section 7), per
-  input bit when inputs are bit-serial with digital accumulation (section 5), then recombined.
+  input bit when inputs are bit-serial with digital accumulation (section 5), then recombined. A pair
+  subtracted digitally (section 15) has its second side's columns (G-, or one reference column per
+  array) beside the first's, each with its own ADC range, subtracted in the recombination.
 * **folded** structure (an ideal ADC): partitions, slices, input bits and the offset mapping's
   ``G_zero * sum(x)`` are linear, so they are folded into one effective weight per chip before the
   matmul: one convolution, no cancellation of large terms in float32 (docs/physics.md section 10).
@@ -119,11 +121,24 @@ class AnalogLayer(Programming, Calibrated, GatedColumns, nn.Module):
         gain = mapping.digit_gain(hw)
         # Recombination: z = sum_s c_s y_s - offset * sum(v), in recombined digits (section 3).
         self.register_buffer("coef", torch.tensor([gain * f for f in layout.weights()], dtype=torch.float64))
-        self.offset = (
-            gain * hw.gmin * sum(layout.weights()) + mapping.zero_level(hw) if hw.mapping == "offset" else 0.0
+        self.reference = hw.mapping == "offset" and hw.offset_reference == "column"
+        self.offset = (  # the nominal offset term, subtracted digitally; a reference column subtracts its own
+            gain * hw.gmin * sum(layout.weights()) + mapping.zero_level(hw)
+            if hw.mapping == "offset" and not self.reference else 0.0
         )
         self.unit = mapping.weight_unit(hw, self.w_max)
         self.n_slices = layout.slices
+        if self.reference:  # section 15: one column per array at G_zero, per slice the zero weight's digit
+            zero = mapping.target_digits(torch.zeros(1, 1, dtype=torch.float64), hw)["one"]  # (S, 1, 1)
+            g0 = mapping.digits_to_conductance(zero, hw).expand(-1, groups, self.geom.rows)
+            self.register_buffer("target_ref", g0.clone())  # (S, g, K): one device per (slice, group, row)
+            self.ref_part = Partitioning(Geometry(self.geom.c_in, groups, groups, self.geom.kernel), hw.rows_max)
+        # Section 15: the ADCs of one array's slice. Digital subtraction gives each side of a pair (G+ and
+        # G-, or the columns and their reference column) its own ADCs and calibrated range.
+        pair = hw.mapping == "differential" or self.reference
+        self.sides = 2 if pair and hw.subtraction == "digital" else 1
+        ng = self.geom.ng
+        self.cols = ng if self.sides == 1 else (2 * ng if hw.mapping == "differential" else ng + 1)
 
         self._init_calibration()  # sections 5 and 7 (mcsim.engine.calibration)
         self._cache: dict[tuple, Programmed] = {}
@@ -168,7 +183,7 @@ class AnalogLayer(Programming, Calibrated, GatedColumns, nn.Module):
         split = self._pass().split
         nb = self._n_planes(True) + 1 if self.hw.input_mode == "bitserial" else 1
         expand = (self.part.parts * self.part.cp / self.geom.cg if split else 1) * nb
-        out_expand = (self.part.parts * (self.n_slices + 1) if split else 1) * nb
+        out_expand = (self.part.parts * (self.n_slices + 1) * self.cols / self.geom.ng if split else 1) * nb
         self.probe_elements = max(self.probe_elements, int(x[0].numel() * expand + y[0].numel() * out_expand))
         return y
 
@@ -197,7 +212,7 @@ class AnalogLayer(Programming, Calibrated, GatedColumns, nn.Module):
             z = self._recombine(self._digitize(k, p), plane_weights, p)
             if prog.alpha is not None:  # drift compensation rescales the analog outputs (section 4)
                 z.mul_(prog.alpha.to(z.dtype).view(1, -1, 1, 1, 1, 1))
-            if self.hw.mapping == "offset":
+            if self.offset:  # the offset mapping's nominal term (a reference column was subtracted already)
                 z.sub_(self._offset_term(u, bit_weights, p))
             z.mul_(self.unit * (self.x_range or 1.0))
         # z (r, Tc, g, N_g, H', W') is already the network's image-major layout; tokens go back behind the chip.
@@ -281,7 +296,7 @@ class AnalogLayer(Programming, Calibrated, GatedColumns, nn.Module):
             return self._grouped_conv(inp, weight, bias, tc, geo.groups * part.parts)
 
         k = run(u, prog.weight, prog.bias)
-        k = k.view(nb, r, tc, geo.groups, part.parts, self.n_slices, geo.ng, *k.shape[-2:])
+        k = k.view(nb, r, tc, geo.groups, part.parts, self.n_slices, self.cols, *k.shape[-2:])
         return self._add_noise(k, run(u2, prog.var).view_as(k) if u2 is not None else None, p)
 
     def _add_noise(self, k: torch.Tensor, var: Optional[torch.Tensor], p: Pass) -> torch.Tensor:
@@ -300,22 +315,33 @@ class AnalogLayer(Programming, Calibrated, GatedColumns, nn.Module):
         return k.add_(var.sqrt_().mul_(z))
 
     def _digitize(self, k: torch.Tensor, p: Pass) -> tuple[torch.Tensor, list[float], list[float]]:
-        """Section 7, in place: ADC codes, with each slice's ``(step, lo)`` to read them back. When
-        calibrating, records the raw outputs instead and reads them back as they are."""
+        """Section 7, in place: ADC codes, with each range's ``(step, first level)`` to read them back (a
+        range per slice, and per side of a pair digitized apart: section 15). When calibrating, records
+        the raw outputs instead and reads them back as they are."""
+        ranges = self.n_slices * self.sides  # range i = side * S + slice (section 15)
         if p.adc_bits is None:  # ideal ADC (only gated rows split without one) or calibrating
             if p.calibrating:
-                for s in range(self.n_slices):
-                    self._record(f"adc_{s}", subsample(k[:, :, :, :, :, s]))
-            return k, [1.0] * self.n_slices, [0.0] * self.n_slices
+                for i in range(ranges):
+                    cols = self._side_columns(i // self.n_slices)
+                    self._record(f"adc_{i}", subsample(k[:, :, :, :, :, i % self.n_slices, cols]))
+            return k, [1.0] * ranges, [0.0] * ranges
         adc.codes_(k, p.adc_bits)
-        lo, hi = self._adc_limits()
-        return k, ((hi - lo) / (2**p.adc_bits - 1)).tolist(), lo.tolist()
+        step, first = adc.level_grid(*self._adc_limits(), p.adc_bits, self.hw.adc.levels)
+        return k, step.tolist(), first.tolist()
+
+    def _side_columns(self, side: int) -> slice:
+        """Section 15: the columns (of :meth:`_columns`' ``N`` per slice) one side's ADCs read."""
+        ng = self.geom.ng
+        return slice(0, self.cols) if self.sides == 1 else slice(side * ng, self.cols if side else ng)
 
     def _recombine(self, digitized, bit_weights: list[float], p: Pass) -> torch.Tensor:
         """``z = sum over planes b, partitions p, slices s of w_b c_s (lo_s + step_s code)``, in recombined
-        digits (sections 3, 5, 6), summed in a fixed order: ``(r, Tc, g, N_g, H', W')``."""
+        digits (sections 3, 5, 6), summed in a fixed order: ``(r, Tc, g, N_g, H', W')``. A pair digitized
+        apart adds its second side's terms with ``-c_s`` (section 15)."""
         k, step, lo = digitized
         coef = self.coef.tolist()
+        if self.sides == 2:  # section 15: each slice's second side (G-, or the reference column) subtracted
+            coef = coef + [-c for c in coef]
         offset = sum(bit_weights) * self.part.parts * sum(c * l for c, l in zip(coef, lo))
         nb = k.shape[0]
         shift = self.hw.input_slice_bits  # with nb > 1 planes, the bits per plane (section 16)
@@ -325,14 +351,18 @@ class AnalogLayer(Programming, Calibrated, GatedColumns, nn.Module):
             powers = torch.tensor([2.0 ** (shift * b) for b in range(nb)], dtype=k.dtype, device=k.device)
             k = torch.matmul(powers, k.reshape(nb, -1)).view(1, *k.shape[1:])  # k may be a strided view
             bit_weights = bit_weights[:1]
-        terms = [(b, q, s) for b in range(len(bit_weights)) for q in range(self.part.parts) for s in range(self.n_slices)]
+        terms = [(b, q, s) for b in range(len(bit_weights)) for q in range(self.part.parts) for s in range(len(coef))]
         z = None
         for b, q, s in terms:
             f = bit_weights[b] * coef[s] * step[s]
+            if self.sides == 1:
+                term = k[b, :, :, :, q, s]
+            else:  # range s: slice s % S of side s // S (section 15)
+                term = k[b, :, :, :, q, s % self.n_slices, self._side_columns(s // self.n_slices)]
             if z is None:  # k is this layer's own buffer: scale the only term in place
-                z = k[b, :, :, :, q, s].mul_(f) if len(terms) == 1 else k[b, :, :, :, q, s] * f
-            else:
-                z.add_(k[b, :, :, :, q, s], alpha=f)
+                z = term.mul_(f) if len(terms) == 1 else term * f
+            else:  # a reference column's one code per array broadcasts over the array's columns
+                z.add_(term, alpha=f)
         return z.add_(offset)
 
     def _offset_term(self, u: torch.Tensor, bit_weights: list[float], p: Pass) -> torch.Tensor:

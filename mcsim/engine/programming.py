@@ -27,8 +27,9 @@ class Programming:
 
     The layer provides ``hw``, ``ctx`` (:class:`Context`), ``key`` (its stream key), ``geom``,
     ``part``, ``kinds`` with a ``target_<kind>`` buffer each, ``coef``, ``offset``, ``unit``,
-    ``n_slices``, its calibration (:class:`mcsim.engine.calibration.Calibrated`) and
-    ``digital_weight`` (dtype and device).
+    ``n_slices``, ``reference`` (with ``target_ref`` and ``ref_part``), ``sides`` and ``cols`` (section
+    15), its calibration (:class:`mcsim.engine.calibration.Calibrated`) and ``digital_weight`` (dtype
+    and device).
     """
 
     hw: Hardware
@@ -37,13 +38,45 @@ class Programming:
     geom: Geometry
     part: Partitioning
     kinds: list[str]
+    reference: bool
+    sides: int
+    cols: int
     _cache: dict[tuple, Programmed]
 
     def _program_devices(self, error_free: bool):
         """Per device kind, programmed (and drifted) conductances ``(Tc, S, C_out, K)``, and the drift
-        compensation factors (:func:`mcsim.engine.draws.program_devices`)."""
+        compensation factors (:func:`mcsim.engine.draws.program_devices`). A reference column
+        (section 15) adds kind ``ref``, ``(Tc, S, g, K)``: one device per row of every array, drawn
+        from streams of its own; the compensation factors come from the weights' devices."""
         targets = {kind: getattr(self, f"target_{kind}") for kind in self.kinds}
-        return draws.program_devices(self.hw, targets, self.ctx.seed, self.ctx.chips, self.key, self.part, error_free)
+        c = self.ctx
+        g, alpha = draws.program_devices(self.hw, targets, c.seed, c.chips, self.key, self.part, error_free)
+        if self.reference:
+            ref, _ = draws.program_devices(self.hw, {"ref": self.target_ref}, c.seed, c.chips, self.key,
+                                           self.ref_part, error_free, reference=True)
+            g.update(ref)
+        return g, alpha
+
+    def _reference_columns(self, g: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The reference column's devices (kind ``ref``) beside every column it serves, ``(Tc, S, C_out,
+        K)``, so that it passes through the same steps as the weights' kinds (section 15)."""
+        if "ref" not in g:
+            return g
+        ref = g["ref"]
+        tc, s, groups, k = ref.shape
+        return {**g, "ref": ref.unsqueeze(3).expand(tc, s, groups, self.geom.ng, k).reshape(tc, s, -1, k)}
+
+    def _paired(self, sides: list[torch.Tensor], dim: int, apart: bool, add: bool = False) -> torch.Tensor:
+        """Section 15: what the ADCs of a pair's columns read, from its sides (G+ and G-, or the weights'
+        columns and the reference column beside each), columns along ``dim``: with analog subtraction
+        ``a - b`` (``a + b`` for read-noise variances, ``add``); digitized ``apart``, the sides' columns
+        side by side, the reference column once per array; the one side of an unpaired column as it is."""
+        if len(sides) == 1:
+            return sides[0]
+        a, b = sides
+        if not apart:
+            return a + b if add else a - b
+        return torch.cat([a, b if self.hw.mapping == "differential" else b.narrow(dim, 0, 1)], dim)
 
     def _effective(self, arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Section 8: the IR-drop-aware effective conductances of every array (columns independent, or a grid)."""
@@ -74,15 +107,24 @@ class Programming:
         """
         hw = self.hw
         g, alpha = self._program_devices(p.calibrating)
+        g = self._reference_columns(g)
         var = None
         if not p.calibrating and hw.read_noise.model != "none":
-            var = sum(devices.read_variance(x, hw.read_noise, hw.drift.time_s) for x in g.values())
+            var = [devices.read_variance(x, hw.read_noise, hw.drift.time_s) for x in g.values()]
         circuit = self._circuits(g) if p.gated else None
         if hw.parasitics.rp > 0 and not p.gated:
             g = self._effective({k: self.part.split(x) for k, x in g.items()})
             if not p.split:
                 g = {k: self.part.merge(x) for k, x in g.items()}
-        w = g["pos"] - g["neg"] if hw.mapping == "differential" else g["one"]
+        apart = self.sides == 2 and p.split  # digital subtraction: each side's columns digitized apart
+        w = list(g.values())
+        if apart:  # the sides' columns side by side in each array (section 15)
+            w = [x if x.dim() == 8 else self.part.split(x) for x in w]
+            var = [self.part.split(x) for x in var] if var is not None else None
+        # Read noise (section 4): the sides' variances add where they are subtracted in analog; a reference
+        # column's is then drawn per column it serves (its variance exact, its correlation left out: section 15).
+        w = self._paired(w, -4, apart)
+        var = self._paired(var, -4, apart, add=True) if var is not None else None
         if p.split:
             w, var, bias = self._split_weights(w, var, p)
         else:
@@ -132,24 +174,38 @@ class Programming:
         """:meth:`_slice_codes`, per ADC ``(Tc, g, P, S, N_g)`` where the chips' ADCs are mismatched
         (docs/physics.md section 13: each ADC's gain scales its code, its offset shifts it)."""
         scale, shift = self._slice_codes(p)
+        per_adc = (len(self.ctx.chips), self.geom.groups, self.part.parts, self.n_slices, self.cols)
+        if self.sides == 2:  # each side's ADCs their own range (section 15): per (slice, column)
+            scale, shift = self._by_column(scale), (self._by_column(shift) if shift is not None else None)
+        else:
+            scale, shift = scale.view(-1, 1), (shift.view(-1, 1) if shift is not None else None)
         mismatch = None
         if p.adc_bits is not None:  # a run pass with a real ADC: calibration sees the ideal converter
             mismatch = draws.adc_mismatch(self.hw, self.ctx.seed, self.ctx.chips, self.key,
-                                          draws.adc_count(self.part, self.n_slices))
+                                          draws.adc_count(self.part, self.n_slices, self.cols))
         if mismatch is None:
-            return scale, shift
-        per_adc = (len(self.ctx.chips), self.geom.groups, self.part.parts, self.n_slices, self.geom.ng)
+            if self.sides == 1:
+                return scale.view(-1), (shift.view(-1) if shift is not None else None)
+            return scale.expand(per_adc), (shift.expand(per_adc) if shift is not None else None)
         gain, offset = (m.view(per_adc).to(scale.device) for m in mismatch)
-        return adc.mismatched(scale.view(-1, 1), shift.view(-1, 1), gain, offset)
+        return adc.mismatched(scale, shift, gain, offset)
+
+    def _by_column(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-range values ``(sides * S,)``, range ``side * S + slice``, as ``(S, N)`` per slice and
+        column (section 15: a column reads its side's range)."""
+        side = torch.zeros(self.cols, dtype=torch.int64)
+        side[self.geom.ng:] = 1
+        index = side.view(1, -1) * self.n_slices + torch.arange(self.n_slices).view(-1, 1)
+        return t[index.to(t.device)]
 
     def _slice_codes(self, p: Pass) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Per slice, ``code = scale * y_in + shift`` (float64, (S,)), ``y_in`` a column output for the
-        rows' drive (levels or bit planes): ADC codes before rounding, or raw column values (shift
-        None) when calibrating or with an ideal ADC."""
-        cs = torch.full((self.n_slices,), 1 / self._input_scale(p.planes), dtype=torch.float64)
+        """Per ADC range (slice, and side: section 15), ``code = scale * y_in + shift`` (float64,
+        ``(sides * S,)``), ``y_in`` a column output for the rows' drive (levels or bit planes): ADC codes
+        before rounding, or raw column values (shift None) when calibrating or with an ideal ADC."""
+        cs = torch.full((self.n_slices * self.sides,), 1 / self._input_scale(p.planes), dtype=torch.float64)
         if p.adc_bits is None:
             return cs, None
-        code_scale, code_shift = adc.code_transform(*self._adc_limits(), p.adc_bits)
+        code_scale, code_shift = adc.code_transform(*self._adc_limits(), p.adc_bits, self.hw.adc.levels)
         return cs * code_scale, code_shift
 
     def _folded_weights(self, w, var, alpha, p: Pass):

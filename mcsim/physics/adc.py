@@ -1,7 +1,12 @@
-"""The ADC: docs/physics.md section 7.
+"""The ADC: docs/physics.md sections 7 and 15.
 
-``y_q = lo + step * round((clip(y, lo, hi) - lo) / step)``, ``step = (hi - lo) / (2**bits - 1)``.
-Column outputs are in units of the current of one Gmax device under the full input voltage.
+Mid-tread levels (the default): ``y_q = lo + step * round((clip(y, lo, hi) - lo) / step)``,
+``step = (hi - lo) / (2**bits - 1)``: both ends of the range are levels, and zero is one when the
+range spans it. Mid-rise levels (section 15, a ramp ADC as CrossSim models it): ``2**bits`` levels
+``lo + step * (i + 1/2)``, ``step = (hi - lo) / 2**bits``, each output read as the nearest level
+(no zero code). Both are ``first + step * code`` with an integer code in ``0..2**bits - 1``
+(:func:`level_grid`). Column outputs are in units of the current of one Gmax device under the full
+input voltage.
 """
 from __future__ import annotations
 
@@ -11,11 +16,24 @@ import numpy as np
 import torch
 
 
-def code_transform(lo: torch.Tensor, hi: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(scale, shift)`` with ``(y - lo) / step = y * scale + shift``: linear, so the engine folds it
-    into the convolution producing ``y`` and only :func:`codes_` remains per element."""
-    step = (hi - lo) / (2**bits - 1)
-    return 1 / step, -lo / step
+def level_grid(lo: torch.Tensor, hi: torch.Tensor, bits: int, levels: str = "mid_tread"
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(step, first)``: the ADC's levels are ``first + step * code``, ``code`` in ``0..2**bits - 1``.
+    Mid-tread: ``step = (hi - lo) / (2**bits - 1)``, ``first = lo``; mid-rise: ``step = (hi - lo) /
+    2**bits``, ``first = lo + step / 2`` (section 15)."""
+    if levels == "mid_rise":
+        step = (hi - lo) / 2**bits
+        return step, lo + step / 2
+    return (hi - lo) / (2**bits - 1), lo
+
+
+def code_transform(lo: torch.Tensor, hi: torch.Tensor, bits: int, levels: str = "mid_tread"
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` with ``(y - first) / step = y * scale + shift`` (:func:`level_grid`): linear,
+    so the engine folds it into the convolution producing ``y`` and only :func:`codes_` remains per
+    element (rounding to the nearest level, clipped to the end levels)."""
+    step, first = level_grid(lo, hi, bits, levels)
+    return 1 / step, -first / step
 
 
 def codes_(k: torch.Tensor, bits: int) -> torch.Tensor:
