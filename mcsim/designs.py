@@ -1,4 +1,5 @@
-"""The study's design points A-E as partial hardware settings (pure data; docs/physics.md section 11).
+"""The study's design points A-E and three published chips as partial hardware settings (pure data;
+docs/physics.md section 11).
 
 ``Hardware(design="A", adc={"bits": 10})`` applies a preset first and the explicit settings on top
 (nested settings merge key by key). Each preset states where its numbers come from.
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["DESIGNS", "full_precision_adc"]
+__all__ = ["CHIPS", "DESIGNS", "full_precision_adc"]
 
 
 def full_precision_adc(rows: int, bits_per_cell: int) -> dict:
@@ -90,3 +91,45 @@ DESIGNS: dict[str, dict] = {
     "E": _design(mapping="offset", slices=8, rows_max=72, input_accumulation="digital",
                  adc=full_precision_adc(72, 1)),
 }
+
+
+# Published accelerators, each as its paper gives it and as CrossSim 3.2 configures it
+# (simulator/configs: ISAAC.json, PRIME.json, SONOS-TCAS.json and their readme). Devices are ideal
+# unless said: add `error`, `read_noise`, ... on top. docs/physics.md section 11.
+CHIPS: dict[str, dict] = {
+    # ISAAC: Shafiee et al., "ISAAC: A convolutional neural network accelerator with in-situ analog
+    # arithmetic in crossbars", ISCA 2016, pp. 14-26. 16-bit weights at 2 bits per cell (8 slices of
+    # the offset mapping), 16-bit inputs one bit at a time with an ADC conversion per bit, 128 x 128
+    # arrays, the offset subtracted in analog through a unit column (CrossSim's readme: "analog
+    # subtraction of the offset using a unit column"), RRAM of 2 kOhm to 2 MOhm (on/off 1000), a 9-bit
+    # ADC with its levels on the output grid (CrossSim's GRANULAR range). ISAAC's own "flipped" weight
+    # encoding, which saves the ninth ADC bit, is not modelled (CrossSim does not model it either).
+    "ISAAC": {
+        "mapping": "offset", "offset_reference": "column", "subtraction": "analog",
+        "weight_bits": 16, "slices": 8, "on_off_ratio": 1000.0,
+        "input_bits": 16, "input_mode": "bitserial", "input_accumulation": "digital",
+        "rows_max": 128, "cols_max": 128,
+        "adc": {"bits": 9, "range": "calibrated", "grid": True},
+    },
+    # PRIME: Chi et al., "PRIME: A novel processing-in-memory architecture for neural network
+    # computation in ReRAM-based main memory", ISCA 2016, pp. 27-39. 8-bit weights at 4 bits per
+    # cell (2 slices of the 7 magnitude bits of a differential pair), 6-bit inputs in two 3-bit
+    # slices (a 3-bit DAC) with a conversion per slice, 256 x 256 arrays, the positive and negative
+    # arrays digitized separately and subtracted digitally, RRAM of 1 to 20 kOhm (on/off 20), a 6-bit
+    # calibrated ramp ADC (mid-rise levels, as CrossSim's RampADC).
+    "PRIME": {
+        "mapping": "differential", "subtraction": "digital",
+        "weight_bits": 8, "slices": 2, "on_off_ratio": 20.0,
+        "input_bits": 6, "input_mode": "bitserial", "input_slice_bits": 3, "input_accumulation": "digital",
+        "rows_max": 256, "cols_max": 256,
+        "adc": {"bits": 6, "range": "calibrated", "levels": "mid_rise"},
+    },
+    # SONOS-TCAS: Xiao et al., "An accurate, error-tolerant, and energy-efficient neural network
+    # inference engine based on SONOS analog memory", IEEE TCAS-I 69(4), 2022, pp. 1480-1493: design
+    # A's settings (1152-row arrays, 8-bit weights in one cell pair, bit-serial inputs accumulated in
+    # analog, an 8-bit calibrated ramp ADC, the SONOS fit) with its 256 columns per array and the
+    # ramp ADC's mid-rise levels. Its 35 kOhm to 6 TOhm cell is an infinite on/off ratio here, as in A.
+    "SONOS-TCAS": _design(mapping="differential", slices=1, rows_max=1152, cols_max=256,
+                          input_accumulation="analog", adc={"levels": "mid_rise"}),
+}
+DESIGNS.update(CHIPS)

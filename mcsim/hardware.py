@@ -308,8 +308,9 @@ class Hardware(_Strict):
     99.98
     """
 
-    design: Optional[Literal["A", "B", "C", "D", "E"]] = Field(
-        None, description="start from one of the study's design points (mcsim.designs); other settings override it")
+    design: Optional[Literal[tuple(DESIGNS)]] = Field(
+        None, description="start from one of the study's design points A-E or a published chip (ISAAC, PRIME, "
+        "SONOS-TCAS; mcsim.designs); other settings override it")
     mapping: Literal["differential", "offset"] = "differential"
     subtraction: Literal["analog", "digital"] = Field(
         "analog", description="where a pair's currents are subtracted (docs/physics.md section 15): analog, "
