@@ -2,7 +2,7 @@
 
 ``convert(model, hardware, trials, seed)`` rewrites attention modules so that their projections are
 called as modules (:mod:`mcsim.engine.attention`), folds BatchNorm into the preceding convolutions
-(docs/physics.md section 1), replaces every Conv2d and Linear by an :class:`AnalogLayer`, and returns an
+(docs/physics.md section 1), replaces every convolution and Linear by an :class:`AnalogLayer`, and returns an
 :class:`AnalogModel` whose forward maps a batch ``(B, ...)`` to logits ``(T, B, classes)``. All other
 layers stay digital and see the chips as a larger batch ``(B * Tc, ...)``, image-major (row ``i * Tc + t``
 is image i on chip t: the layout of the analog layers' grouped convolutions); ``AnalogModel.digital_layers``
@@ -27,6 +27,7 @@ from torch import nn
 
 from mcsim.engine.allocator import reuse_large_buffers
 from mcsim.engine.attention import ATTENTION_MODULES, DIGITAL_ATTENTION, projection_names, rewrite_attention
+from mcsim.engine.convnd import CROSSBAR_TYPES
 from mcsim.engine.layers import AnalogLayer, Context, DigitalLayer
 from mcsim.errors import InputError
 from mcsim.hardware import Hardware, check_patterns
@@ -139,11 +140,11 @@ def _forward_source(cls: type) -> str:
 
 
 def functional_uses(net: nn.Module) -> dict[str, tuple[str, str]]:
-    """The Conv2d and Linear layers of ``net`` whose ``.weight`` is read as a tensor (handed to a function)
+    """The convolutions and Linear layers of ``net`` whose ``.weight`` is read as a tensor (handed to a function)
     instead of being called: name -> (type, who reads it). An analog layer has no weight tensor to hand
     over, so these stay digital. Looks at the traced graph (before BatchNorm folding, which would turn
     such a layer into a bare holder of its tensors) and at the source of every module's forward."""
-    layers = {n: type(m).__name__ for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    layers = {n: type(m).__name__ for n, m in net.named_modules() if isinstance(m, CROSSBAR_TYPES)}
     uses = {}
     try:
         graph = _Tracer().trace(net)
@@ -182,11 +183,11 @@ def _digital_inventory(net: nn.Module, kept: dict[str, tuple[str, str]]) -> list
 
 
 def crossbar_layers(model: nn.Module) -> list[str]:
-    """The module paths of ``model``'s Conv2d and Linear layers, in registration order: the names
+    """The module paths of ``model``'s convolutions and Linear layers, in registration order: the names
     that ``hardware.layers`` patterns match."""
     names, dropped = [], []
     for n, m in model.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)) and not any(n.startswith(d) for d in dropped):
+        if isinstance(m, CROSSBAR_TYPES) and not any(n.startswith(d) for d in dropped):
             names.append(n)
         added, gone = projection_names(m)  # what the attention rewrite adds and drops
         names += [f"{n}.{p}" if n else p for p in added]
@@ -227,11 +228,11 @@ class AnalogModel(nn.Module):
     """A model on analog chips (build it with :func:`convert`).
 
     Attributes:
-        layer_names: the module paths of the layers on arrays (every Conv2d and Linear, attention
+        layer_names: the module paths of the layers on arrays (every convolution and Linear, attention
             projections included), in registration order.
         digital_layers: every weight-carrying part that stays digital, as ``{"name", "type", "kind",
             "reason"}``; ``kind`` is ``layer`` for a Conv/Linear kept digital (a functional use of its
-            weight, a non-2-D conv, ``analog_first_layer``/``analog_last_layer``), else ``attention``,
+            weight, ``analog_first_layer``/``analog_last_layer``), else ``attention``,
             ``normalization`` or ``parameters`` (docs/physics.md section 1).
         rewritten: the attention modules replaced by their mcsim equivalents (mcsim.engine.attention).
 
@@ -268,16 +269,14 @@ class AnalogModel(nn.Module):
         self._finish(hardware, chips, memory_budget)
 
     def _replace(self, hardware: Hardware, uses: dict[str, tuple[str, str]]) -> tuple[list[str], list[dict]]:
-        """Put every Conv2d and Linear on arrays, except those kept digital (warned, with the reason)."""
-        targets = [(n, m) for n, m in self.net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        """Put every convolution and Linear on arrays, except those kept digital (warned, with the reason)."""
+        targets = [(n, m) for n, m in self.net.named_modules() if isinstance(m, CROSSBAR_TYPES)]
         if not targets and not uses:
-            raise ConversionError("the model has no Conv2d or Linear layer to put on crossbars")
-        kept = {n: (type(m).__name__, "only Conv2d and Linear run on crossbars") for n, m in self.net.named_modules()
-                if isinstance(m, nn.modules.conv._ConvNd) and not isinstance(m, nn.Conv2d)}
-        kept.update(uses)
+            raise ConversionError("the model has no convolution or Linear layer to put on crossbars")
+        kept = dict(uses)
         if kept:  # not what the hardware asks for: say so
             warnings.warn("these layers stay digital: " + "; ".join(f"{n} ({r})" for n, (_, r) in kept.items()))
-        #: every Conv2d/Linear's effective hardware (its ``analog`` says whether it is on crossbars)
+        #: every convolution/Linear's effective hardware (its ``analog`` says whether it is on crossbars)
         self.layer_hardware = layer_hardware(self.net, targets, hardware) if targets else {}
         for name, m in targets:
             if name not in kept and not self.layer_hardware[name].analog:
@@ -474,7 +473,7 @@ def convert(
 ) -> AnalogModel:
     """The analog counterpart of ``model``: the same network on ``trials`` Monte Carlo chips.
 
-    Every Conv2d and Linear (attention projections included) goes on crossbar arrays: its weights
+    Every convolution (1-, 2- and 3-D, transposed too) and Linear (attention projections included) goes on crossbar arrays: its weights
     quantized, mapped to conductances and programmed with each chip's device errors
     (docs/physics.md sections 1-4); BatchNorm is folded into the layer before it first. What stays
     digital, and why, is in :attr:`AnalogModel.digital_layers` (and a warning). The analog model
@@ -499,7 +498,7 @@ def convert(
 
     Raises:
         ConversionError: a model that cannot be converted (the message names the module and why).
-        LayerNameError: a pattern of ``hardware.layers`` that names no Conv2d or Linear of the model.
+        LayerNameError: a pattern of ``hardware.layers`` that names no convolution or Linear of the model.
         pydantic.ValidationError: a ``hardware`` dict with an invalid setting (the message names it).
         ValueError: ``trials`` with no chip or a negative index.
         RuntimeError: ``device="cuda"`` where torch sees no GPU.
