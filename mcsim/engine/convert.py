@@ -29,6 +29,7 @@ from mcsim.engine.allocator import reuse_large_buffers
 from mcsim.engine.attention import ATTENTION_MODULES, DIGITAL_ATTENTION, projection_names, rewrite_attention
 from mcsim.engine.convnd import CROSSBAR_TYPES
 from mcsim.engine.layers import AnalogLayer, Context, DigitalLayer
+from mcsim.engine.transformer import TRANSFORMER_MODULES, rewrite_transformers
 from mcsim.errors import InputError
 from mcsim.hardware import Hardware, check_patterns
 from mcsim.physics import devices
@@ -41,10 +42,11 @@ class ConversionError(InputError, ValueError):
 
 
 class _Tracer(torch.fx.Tracer):
-    """torch.fx's tracer, with mcsim's attention modules kept whole (their forward branches on arguments)."""
+    """torch.fx's tracer, with mcsim's attention and Transformer modules kept whole (their forward branches
+    on arguments; torch's own Transformer modules are leaves too)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, ATTENTION_MODULES) or super().is_leaf_module(m, qualname)
+        return isinstance(m, ATTENTION_MODULES + TRANSFORMER_MODULES) or super().is_leaf_module(m, qualname)
 
 
 def _trace(net: nn.Module) -> torch.fx.GraphModule:
@@ -112,23 +114,18 @@ def execution_order(net: nn.Module, layers: list[tuple[str, nn.Module]]) -> list
         return layers
     called = [n.target for n in graph.nodes if n.op == "call_module"]
     rank = {name: i for i, name in enumerate(called)}
-    return sorted(layers, key=lambda item: rank.get(item[0], len(rank)))  # never called as modules: last
+
+    def order(name: str) -> int:  # a layer inside a module fx keeps whole (attention, Transformer) runs with it
+        while name not in rank and name:
+            name = name.rpartition(".")[0]
+        return rank.get(name, len(rank))  # never called as modules: last
+
+    return sorted(layers, key=lambda item: order(item[0]))
 
 
-_UNSUPPORTED = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.TransformerEncoder,
-                nn.TransformerDecoder, nn.Transformer)
 _WEIGHT_READ = re.compile(r"self\.(\w+)\.weight\b")
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.LocalResponseNorm,
           nn.modules.instancenorm._InstanceNorm)
-
-
-def _check_supported(net: nn.Module) -> None:
-    for name, m in net.named_modules():
-        if isinstance(m, _UNSUPPORTED):
-            raise ConversionError(
-                f"module {name or '<root>'!r} is a torch.nn.{type(m).__name__}: its forward hands the weights of its "
-                "attention and feed-forward Linears to a fused kernel, so mcsim cannot put them on arrays; build the "
-                "blocks from nn.MultiheadAttention, nn.Linear and nn.LayerNorm instead (as builtin:digits-vit does)")
 
 
 @functools.lru_cache(maxsize=None)
@@ -234,7 +231,8 @@ class AnalogModel(nn.Module):
             "reason"}``; ``kind`` is ``layer`` for a Conv/Linear kept digital (a functional use of its
             weight, ``analog_first_layer``/``analog_last_layer``), else ``attention``,
             ``normalization`` or ``parameters`` (docs/physics.md section 1).
-        rewritten: the attention modules replaced by their mcsim equivalents (mcsim.engine.attention).
+        rewritten: the attention modules replaced by their mcsim equivalents (mcsim.engine.attention), and
+            torch's Transformer modules given their unfused forward (mcsim.engine.transformer).
 
     Raises:
         ConversionError: a model that cannot be converted (the message names the module and why).
@@ -261,8 +259,10 @@ class AnalogModel(nn.Module):
             raise ValueError("trials: need at least one chip, with non-negative indices")
         self.chips = torch.tensor(chips, dtype=torch.int64)
         net = copy.deepcopy(model).eval()
-        _check_supported(net)
-        self.rewritten = rewrite_attention(net)  # attention modules whose projections are now modules
+        try:  # attention modules whose projections are now modules; Transformer layers on their unfused path
+            self.rewritten = rewrite_attention(net) + rewrite_transformers(net)
+        except ValueError as e:
+            raise ConversionError(str(e)) from None
         uses = functional_uses(net)
         self.net = fold_batchnorm(net, inplace=True)
         self.layer_names, self.digital_layers = self._replace(hardware, uses)
