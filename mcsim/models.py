@@ -145,6 +145,30 @@ def digits_vit() -> nn.Module:
     return TinyViT(image=8, patch=2, dim=48, depth=2, heads=4, mlp=96, overlap=1)
 
 
+class RowTransformer(nn.Module):
+    """Reads an image's rows as a sequence: each row's pixels embedded by a Linear, plus a learned
+    position embedding -> ``nn.TransformerEncoder`` (torch's own layers: pre-norm, ReLU feed-forward)
+    -> mean over rows -> linear. On arrays: the embedding, every attention projection, the
+    feed-forward Linears and the head (mcsim.engine.transformer)."""
+
+    def __init__(self, rows: int, cols: int, dim: int, depth: int, heads: int, ff: int, num_classes: int = 10):
+        super().__init__()
+        self.embed = nn.Linear(cols, dim)
+        self.pos = nn.Parameter(0.02 * torch.randn(1, rows, dim))
+        layer = nn.TransformerEncoderLayer(dim, heads, ff, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, depth, norm=nn.LayerNorm(dim), enable_nested_tensor=False)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x.flatten(1, 2)) + self.pos  # (B, 1, rows, cols) -> (B, rows, dim)
+        return self.head(self.encoder(h).mean(1))
+
+
+def digits_transformer() -> nn.Module:
+    """1x8x8 read as 8 rows of 8 pixels: width 32, 2 layers of 4 heads, feed-forward 64."""
+    return RowTransformer(rows=8, cols=8, dim=32, depth=2, heads=4, ff=64)
+
+
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """How a built-in model is made; any change of it (or of the architecture) retrains."""
@@ -170,6 +194,7 @@ BUILTINS: dict[str, Recipe] = {
     "mnist-cnn": Recipe(mnist_cnn, "mnist5k", epochs=8, lr=2e-3),
     "mnist-resnet": Recipe(MnistResNet, "mnist5k", epochs=10, lr=5e-3, weight_decay=1e-4),
     "digits-vit": Recipe(digits_vit, "digits", epochs=40, lr=3e-3, weight_decay=1e-4),
+    "digits-transformer": Recipe(digits_transformer, "digits", epochs=40, lr=3e-3, weight_decay=1e-4),
 }
 assert tuple(BUILTINS) == BUILTIN_MODELS, "mcsim.specs.BUILTIN_MODELS must list the recipes of BUILTINS"
 

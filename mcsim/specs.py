@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 __all__ = ["BUILTIN_MODELS", "CalibrationSpec", "DataSpec", "ModelSpec", "SPLITS", "split_ref", "check_split"]
 
 #: Names of the built-in models (``builtin:<name>``); mcsim.models holds their recipes.
-BUILTIN_MODELS = ("digits-cnn", "mnist-cnn", "mnist-resnet", "digits-vit")
+BUILTIN_MODELS = ("digits-cnn", "mnist-cnn", "mnist-resnet", "digits-vit", "digits-transformer")
 
 #: Splits of the data sets that have fixed ones.
 SPLITS = {"digits": ("train", "test"), "mnist5k": ("train", "test"), "imagenet": ("val", "train")}
