@@ -175,7 +175,8 @@ class _Twin(nn.Module):
 
 
 @pytest.mark.parametrize("hw", [
-    dict(NOISY, parasitics={"rp": 0.05}, input_mode="bitserial", adc={"bits": 6, "range": "explicit", "limits": [-3.0, 3.0]}),
+    dict(NOISY, parasitics={"rp": 0.05}, input_mode="bitserial",
+         adc={"bits": 6, "range": "explicit", "limits": [-3.0, 3.0]}),
     dict(NOISY, mapping="offset", input_mode="bitserial", input_accumulation="analog", adc={"bits": None},
          drift={"time_s": 3600.0}),
 ], ids=["gated_rows", "offset_analog_accumulation"])

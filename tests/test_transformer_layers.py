@@ -128,8 +128,8 @@ def test_same_chip_alone_or_among_others(name):
 
 def test_per_layer_overrides_name_the_feed_forward_and_projections():
     model, x = _model("batch_first")
-    hw = Hardware(layers={"enc.layers.0.linear1": {"analog": False}, "enc.layers.*.self_attn.in_proj": {"weight_bits": 4}},
-                  weight_bits=None, input_bits=None, adc={"bits": None})
+    layers = {"enc.layers.0.linear1": {"analog": False}, "enc.layers.*.self_attn.in_proj": {"weight_bits": 4}}
+    hw = Hardware(layers=layers, weight_bits=None, input_bits=None, adc={"bits": None})
     analog = convert(model, hw, trials=1, device="cpu")
     assert "enc.layers.0.linear1" not in analog.layer_names
     assert [d["name"] for d in analog.digital_layers if d["kind"] == "layer"] == ["enc.layers.0.linear1"]
