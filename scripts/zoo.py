@@ -136,25 +136,19 @@ def _input(model, name):
 
     if name in LAYERS or name.startswith("video:"):
         shapes = [LAYERS[name][1]] if name in LAYERS else [VIDEO_INPUT, (2, 3, 16, 224, 224)]
-        for shape in shapes:
-            x = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
-            try:
-                with torch.no_grad():
-                    return x, model(x)
-            except Exception as e:  # too small for this architecture
-                last = e
-        raise RuntimeError(f"no input of {shapes} runs digitally: {last}")
-    sizes = [224] if name.startswith("maxvit") else [64, 224]
-    if name.startswith("vit_"):
-        sizes = [model.image_size]
-    for s in sizes:
-        x = torch.randn(2, 3, s, s, generator=torch.Generator().manual_seed(2))
+    else:
+        sizes = [224] if name.startswith("maxvit") else [64, 224]
+        if name.startswith("vit_"):
+            sizes = [model.image_size]
+        shapes = [(2, 3, s, s) for s in sizes]
+    for shape in shapes:
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
         try:
             with torch.no_grad():
                 return x, model(x)
         except Exception as e:  # too small for this architecture
             last = e
-    raise RuntimeError(f"no input size of {sizes} runs digitally: {last}")
+    raise RuntimeError(f"no input of {shapes} runs digitally: {last}")
 
 
 def check_one(name: str) -> dict:

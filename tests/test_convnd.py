@@ -12,6 +12,7 @@ from torch import nn
 from mcsim import Hardware, convert
 from mcsim.engine.convert import crossbar_layers
 from mcsim.engine.counting import counting
+from fake_quant import fake_quantized, layer_io
 from reference import analog_linear
 
 IDEAL = dict(weight_bits=None, input_bits=None, adc={"bits": None})
@@ -73,28 +74,19 @@ def _torch_conv(m: nn.Module):
 @pytest.mark.parametrize("kind", ["conv1d", "conv3d", "convtranspose2d"])
 def test_8bit_weights_and_inputs_equal_fake_quantized_layers(kind, mapping, slices):
     """Each analog layer, fed its own input, equals torch's convolution of the fake-quantized input by
-    the fake-quantized weight (docs/physics.md sections 2 and 5, written here: per-layer max scale, 127
-    weight levels, 255 or 127 input levels over the calibrated range)."""
+    the fake-quantized weight (tests/fake_quant.py, from docs/physics.md sections 2 and 5)."""
     from mcsim.engine.convert import fold_batchnorm
 
     model, x = _net(kind)
     hw = Hardware(mapping=mapping, slices=slices, weight_bits=8, input_bits=8, adc={"bits": None}, rows_max=30)
     analog = convert(model, hw, trials=1, device="cpu")
     analog.calibrate([torch.randn_like(x)])
-    digital, cal, seen = fold_batchnorm(model), analog.calibration(), {}
-    hooks = [analog.net.get_submodule(n).register_forward_hook(
-        lambda _m, inp, out, n=n: seen.__setitem__(n, (inp[0].clone(), out.clone()))) for n in analog.layer_names]
-    analog(x, image_ids=torch.arange(len(x)))
-    for h in hooks:
-        h.remove()
+    digital, cal = fold_batchnorm(model), analog.calibration()
+    seen = layer_io(analog, x)
     for name in analog.layer_names:
         inp, got = seen[name]
         m = digital.get_submodule(name)
-        w = m.weight.detach().double()
-        wq = (torch.round(w / w.abs().max() * 127).clamp(-127, 127) * w.abs().max() / 127).float()
-        x_range, signed = cal[name]["x_range"], cal[name]["signed"]
-        n_max = 127 if signed else 255
-        xq = torch.round(inp / x_range * n_max).clamp(-n_max if signed else 0, n_max) * x_range / n_max
+        wq, xq = fake_quantized(m.weight, inp, cal[name])
         ref = (_torch_conv(m) if not isinstance(m, nn.Linear) else lambda a, b: F.linear(a, b, m.bias))(xq, wq)
         assert torch.allclose(got, ref, rtol=0, atol=2e-5 * ref.abs().max().item()), (name, (got - ref).abs().max())
 
@@ -226,3 +218,26 @@ def test_per_layer_overrides_name_the_new_layers():
         ref = model[2](model[1](model[0](x)))
         got = analog.net.get_submodule("2")(analog.net.get_submodule("0")(x))
     assert torch.allclose(got, ref, rtol=0, atol=1e-5 * ref.abs().max().item())
+
+
+def test_a_conv_subclass_that_only_changes_its_init_goes_on_arrays_with_its_batchnorm_folded():
+    """torchvision's video ResNets build their Conv3d through a subclass (``Conv3DSimple``, no forward of
+    its own): it runs on arrays, with the BatchNorm after it folded, as a plain Conv3d would."""
+    class Conv3DSimple(nn.Conv3d):
+        def __init__(self, c_in, c_out):
+            super().__init__(c_in, c_out, 3, padding=1, bias=False)
+
+        @staticmethod
+        def get_downsample_stride(stride):
+            return stride, stride, stride
+
+    torch.manual_seed(5)
+    model = nn.Sequential(Conv3DSimple(2, 4), nn.BatchNorm3d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 27, 3)).eval()
+    model[1].running_mean.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 2, 3, 3, 3)
+    with torch.no_grad():
+        ref = model(x)
+    analog = convert(model, Hardware(**IDEAL), trials=1, device="cpu")
+    assert analog.layer_names == ["0", "4"]
+    assert not analog.digital_layers  # BatchNorm folded, nothing digital with weights
+    assert torch.allclose(analog(x)[0], ref, rtol=0, atol=1e-5 * ref.abs().max().item())

@@ -10,6 +10,7 @@ from torch import nn
 
 from mcsim import Hardware, convert
 from mcsim.engine.convert import ConversionError, crossbar_layers
+from fake_quant import fake_quantized, layer_io
 
 IDEAL = Hardware(weight_bits=None, input_bits=None, adc={"bits": None})
 NOISY = Hardware(error={"model": "proportional", "sigma": 0.1}, read_noise={"model": "independent", "sigma": 0.02},
@@ -88,27 +89,18 @@ def test_ideal_hardware_reproduces_torch(name):
 @pytest.mark.parametrize("name", ["batch_first", "transformer_seq_first"])
 def test_8bit_weights_and_inputs_equal_fake_quantized_linears(name):
     """Every Linear on arrays (packed in_proj included), fed its own input, equals F.linear of the
-    fake-quantized input by the fake-quantized weight as torch stores it (docs/physics.md 2 and 5)."""
+    fake-quantized input by the fake-quantized weight as torch stores it (tests/fake_quant.py)."""
     model, x = _model(name)
     analog = convert(model, Hardware(weight_bits=8, input_bits=8, adc={"bits": None}), trials=1, device="cpu")
     analog.calibrate([torch.randn_like(x)])
-    cal, seen = analog.calibration(), {}
-    hooks = [analog.net.get_submodule(n).register_forward_hook(
-        lambda _m, inp, out, n=n: seen.__setitem__(n, (inp[0].clone(), out.clone()))) for n in analog.layer_names]
-    analog(x, image_ids=torch.arange(len(x)))
-    for h in hooks:
-        h.remove()
+    cal, seen = analog.calibration(), layer_io(analog, x)
     for name in analog.layer_names:
         parent, _, child = name.rpartition(".")
         owner = model.get_submodule(parent)
         w, b = ((owner.in_proj_weight, owner.in_proj_bias) if child == "in_proj"
                 else (owner.get_submodule(child).weight, owner.get_submodule(child).bias))
-        w = w.detach().double()
-        wq = (torch.round(w / w.abs().max() * 127).clamp(-127, 127) * w.abs().max() / 127).float()
         inp, got = seen[name]
-        x_range, signed = cal[name]["x_range"], cal[name]["signed"]
-        n_max = 127 if signed else 255
-        xq = torch.round(inp / x_range * n_max).clamp(-n_max if signed else 0, n_max) * x_range / n_max
+        wq, xq = fake_quantized(w, inp, cal[name])
         ref = F.linear(xq, wq, b)
         assert torch.allclose(got, ref, rtol=0, atol=2e-5 * ref.abs().max().item()), (name, (got - ref).abs().max())
 

@@ -123,6 +123,24 @@ def execution_order(net: nn.Module, layers: list[tuple[str, nn.Module]]) -> list
     return sorted(layers, key=lambda item: order(item[0]))
 
 
+_TORCH_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                 nn.ConvTranspose3d)
+
+
+def _as_torch_layers(net: nn.Module) -> None:
+    """Give every subclass of a torch convolution or Linear that only changes how it is built
+    (torchvision's video ``Conv3DSimple``: no method but ``__init__``) its torch class, in place:
+    torch.fx then keeps it whole as it does torch's own layers (instead of reading its weight as a
+    tensor inside its forward) and folds the BatchNorm that follows it. Its forward is torch's either way."""
+    for m in net.modules():
+        base = next((b for b in _TORCH_LAYERS if isinstance(m, b)), None)
+        if base is None or type(m) is base:
+            continue
+        own = type(m).__mro__[: type(m).__mro__.index(base)]
+        if not any(inspect.isfunction(v) and k != "__init__" for c in own for k, v in vars(c).items()):
+            m.__class__ = base
+
+
 _WEIGHT_READ = re.compile(r"self\.(\w+)\.weight\b")
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.LocalResponseNorm,
           nn.modules.instancenorm._InstanceNorm)
@@ -259,6 +277,7 @@ class AnalogModel(nn.Module):
             raise ValueError("trials: need at least one chip, with non-negative indices")
         self.chips = torch.tensor(chips, dtype=torch.int64)
         net = copy.deepcopy(model).eval()
+        _as_torch_layers(net)
         try:  # attention modules whose projections are now modules; Transformer layers on their unfused path
             self.rewritten = rewrite_attention(net) + rewrite_transformers(net)
         except ValueError as e:
