@@ -159,7 +159,8 @@ def check_one(name: str) -> dict:
     row = {"model": name}
     t0 = time.perf_counter()
     model, kwargs = _build(name)
-    row["params_M"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 1)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    row["params_M"] = round(params, 1) or round(params, 3)  # the small networks of --set layers: 3 decimals
     if sum(p.numel() for p in model.parameters()) > MAX_PARAMS:
         row.update(converts=None, reason=f"over {MAX_PARAMS / 1e6:.0f}M parameters (memory)")
         return row
@@ -206,6 +207,9 @@ def _table(rows: list[dict]) -> str:
             lines.append(f"| {r['model']} | {r.get('params_M', '')} | {r.get('input', '')} | no: {r.get('reason', '')} | | | | |")
             continue
         kept = "; ".join(f"{n}: {why}" for n, why in r["kept_digital"].items()) or "none"
+        if len(r["kept_digital"]) > 3:  # one reason shown, the rest counted
+            first, why = next(iter(r["kept_digital"].items()))
+            kept = f"{len(r['kept_digital'])} layers, e.g. {first}: {why}"
         noisy = "ok" if r["noisy_ok"] else f"FAILED {r.get('noisy_error', '')}"
         lines.append(f"| {r['model']} | {r['params_M']} | {r['input']} | yes | {r['analog_layers']} | {kept} | "
                      f"{r['max_rel_err']:.1e} | {noisy} |")

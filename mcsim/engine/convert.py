@@ -1,8 +1,9 @@
 """From a trained torch model to its analog counterpart, evaluated for many chips at once.
 
 ``convert(model, hardware, trials, seed)`` rewrites attention modules so that their projections are
-called as modules (:mod:`mcsim.engine.attention`), folds BatchNorm into the preceding convolutions
-(docs/physics.md section 1), replaces every convolution and Linear by an :class:`AnalogLayer`, and returns an
+called as modules (:mod:`mcsim.engine.attention`; torch's Transformer layers:
+:mod:`mcsim.engine.transformer`), folds BatchNorm into the preceding convolutions (docs/physics.md
+section 1), replaces every convolution and Linear by an :class:`AnalogLayer`, and returns an
 :class:`AnalogModel` whose forward maps a batch ``(B, ...)`` to logits ``(T, B, classes)``. All other
 layers stay digital and see the chips as a larger batch ``(B * Tc, ...)``, image-major (row ``i * Tc + t``
 is image i on chip t: the layout of the analog layers' grouped convolutions); ``AnalogModel.digital_layers``
