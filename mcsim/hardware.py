@@ -549,9 +549,9 @@ def check_patterns(patterns, names: list[str], field: str) -> None:
             continue
         close = difflib.get_close_matches(pattern, names, n=3, cutoff=0.5)
         hint = (f"did you mean {', '.join(repr(c) for c in close)}?" if close
-                else f"the model's Conv2d/Linear layers: {', '.join(names) or 'none'}")
+                else f"the model's convolution/Linear layers: {', '.join(names) or 'none'}")
         kind = "glob" if is_glob(pattern) else "layer name"
-        problems.append(f"{field}: {kind} {pattern!r} matches no Conv2d/Linear layer of the model ({hint})")
+        problems.append(f"{field}: {kind} {pattern!r} matches no convolution/Linear layer of the model ({hint})")
     if problems:
         raise LayerNameError("\n".join(problems))
 

@@ -157,6 +157,8 @@ class RowLSTM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y, _ = self.lstm(x.flatten(1, 2))  # (B, 1, 28, 28) -> rows (B, 28 steps, 28)
         return self.head(y[:, -1])
+
+
 def diabetes_mlp() -> nn.Module:
     """10 standardised features -> 64 -> 64 -> 1 (ReLU): a regression MLP, scored by ``metric: mse``."""
     return nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
@@ -165,7 +167,7 @@ def diabetes_mlp() -> nn.Module:
 class CharLSTM(nn.Module):
     """A character-level language model: token ids (B, T) -> embedding 32 -> one LSTM layer of 128
     -> linear head -> next-character logits (B, T, vocab); scored by ``metric: perplexity``. On
-    arrays: the head (and the LSTM's matrices where the engine maps recurrent layers)."""
+    arrays: the LSTM's matrices and the head."""
 
     def __init__(self, vocab: int = 96, embed: int = 32, hidden: int = 128):
         super().__init__()
@@ -175,6 +177,30 @@ class CharLSTM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.lstm(self.embed(x))[0])
+
+
+class RowTransformer(nn.Module):
+    """Reads an image's rows as a sequence: each row's pixels embedded by a Linear, plus a learned
+    position embedding -> ``nn.TransformerEncoder`` (torch's own layers: pre-norm, ReLU feed-forward)
+    -> mean over rows -> linear. On arrays: the embedding, every attention projection, the
+    feed-forward Linears and the head (mcsim.engine.transformer)."""
+
+    def __init__(self, rows: int, cols: int, dim: int, depth: int, heads: int, ff: int, num_classes: int = 10):
+        super().__init__()
+        self.embed = nn.Linear(cols, dim)
+        self.pos = nn.Parameter(0.02 * torch.randn(1, rows, dim))
+        layer = nn.TransformerEncoderLayer(dim, heads, ff, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, depth, norm=nn.LayerNorm(dim), enable_nested_tensor=False)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x.flatten(1, 2)) + self.pos  # (B, 1, rows, cols) -> (B, rows, dim)
+        return self.head(self.encoder(h).mean(1))
+
+
+def digits_transformer() -> nn.Module:
+    """1x8x8 read as 8 rows of 8 pixels: width 32, 2 layers of 4 heads, feed-forward 64."""
+    return RowTransformer(rows=8, cols=8, dim=32, depth=2, heads=4, ff=64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,6 +228,7 @@ BUILTINS: dict[str, Recipe] = {
     "mnist-cnn": Recipe(mnist_cnn, "mnist5k", epochs=8, lr=2e-3),
     "mnist-resnet": Recipe(MnistResNet, "mnist5k", epochs=10, lr=5e-3, weight_decay=1e-4),
     "digits-vit": Recipe(digits_vit, "digits", epochs=40, lr=3e-3, weight_decay=1e-4),
+    "digits-transformer": Recipe(digits_transformer, "digits", epochs=40, lr=3e-3, weight_decay=1e-4),
     "mnist-lstm": Recipe(RowLSTM, "mnist5k", epochs=15, lr=5e-3),
     "diabetes-mlp": Recipe(diabetes_mlp, "diabetes", epochs=60, lr=3e-3, batch_size=32, weight_decay=1e-3),
     "text-lstm": Recipe(CharLSTM, "text", epochs=12, lr=1e-2, batch_size=32),

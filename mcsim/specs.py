@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 __all__ = ["BUILTIN_MODELS", "CalibrationSpec", "DataSpec", "ModelSpec", "SPLITS", "split_ref", "check_split"]
 
 #: Names of the built-in models (``builtin:<name>``); mcsim.models holds their recipes.
-BUILTIN_MODELS = ("digits-cnn", "mnist-cnn", "mnist-resnet", "digits-vit", "mnist-lstm", "diabetes-mlp", "text-lstm")
+BUILTIN_MODELS = ("digits-cnn", "mnist-cnn", "mnist-resnet", "digits-vit", "digits-transformer", "mnist-lstm",
+                  "diabetes-mlp", "text-lstm")
 
 #: Splits of the data sets that have fixed ones.
 SPLITS = {"digits": ("train", "test"), "mnist5k": ("train", "test"), "imagenet": ("val", "train"),

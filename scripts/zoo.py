@@ -8,6 +8,12 @@ in its own subprocess (memory, timeout) and prints one JSON line; the driver pri
     python scripts/zoo.py                          # the whole zoo -> Markdown table on stdout
     python scripts/zoo.py --models vit_b_16 swin_t --out docs/zoo.md
     python scripts/zoo.py --one resnet18           # one model, one JSON line
+    python scripts/zoo.py --set layers             # the other layer types (see LAYERS) -> table
+
+``--set layers`` checks, the same way, networks of the layer types beyond 2-D image classifiers
+(:data:`LAYERS`): small 1-D, 3-D and transposed CNNs, torch's Transformer modules, the built-in
+row transformer and torchvision's video classifiers (random weights, a clip of 2 x 3 x 8 x 32 x 32,
+or the smallest their architecture takes).
 
 Ideal: ``Hardware(weight_bits=None, input_bits=None, adc={"bits": None})``, 1 chip: the maximum of
 ``|analog - digital| / max|digital|`` over the logits. Noisy: proportional programming error 0.05,
@@ -28,12 +34,96 @@ NOISY = dict(error={"model": "proportional", "sigma": 0.05}, weight_bits=8, inpu
 IDEAL = dict(weight_bits=None, input_bits=None, adc={"bits": None})
 
 
+def _conv1d_net():
+    from torch import nn
+
+    return nn.Sequential(nn.Conv1d(1, 16, 9, stride=4, padding=4), nn.BatchNorm1d(16), nn.ReLU(),
+                         nn.Conv1d(16, 32, 5, stride=2, padding=2, groups=4), nn.BatchNorm1d(32), nn.ReLU(),
+                         nn.Conv1d(32, 32, 3, padding="same", dilation=2), nn.AdaptiveAvgPool1d(1), nn.Flatten(),
+                         nn.Linear(32, 10))
+
+
+def _conv3d_net():
+    from torch import nn
+
+    return nn.Sequential(nn.Conv3d(3, 16, (3, 5, 5), stride=(1, 2, 2), padding=(1, 2, 2)), nn.BatchNorm3d(16),
+                         nn.ReLU(), nn.Conv3d(16, 32, 3, stride=2, padding=1, groups=2), nn.ReLU(),
+                         nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(32, 10))
+
+
+def _convtranspose_net():
+    from torch import nn
+
+    return nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.ConvTranspose2d(16, 8, 4, stride=2, padding=1), nn.ReLU(),
+                         nn.Conv2d(8, 10, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def _seq2seq():
+    """nn.Transformer on a sequence and its first half (causal target mask), mean-pooled to 10 logits."""
+    from torch import nn
+
+    class Seq2Seq(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.t = nn.Transformer(32, 4, 2, 2, 64, batch_first=True)
+            self.head = nn.Linear(32, 10)
+
+        def forward(self, x):
+            tgt = x[:, : x.shape[1] // 2]
+            mask = nn.Transformer.generate_square_subsequent_mask(tgt.shape[1])
+            return self.head(self.t(x, tgt, tgt_mask=mask, tgt_is_causal=True).mean(1))
+
+    return Seq2Seq()
+
+
+def _encoder(batch_first: bool):
+    from torch import nn
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=batch_first)
+            self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=batch_first)
+            self.head = nn.Linear(32, 10)
+
+        def forward(self, x):
+            h = self.enc(x) if batch_first else self.enc(x.transpose(0, 1)).transpose(0, 1)
+            return self.head(h.mean(1))
+
+    return Encoder()
+
+
+#: the other layer types (``--set layers``): name -> (builder, input shape)
+LAYERS = {
+    "conv1d-net": (_conv1d_net, (2, 1, 1600)),
+    "conv3d-net": (_conv3d_net, (2, 3, 8, 32, 32)),
+    "convtranspose2d-net": (_convtranspose_net, (2, 3, 32, 32)),
+    "transformer-encoder": (lambda: _encoder(True), (2, 12, 32)),
+    "transformer-encoder-seq-first": (lambda: _encoder(False), (2, 12, 32)),
+    "transformer": (_seq2seq, (2, 12, 32)),
+    "builtin:digits-transformer": (None, (2, 1, 8, 8)),
+}
+VIDEO_INPUT = (2, 3, 8, 32, 32)
+
+
 def _build(name: str):
     import torch
     import torchvision
 
     from mcsim.models import randomized
 
+    if name in LAYERS:
+        torch.manual_seed(0)
+        build = LAYERS[name][0]
+        if build is None:  # a built-in: random weights, as every model here
+            from mcsim.models import BUILTINS
+
+            build = BUILTINS[name.removeprefix("builtin:")].build
+        return randomized(build()), {}
+    if name.startswith("video:"):
+        torch.manual_seed(0)
+        return randomized(torchvision.models.get_model(name.removeprefix("video:"), weights=None)), {}
     kwargs = {}
     if name.startswith("vit_"):
         kwargs["image_size"] = 56 if name.endswith("_14") else 64
@@ -44,17 +134,21 @@ def _build(name: str):
 def _input(model, name):
     import torch
 
-    sizes = [224] if name.startswith("maxvit") else [64, 224]
-    if name.startswith("vit_"):
-        sizes = [model.image_size]
-    for s in sizes:
-        x = torch.randn(2, 3, s, s, generator=torch.Generator().manual_seed(2))
+    if name in LAYERS or name.startswith("video:"):
+        shapes = [LAYERS[name][1]] if name in LAYERS else [VIDEO_INPUT, (2, 3, 16, 224, 224)]
+    else:
+        sizes = [224] if name.startswith("maxvit") else [64, 224]
+        if name.startswith("vit_"):
+            sizes = [model.image_size]
+        shapes = [(2, 3, s, s) for s in sizes]
+    for shape in shapes:
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
         try:
             with torch.no_grad():
                 return x, model(x)
         except Exception as e:  # too small for this architecture
             last = e
-    raise RuntimeError(f"no input size of {sizes} runs digitally: {last}")
+    raise RuntimeError(f"no input of {shapes} runs digitally: {last}")
 
 
 def check_one(name: str) -> dict:
@@ -65,12 +159,14 @@ def check_one(name: str) -> dict:
     row = {"model": name}
     t0 = time.perf_counter()
     model, kwargs = _build(name)
-    row["params_M"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 1)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    row["params_M"] = round(params, 1) or round(params, 3)  # the small networks of --set layers: 3 decimals
     if sum(p.numel() for p in model.parameters()) > MAX_PARAMS:
         row.update(converts=None, reason=f"over {MAX_PARAMS / 1e6:.0f}M parameters (memory)")
         return row
     x, ref = _input(model, name)
-    row["input"] = f"{x.shape[-1]}x{x.shape[-1]}" + (f" ({', '.join(f'{k}={v}' for k, v in kwargs.items())})" if kwargs else "")
+    image = x.dim() == 4 and name not in LAYERS  # a square image; else the whole shape of one input
+    row["input"] = (f"{x.shape[-1]}x{x.shape[-1]}" if image else "x".join(map(str, x.shape[1:]))) + (f" ({', '.join(f'{k}={v}' for k, v in kwargs.items())})" if kwargs else "")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -111,6 +207,9 @@ def _table(rows: list[dict]) -> str:
             lines.append(f"| {r['model']} | {r.get('params_M', '')} | {r.get('input', '')} | no: {r.get('reason', '')} | | | | |")
             continue
         kept = "; ".join(f"{n}: {why}" for n, why in r["kept_digital"].items()) or "none"
+        if len(r["kept_digital"]) > 3:  # one reason shown, the rest counted
+            first, why = next(iter(r["kept_digital"].items()))
+            kept = f"{len(r['kept_digital'])} layers, e.g. {first}: {why}"
         noisy = "ok" if r["noisy_ok"] else f"FAILED {r.get('noisy_error', '')}"
         lines.append(f"| {r['model']} | {r['params_M']} | {r['input']} | yes | {r['analog_layers']} | {kept} | "
                      f"{r['max_rel_err']:.1e} | {noisy} |")
@@ -120,7 +219,9 @@ def _table(rows: list[dict]) -> str:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--one", help="check one model and print its JSON line")
-    p.add_argument("--models", nargs="+", help="default: every torchvision classification model")
+    p.add_argument("--models", nargs="+", help="default: every torchvision classification model (or --set)")
+    p.add_argument("--set", choices=["classification", "layers"], default="classification",
+                   help="layers: the other layer types (LAYERS) and torchvision's video classifiers")
     p.add_argument("--timeout", type=int, default=900, help="seconds per model")
     p.add_argument("--out", help="also write the table (Markdown) here")
     p.add_argument("--jsonl", help="append each model's JSON line here")
@@ -142,7 +243,12 @@ def main():
         return
     import torchvision
 
-    names = a.models or torchvision.models.list_models(module=torchvision.models)
+    if a.models:
+        names = a.models
+    elif a.set == "layers":
+        names = list(LAYERS) + [f"video:{n}" for n in torchvision.models.list_models(module=torchvision.models.video)]
+    else:
+        names = torchvision.models.list_models(module=torchvision.models)
     rows = []
     for name in names:
         try:

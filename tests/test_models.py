@@ -15,9 +15,10 @@ from mcsim import models as M
 from mcsim.data import DataSpec, load_split
 from mcsim.models import ModelError, ModelSpec, load_model
 
-THRESHOLDS = {"digits-cnn": 0.95, "mnist-cnn": 0.95, "mnist-resnet": 0.95, "digits-vit": 0.95, "mnist-lstm": 0.95}
+THRESHOLDS = {"digits-cnn": 0.95, "mnist-cnn": 0.95, "mnist-resnet": 0.95, "digits-vit": 0.95,
+              "digits-transformer": 0.95, "mnist-lstm": 0.95}
 DATASET = {"digits-cnn": "digits", "mnist-cnn": "mnist5k", "mnist-resnet": "mnist5k", "digits-vit": "digits",
-           "mnist-lstm": "mnist5k"}
+           "digits-transformer": "digits", "mnist-lstm": "mnist5k"}
 
 
 @pytest.fixture(scope="session")

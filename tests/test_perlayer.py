@@ -88,7 +88,7 @@ def test_unknown_names_list_close_matches():
     with pytest.raises(LayerNameError) as err:
         hw.resolve_layers(NAMED_LAYERS)
     msg = str(err.value)
-    assert "layer name 'conv2' matches no Conv2d/Linear layer" in msg and "did you mean 'conv1'" in msg
+    assert "layer name 'conv2' matches no convolution/Linear layer" in msg and "did you mean 'conv1'" in msg
     assert "glob 'layer5.*' matches no" in msg and "'layer4.0'" in msg
     with pytest.raises(LayerNameError, match="hardware.layers: layer name 'conv2'"):  # at convert time
         convert(Named(), Hardware(layers={"conv2": {"analog": False}}), device="cpu")
@@ -253,7 +253,7 @@ def test_unknown_layer_is_a_clean_exit_2(tmp_path):
     for args in (["validate", str(path)], ["run", str(path)]):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, result.output
-        assert "hardware.layers: layer name 'fc' matches no Conv2d/Linear layer" in result.output
+        assert "hardware.layers: layer name 'fc' matches no convolution/Linear layer" in result.output
         assert "Traceback" not in result.output
     assert not (tmp_path / "out.zarr").exists()
     assert crossbar_layers(Named()) == NAMED_LAYERS

@@ -10,7 +10,6 @@ from torch.nn import functional as F
 
 from mcsim import Hardware, convert
 from mcsim.engine.attention import MultiheadAttention, WindowAttention
-from mcsim.engine.convert import ConversionError
 from mcsim.models import randomized
 
 IDEAL = Hardware(weight_bits=None, input_bits=None, adc={"bits": None})
@@ -203,12 +202,6 @@ def test_an_analog_layer_has_no_weight_tensor():
     analog = convert(nn.Sequential(nn.Linear(4, 3)), IDEAL, trials=1, device="cpu")
     with pytest.raises(RuntimeError, match="runs on crossbars and has no weight tensor"):
         analog.net.get_submodule("0").weight
-
-
-def test_a_fused_torch_transformer_layer_is_refused_by_name():
-    model = nn.Sequential(nn.TransformerEncoderLayer(16, 4, 32, batch_first=True), nn.Linear(16, 3))
-    with pytest.raises(ConversionError, match=r"'0' is a torch.nn.TransformerEncoderLayer"):
-        convert(model, IDEAL, trials=1, device="cpu")
 
 
 # ---------------------------------------------------------------- read noise per token

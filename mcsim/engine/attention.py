@@ -86,13 +86,19 @@ class MultiheadAttention(nn.Module):
             k_t = q_t if key is query else key.transpose(0, 1)
             value = k_t if value is key else (q_t if value is query else value.transpose(0, 1))
             query, key = q_t, k_t
+        out, weights = self.batch_first_forward(query, key, value, key_padding_mask, need_weights, attn_mask,
+                                                average_attn_weights, is_causal)
+        return (out if self.batch_first else out.transpose(0, 1)), weights
+
+    def batch_first_forward(self, query, key, value, key_padding_mask=None, need_weights: bool = True,
+                            attn_mask=None, average_attn_weights: bool = True, is_causal: bool = False):
+        """:meth:`forward` on batch-first ``(N, L, E)`` inputs, whatever ``batch_first`` says; returns
+        ``(N, L, E)`` (torch's Transformer layers run on such views, :mod:`mcsim.engine.transformer`)."""
         key_padding_mask = F._canonical_mask(mask=key_padding_mask, mask_name="key_padding_mask",
                                              other_type=F._none_or_dtype(attn_mask), other_name="attn_mask",
                                              target_type=query.dtype)
         q, k, v = self._project(query, key, value)
-        out, weights = _attend(self, q, k, v, key_padding_mask, need_weights, attn_mask, average_attn_weights,
-                               is_causal)
-        return (out if self.batch_first else out.transpose(0, 1)), weights
+        return _attend(self, q, k, v, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal)
 
 
 def _linear(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Linear:

@@ -1,8 +1,9 @@
 """From a trained torch model to its analog counterpart, evaluated for many chips at once.
 
 ``convert(model, hardware, trials, seed)`` rewrites attention modules so that their projections are
-called as modules (:mod:`mcsim.engine.attention`), folds BatchNorm into the preceding convolutions
-(docs/physics.md section 1), replaces every Conv2d and Linear by an :class:`AnalogLayer`, and returns an
+called as modules (:mod:`mcsim.engine.attention`; torch's Transformer layers:
+:mod:`mcsim.engine.transformer`), folds BatchNorm into the preceding convolutions (docs/physics.md
+section 1), replaces every convolution and Linear by an :class:`AnalogLayer`, and returns an
 :class:`AnalogModel` whose forward maps a batch ``(B, ...)`` to logits ``(T, B, classes)``. All other
 layers stay digital and see the chips as a larger batch ``(B * Tc, ...)``, image-major (row ``i * Tc + t``
 is image i on chip t: the layout of the analog layers' grouped convolutions); ``AnalogModel.digital_layers``
@@ -27,9 +28,11 @@ from torch import nn
 
 from mcsim.engine.allocator import reuse_large_buffers
 from mcsim.engine.attention import ATTENTION_MODULES, DIGITAL_ATTENTION, projection_names, rewrite_attention
+from mcsim.engine.convnd import CROSSBAR_TYPES
 from mcsim.engine.layers import AnalogLayer, Context, DigitalLayer
 from mcsim.engine import saving
 from mcsim.engine.recurrent import DIGITAL_RECURRENCE, Recurrent, matrix_names, rewrite_recurrent
+from mcsim.engine.transformer import TRANSFORMER_MODULES, rewrite_transformers
 from mcsim.errors import InputError
 from mcsim.hardware import Hardware, check_patterns
 from mcsim.physics import devices
@@ -42,11 +45,11 @@ class ConversionError(InputError, ValueError):
 
 
 class _Tracer(torch.fx.Tracer):
-    """torch.fx's tracer, with mcsim's attention and recurrent modules kept whole (their forward branches
-    on arguments, or loops over time steps)."""
+    """torch.fx's tracer, with mcsim's attention, recurrent and Transformer modules kept whole (their
+    forward branches on arguments, or loops over time steps; torch's own Transformer modules are leaves too)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (*ATTENTION_MODULES, Recurrent)) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (*ATTENTION_MODULES, *TRANSFORMER_MODULES, Recurrent)) or super().is_leaf_module(m, qualname)
 
 
 def _trace(net: nn.Module) -> torch.fx.GraphModule:
@@ -115,30 +118,35 @@ def execution_order(net: nn.Module, layers: list[tuple[str, nn.Module]]) -> list
     called = [n.target for n in graph.nodes if n.op == "call_module"]
     rank = {name: i for i, name in enumerate(called)}
 
-    def order(name: str) -> int:
-        # a layer inside a module the trace keeps whole (attention, recurrent) runs where that module
-        # runs, its layers in registration order; never called as modules: last
-        while name and name not in rank:
+    def order(name: str) -> int:  # a layer inside a module fx keeps whole (attention, recurrent, Transformer) runs with it
+        while name not in rank and name:
             name = name.rpartition(".")[0]
-        return rank.get(name, len(rank))
+        return rank.get(name, len(rank))  # never called as modules: last
 
     return sorted(layers, key=lambda item: order(item[0]))
 
 
-_UNSUPPORTED = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.TransformerEncoder,
-                nn.TransformerDecoder, nn.Transformer)
+_TORCH_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                 nn.ConvTranspose3d)
+
+
+def _as_torch_layers(net: nn.Module) -> None:
+    """Give every subclass of a torch convolution or Linear that only changes how it is built
+    (torchvision's video ``Conv3DSimple``: no method but ``__init__``) its torch class, in place:
+    torch.fx then keeps it whole as it does torch's own layers (instead of reading its weight as a
+    tensor inside its forward) and folds the BatchNorm that follows it. Its forward is torch's either way."""
+    for m in net.modules():
+        base = next((b for b in _TORCH_LAYERS if isinstance(m, b)), None)
+        if base is None or type(m) is base:
+            continue
+        own = type(m).__mro__[: type(m).__mro__.index(base)]
+        if not any(inspect.isfunction(v) and k != "__init__" for c in own for k, v in vars(c).items()):
+            m.__class__ = base
+
+
 _WEIGHT_READ = re.compile(r"self\.(\w+)\.weight\b")
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.LocalResponseNorm,
           nn.modules.instancenorm._InstanceNorm)
-
-
-def _check_supported(net: nn.Module) -> None:
-    for name, m in net.named_modules():
-        if isinstance(m, _UNSUPPORTED):
-            raise ConversionError(
-                f"module {name or '<root>'!r} is a torch.nn.{type(m).__name__}: its forward hands the weights of its "
-                "attention and feed-forward Linears to a fused kernel, so mcsim cannot put them on arrays; build the "
-                "blocks from nn.MultiheadAttention, nn.Linear and nn.LayerNorm instead (as builtin:digits-vit does)")
 
 
 @functools.lru_cache(maxsize=None)
@@ -150,11 +158,11 @@ def _forward_source(cls: type) -> str:
 
 
 def functional_uses(net: nn.Module) -> dict[str, tuple[str, str]]:
-    """The Conv2d and Linear layers of ``net`` whose ``.weight`` is read as a tensor (handed to a function)
+    """The convolutions and Linear layers of ``net`` whose ``.weight`` is read as a tensor (handed to a function)
     instead of being called: name -> (type, who reads it). An analog layer has no weight tensor to hand
     over, so these stay digital. Looks at the traced graph (before BatchNorm folding, which would turn
     such a layer into a bare holder of its tensors) and at the source of every module's forward."""
-    layers = {n: type(m).__name__ for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    layers = {n: type(m).__name__ for n, m in net.named_modules() if isinstance(m, CROSSBAR_TYPES)}
     uses = {}
     try:
         graph = _Tracer().trace(net)
@@ -195,11 +203,11 @@ def _digital_inventory(net: nn.Module, kept: dict[str, tuple[str, str]]) -> list
 
 
 def crossbar_layers(model: nn.Module) -> list[str]:
-    """The module paths of ``model``'s Conv2d and Linear layers, in registration order: the names
+    """The module paths of ``model``'s convolutions and Linear layers, in registration order: the names
     that ``hardware.layers`` patterns match."""
     names, dropped = [], []
     for n, m in model.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)) and not any(n.startswith(d) for d in dropped):
+        if isinstance(m, CROSSBAR_TYPES) and not any(n.startswith(d) for d in dropped):
             names.append(n)
         added, gone = projection_names(m)  # what the attention rewrite adds and drops
         added = added + matrix_names(m)  # a recurrent module's matrices (mcsim.engine.recurrent)
@@ -241,14 +249,15 @@ class AnalogModel(nn.Module):
     """A model on analog chips (build it with :func:`convert`).
 
     Attributes:
-        layer_names: the module paths of the layers on arrays (every Conv2d and Linear, attention
+        layer_names: the module paths of the layers on arrays (every convolution and Linear, attention
             projections included), in registration order.
         digital_layers: every weight-carrying part that stays digital, as ``{"name", "type", "kind",
             "reason"}``; ``kind`` is ``layer`` for a Conv/Linear kept digital (a functional use of its
-            weight, a non-2-D conv, ``analog_first_layer``/``analog_last_layer``), else ``attention``,
+            weight, ``analog_first_layer``/``analog_last_layer``), else ``attention``,
             ``normalization``, ``recurrent`` (gates and state) or ``parameters`` (docs/physics.md section 1).
         rewritten: the attention and recurrent modules replaced by their mcsim equivalents
-            (mcsim.engine.attention, mcsim.engine.recurrent).
+            (mcsim.engine.attention, mcsim.engine.recurrent), and torch's Transformer modules given their
+            unfused forward (mcsim.engine.transformer).
         source: the network as given (spec when known, layout, a CPU copy of its state): what
             :meth:`save` writes (mcsim.engine.saving).
 
@@ -278,25 +287,26 @@ class AnalogModel(nn.Module):
         self.chips = torch.tensor(chips, dtype=torch.int64)
         self.source = saving.Source.of(model)
         net = copy.deepcopy(model).eval()
-        _check_supported(net)
-        # attention and recurrent modules whose projections and matrices are now modules
-        self.rewritten = rewrite_attention(net) + rewrite_recurrent(net)
+        _as_torch_layers(net)
+        try:  # attention and recurrent modules whose projections and matrices are now modules;
+            # Transformer layers on their unfused path
+            self.rewritten = rewrite_attention(net) + rewrite_recurrent(net) + rewrite_transformers(net)
+        except ValueError as e:
+            raise ConversionError(str(e)) from None
         uses = functional_uses(net)
         self.net = fold_batchnorm(net, inplace=True)
         self.layer_names, self.digital_layers = self._replace(hardware, uses)
         self._finish(hardware, chips, memory_budget)
 
     def _replace(self, hardware: Hardware, uses: dict[str, tuple[str, str]]) -> tuple[list[str], list[dict]]:
-        """Put every Conv2d and Linear on arrays, except those kept digital (warned, with the reason)."""
-        targets = [(n, m) for n, m in self.net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        """Put every convolution and Linear on arrays, except those kept digital (warned, with the reason)."""
+        targets = [(n, m) for n, m in self.net.named_modules() if isinstance(m, CROSSBAR_TYPES)]
         if not targets and not uses:
-            raise ConversionError("the model has no Conv2d or Linear layer to put on crossbars")
-        kept = {n: (type(m).__name__, "only Conv2d and Linear run on crossbars") for n, m in self.net.named_modules()
-                if isinstance(m, nn.modules.conv._ConvNd) and not isinstance(m, nn.Conv2d)}
-        kept.update(uses)
+            raise ConversionError("the model has no convolution or Linear layer to put on crossbars")
+        kept = dict(uses)
         if kept:  # not what the hardware asks for: say so
             warnings.warn("these layers stay digital: " + "; ".join(f"{n} ({r})" for n, (_, r) in kept.items()))
-        #: every Conv2d/Linear's effective hardware (its ``analog`` says whether it is on crossbars)
+        #: every convolution/Linear's effective hardware (its ``analog`` says whether it is on crossbars)
         self.layer_hardware = layer_hardware(self.net, targets, hardware) if targets else {}
         for name, m in targets:
             if name not in kept and not self.layer_hardware[name].analog:
@@ -528,7 +538,7 @@ def convert(
 ) -> AnalogModel:
     """The analog counterpart of ``model``: the same network on ``trials`` Monte Carlo chips.
 
-    Every Conv2d and Linear (attention projections included) goes on crossbar arrays: its weights
+    Every convolution (1-, 2- and 3-D, transposed too) and Linear (attention projections included) goes on crossbar arrays: its weights
     quantized, mapped to conductances and programmed with each chip's device errors
     (docs/physics.md sections 1-4); BatchNorm is folded into the layer before it first. What stays
     digital, and why, is in :attr:`AnalogModel.digital_layers` (and a warning). The analog model
@@ -553,7 +563,7 @@ def convert(
 
     Raises:
         ConversionError: a model that cannot be converted (the message names the module and why).
-        LayerNameError: a pattern of ``hardware.layers`` that names no Conv2d or Linear of the model.
+        LayerNameError: a pattern of ``hardware.layers`` that names no convolution or Linear of the model.
         pydantic.ValidationError: a ``hardware`` dict with an invalid setting (the message names it).
         ValueError: ``trials`` with no chip or a negative index.
         RuntimeError: ``device="cuda"`` where torch sees no GPU.

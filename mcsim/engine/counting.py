@@ -31,7 +31,7 @@ slices (docs/physics.md section 16), applied one per MVM; ``pos`` output positio
   planes (``nb - 1``) per position and group, and one subtraction per output.
   ``digital_macs``: offset mapping, scaling that input sum by ``G_zero`` (one per position and group).
 
-Layers kept digital (``analog: false``, ``analog_first_layer: false``, other convolutions) count
+Layers kept digital (``analog: false``, ``analog_first_layer: false``, a functional use of the weight) count
 ``digital_macs``: their output elements times the inputs feeding each. Bias, scaling, activations, pooling and residual
 additions are not counted (they are the same for every design).
 """
@@ -61,7 +61,7 @@ COUNTS = ("adc_conversions", "dac_pulses", "row_slots", "array_g_v2", "digital_a
 @dataclass
 class EnergyCounts:
     """Counts per image (or summed over ``images``): ``counts[name]`` is ``(T, L)`` for the model's
-    chips and ``layers`` (analog and kept-digital Conv2d/Linear, in module order); ``adc_bits``
+    chips and ``layers`` (analog and kept-digital convolutions/Linear, in module order); ``adc_bits``
     ``(L,)`` the resolution each layer's conversions are priced at (0 for a digital layer)."""
 
     chips: list[int]
@@ -184,8 +184,8 @@ class EnergyCounter:
     def digital(self, name: str, module: nn.Module, inp: torch.Tensor, out: torch.Tensor, chips: torch.Tensor) -> None:
         """Multiply-accumulates of a Conv/Linear kept digital, for the chip block ``chips``."""
         per_chip_rows = out.shape[0] // len(chips)
-        if isinstance(module, nn.modules.conv._ConvTransposeNd):  # each input element feeds out/groups * taps
-            per_row = inp[0].numel() * module.out_channels // module.groups * math.prod(module.kernel_size)
+        if getattr(module, "transposed", False):  # each input element feeds weight[0].numel() = out/groups * taps
+            per_row = inp[0].numel() * module.weight[0].numel()
         else:  # Linear, Conv, DigitalLayer: each output element sums weight[0].numel() products
             per_row = out[0].numel() * module.weight[0].numel()
         self._add("digital_macs", name, chips, per_chip_rows * per_row)
@@ -234,14 +234,11 @@ def _counted_layers(model: "AnalogModel") -> list[tuple[str, nn.Module]]:
 
 def layer_names(model: nn.Module) -> list[str]:
     """The layers a converted ``model`` counts, from the digital model: the crossbar layers
-    (:func:`~mcsim.engine.convert.crossbar_layers`: Conv2d, Linear, attention's projections) in
-    module order, then any other convolution (kept digital)."""
+    (:func:`~mcsim.engine.convert.crossbar_layers`: convolutions, Linear, attention's projections) in
+    module order."""
     from mcsim.engine.convert import crossbar_layers
 
-    names = crossbar_layers(model)
-    others = [n for n, m in model.named_modules()
-              if isinstance(m, nn.modules.conv._ConvNd) and not isinstance(m, nn.Conv2d) and n not in names]
-    return names + others
+    return crossbar_layers(model)
 
 
 @contextmanager

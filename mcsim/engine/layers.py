@@ -1,4 +1,4 @@
-"""The analog layer: one Conv2d or Linear evaluated for a block of chips at once.
+"""The analog layer: one convolution or Linear evaluated for a block of chips at once.
 
 Activations carry the chips in the batch dim, ``(B * Tc, ...)`` image-major: the layout in which one
 grouped convolution takes every chip's channels side by side, so a layer's input and output need no
@@ -43,6 +43,7 @@ from mcsim.engine import draws, rng
 from mcsim.engine.arrays import Geometry, Partitioning
 from mcsim.engine.calibration import Calibrated, power_of_two_ranges, subsample
 from mcsim.engine.conv import Weight, canonical_conv, grouped_conv
+from mcsim.engine.convnd import conv_view
 from mcsim.engine.gated import GatedColumns
 from mcsim.engine.programming import Programming
 from mcsim.engine.records import Context, Mode, Pass, Programmed
@@ -52,36 +53,37 @@ from mcsim.physics import adc, dac, mapping
 __all__ = ["AnalogLayer", "Context", "DigitalLayer", "Mode", "Pass", "Programmed", "power_of_two_ranges"]
 
 
-def _conv_args(module: nn.Conv2d | nn.Linear, name: str) -> dict:
-    if isinstance(module, nn.Linear):
-        return dict(stride=1, padding=0, dilation=1)
-    if module.padding_mode != "zeros":
-        raise ValueError(f"layer {name!r}: padding_mode {module.padding_mode!r} is not supported")
-    return dict(stride=module.stride, padding=module.padding, dilation=module.dilation)
+_LINEAR_ARGS = dict(stride=1, padding=0, dilation=1)  # a Linear is a 1x1 conv
 
 
 class DigitalLayer(nn.Module):
-    """A Conv2d or Linear kept digital (``analog: false``), run in the canonical shapes of
-    :func:`canonical_conv` so that it too gives each chip's images the same numbers in any block.
-    Its ``weight`` and ``bias`` stay readable for code that uses them directly."""
+    """A convolution or Linear kept digital (``analog: false``), run in the canonical shapes of
+    :func:`canonical_conv` (any convolution through its 2-D view, :mod:`mcsim.engine.convnd`) so that
+    it too gives each chip's images the same numbers in any block. Its ``weight`` and ``bias`` stay
+    readable for code that uses them directly."""
 
-    def __init__(self, module: nn.Conv2d | nn.Linear, name: str):
+    def __init__(self, module: nn.Module, name: str):
         super().__init__()
         self.linear = isinstance(module, nn.Linear)
-        self.conv_args = _conv_args(module, name)
+        self.view = conv_view(module, name)
+        self.transposed = bool(getattr(module, "transposed", False))
         self.groups = 1 if self.linear else module.groups
         self.weight, self.bias = module.weight, module.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.linear:
-            return canonical_conv(x, self.weight, self.bias, self.groups, self.conv_args, grouped=self.groups > 1)
+            v = self.view
+            x2, tokens = v.to2d(x)
+            y = canonical_conv(x2, v.weight(self.weight), self.bias, self.groups, v.conv_args, grouped=self.groups > 1)
+            return v.from2d(y, tokens)
         y = canonical_conv(x.reshape(-1, x.shape[-1], 1, 1), self.weight[:, :, None, None], self.bias, 1,
-                           self.conv_args, grouped=False)
+                           _LINEAR_ARGS, grouped=False)
         return y.view(*x.shape[:-1], -1)
 
 
 class AnalogLayer(Programming, Calibrated, GatedColumns, nn.Module):
-    """One Conv2d or Linear on crossbars, for the block of chips named in ``ctx.chips``.
+    """One convolution or Linear on crossbars, for the block of chips named in ``ctx.chips``
+    (a convolution other than Conv2d through its 2-D view, :mod:`mcsim.engine.convnd`).
 
     The pass lives here; programming a block of chips (:mod:`mcsim.engine.programming`), the
     calibration state (:mod:`mcsim.engine.calibration`) and the gated-row columns
@@ -95,16 +97,16 @@ class AnalogLayer(Programming, Calibrated, GatedColumns, nn.Module):
         ctx: the converted model's shared pass context.
     """
 
-    def __init__(self, module: nn.Conv2d | nn.Linear, hw: Hardware, name: str, ctx: Context):
+    def __init__(self, module: nn.Module, hw: Hardware, name: str, ctx: Context):
         super().__init__()
         self.hw, self.name, self.ctx = hw, name, ctx
         self.key = rng.name_key(name)
         w = module.weight.detach()
         self.linear = isinstance(module, nn.Linear)
-        self.conv_args = _conv_args(module, name)
+        self.view = conv_view(module, name)
+        self.conv_args = _LINEAR_ARGS if self.linear else self.view.conv_args
         groups = 1 if self.linear else module.groups
-        if self.linear:
-            w = w[:, :, None, None]
+        w = w[:, :, None, None] if self.linear else self.view.weight(w)
         self.geom = Geometry(w.shape[1] * groups, w.shape[0], groups, tuple(w.shape[2:]))
         self.part = Partitioning(self.geom, hw.rows_max)
         self.register_buffer("digital_weight", w.clone())
@@ -163,28 +165,31 @@ class AnalogLayer(Programming, Calibrated, GatedColumns, nn.Module):
         """The layer's outputs on every chip of the block; ``step``: the time step of a recurrent
         layer's matmul (:mod:`mcsim.engine.recurrent`), which keys its read noise (section 17)."""
         mode = self.ctx.mode
-        if mode in ("probe", "calibrate_inputs"):
-            if mode == "calibrate_inputs":
-                self._record("x_min", np.array([x.min().item()]))
-                self._record("x_abs", subsample(x.abs()))
-            return self._probe(x)
-        lead = x.shape[:-1]
-        tokens = 1
-        if self.linear:  # tokens of a (batch, tokens, features) input are rows of their own
-            tokens = math.prod(lead[1:])
-            x = x.reshape(-1, self.geom.c_in, 1, 1)
         self._step = step
-        y = self._analog(x, tokens)
-        return y.reshape(*lead, self.geom.c_out) if self.linear else y
+        if mode == "calibrate_inputs":  # the module's own inputs (no padding or repeated taps of a view)
+            self._record("x_min", np.array([x.min().item()]))
+            self._record("x_abs", subsample(x.abs()))
+        if not self.linear:
+            x2, tokens = self.view.to2d(x)
+            y = self._probe(x2, tokens) if mode in ("probe", "calibrate_inputs") else self._analog(x2, tokens)
+            return self.view.from2d(y, tokens)
+        if mode in ("probe", "calibrate_inputs"):
+            return self._probe(x, 1)
+        lead = x.shape[:-1]
+        tokens = math.prod(lead[1:])  # tokens of a (batch, tokens, features) input are rows of their own
+        y = self._analog(x.reshape(-1, self.geom.c_in, 1, 1), tokens)
+        return y.reshape(*lead, self.geom.c_out)
 
-    def _probe(self, x: torch.Tensor) -> torch.Tensor:
-        """The digital output, noting the peak elements per (image, chip) an analog pass would hold."""
+    def _probe(self, x: torch.Tensor, tokens: int) -> torch.Tensor:
+        """The digital output, noting the peak elements per (image, chip) an analog pass would hold
+        (``tokens`` rows of ``x`` per image)."""
         y = self._digital(x)
         split = self._pass().split
         nb = self._n_planes(True) + 1 if self.hw.input_mode == "bitserial" else 1
         expand = (self.part.parts * self.part.cp / self.geom.cg if split else 1) * nb
         out_expand = (self.part.parts * (self.n_slices + 1) * self.cols / self.geom.ng if split else 1) * nb
-        self.probe_elements = max(self.probe_elements, int(x[0].numel() * expand + y[0].numel() * out_expand))
+        elements = int(tokens * (x[0].numel() * expand + y[0].numel() * out_expand))
+        self.probe_elements = max(self.probe_elements, elements)
         return y
 
     def _pass(self) -> Pass:
