@@ -19,7 +19,9 @@ progress are the same whether the work runs on this machine or on a cluster.
   (from ``execution.max_retries``), so a worker process that dies mid-task is replaced (the new
   one loads the model again) and its task is run again by Ray. A task that *raises* is retried
   here, up to ``max_retries`` times, like the local executor does. Every task writes its own
-  region of the store and its ledger entry, so a task run twice cannot be counted twice.
+  region of the store and its ledger entry, so a task run twice cannot be counted twice. The
+  actors are spread over the nodes (``SPREAD``); those of a node that is lost restart on the
+  others where they have room (else when the autoscaler brings a node), and their tasks run there.
 
 Addresses (``address``): ``None``/``"local"`` starts a Ray instance on this machine (loopback
 only, sized to the machine); ``"auto"``, ``"host:6379"`` or ``"ray://host:10001"`` connect to
@@ -217,7 +219,10 @@ class RayExecutor:
         import ray
 
         retries = self.max_retries
-        cls = _actor_class().options(max_restarts=retries, max_task_retries=retries, **self._resources())
+        # SPREAD: the actors over as many nodes as have room, so that a lost node costs the fewest
+        # workers and its actors' restarts find room on the others
+        cls = _actor_class().options(max_restarts=retries, max_task_retries=retries, scheduling_strategy="SPREAD",
+                                     **self._resources())
         try:
             self.workers = self._pool_size()
         except Exception:
