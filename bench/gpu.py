@@ -82,7 +82,7 @@ SIZES = {  # what each mode measures; s_*: the study section (classes x per-clas
     "full": dict(model="resnet50-224", batch=64, trials=16, repeat=5, limit=500, q_trials=16, calib=500, g_batch=64,
                  s_classes=1000, s_per_class=2, s_trials=16, s_model="resnet50", s_batch=100, s_full_size=True),
     "quick": dict(model="resnet18-32", batch=2, trials=2, repeat=2, limit=100, q_trials=4, calib=100, g_batch=8,
-                  s_classes=10, s_per_class=2, s_trials=2, s_model="resnet18", s_batch=10, s_full_size=False),
+                  s_classes=4, s_per_class=2, s_trials=2, s_model="squeezenet1_1", s_batch=8, s_full_size=False),
 }
 #: ImageNet's common image sizes (width, height): most of val is 500 x 375 or 375 x 500, then 500 x 333.
 IMAGENET_SIZES = [(500, 375), (375, 500), (500, 333), (500, 400), (333, 500), (500, 500), (640, 480)]
