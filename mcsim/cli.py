@@ -396,8 +396,9 @@ def plot(
 # ---------------------------------------------------------------- Ray jobs
 
 JobArg = typer.Argument(..., help="a job id printed by `mcsim submit`", show_default=False)
-DashboardOpt = typer.Option(..., "--address", help="the cluster's dashboard, e.g. http://HEAD:8265",
-                            show_default=False)
+DashboardOpt = typer.Option(..., "--address", help="the cluster's dashboard, e.g. http://127.0.0.1:8265 "
+                            "through `ray dashboard`'s SSH tunnel; the Ray token goes with every request, from "
+                            "$RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token", show_default=False)
 
 
 def _job_client(address: str):

@@ -255,6 +255,7 @@ ERRORS = {
     "LayerNameError": ("mcsim.hardware", ("hardware.layers: layer name 'conv9' matches no layer",), 2, True),
     "ConversionError": ("mcsim.engine.convert", ("'0' is a torch.nn.LSTM",), 2, True),
     "TableError": ("mcsim.tables", ("cell.csv, line 4, column sigma: negative",), 2, True),
+    "AuthError": ("mcsim.runner.auth", ("the cluster at http://h:8265 requires Ray token authentication",), 2, False),
     "TaskError": ("mcsim.runner.jobs", ("task 3 failed 2 times; last error: boom",), 1, False),
     "RunError": ("mcsim.runner.jobs", ("a worker process cannot start",), 1, False),
     "ParasiticSolveError": ("mcsim.physics.parasitics", ("the grid solve did not converge",), 1, False),

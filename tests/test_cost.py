@@ -56,3 +56,18 @@ def test_dry_run_prints_the_image_chips_and_the_estimated_hours(tmp_path):
     line = next(ln for ln in result.output.splitlines() if "estimated:" in ln)
     assert "CPU-hours" in line and "GPU-hours (H200)" in line
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_a_model_whose_macs_cannot_be_counted_costs_the_estimate_not_the_dry_run(tmp_path, monkeypatch):
+    from mcsim.runner import cost
+    from mcsim.runner.plan import make_plan
+    from mcsim.scenario import load_scenario
+
+    def fails(scenario):
+        raise RuntimeError("no meta kernel")
+
+    monkeypatch.setattr(cost, "_scenario_macs", fails)
+    sc = load_scenario(write_scenario(tmp_path))
+    assert cost.estimate_lines(sc, make_plan(sc, 200)) == [
+        "cost: 4,800 image-chips (4 points x 6 chips x 200 images); no time estimate (the model's MACs could not "
+        "be counted: RuntimeError: no meta kernel)"]

@@ -148,16 +148,19 @@ def _scenario_macs(scenario) -> tuple[int, tuple[int, ...]]:
 
 def estimate_lines(scenario, plan, *, model_macs: Optional[int] = None) -> list[str]:
     """The dry run's cost lines: image-chips, then the estimated hours per device (mcsim.runner.cost)."""
-    if model_macs is None:
-        model_macs, shape = _scenario_macs(scenario)
-        where = f"{model_macs / 1e9:.3g} GMAC per {'x'.join(map(str, shape))} image"
-    else:
-        where = f"{model_macs / 1e9:.3g} GMAC per image"
     chips = plan.n_images * plan.trials
     total = chips * plan.n_points
     upto = "up to " if plan.adaptive is not None else ""
-    lines = [f"cost: {upto}{total:,} image-chips ({plan.n_points} points x {plan.trials} chips x "
-             f"{plan.n_images} images), {where}"]
+    head = f"cost: {upto}{total:,} image-chips ({plan.n_points} points x {plan.trials} chips x {plan.n_images} images)"
+    if model_macs is None:
+        try:  # a model that cannot run on the meta device costs the estimate, never the dry run
+            model_macs, shape = _scenario_macs(scenario)
+        except Exception as err:  # noqa: BLE001
+            return [f"{head}; no time estimate (the model's MACs could not be counted: {type(err).__name__}: {err})"]
+        where = f"{model_macs / 1e9:.3g} GMAC per {'x'.join(map(str, shape))} image"
+    else:
+        where = f"{model_macs / 1e9:.3g} GMAC per image"
+    lines = [f"{head}, {where}"]
     notes: list[str] = []
     hours = []
     for device, unit in DEVICES.items():
