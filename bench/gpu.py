@@ -30,9 +30,9 @@ Prints, section by section and then as one summary:
    images per class, made on the spot), torchvision ResNet50 with random weights, config (a), T=16,
    two sweep points; data loading, decoding and the store are in the measurement. Reports the wall
    time, the image-chips per second over the wall time and over the evaluation phase, and the GPU
-   busy fraction: ``nvidia-smi``'s utilization.gpu (the share of each sample period in which a
-   kernel ran) sampled every 200 ms over the run, averaged (``torch.cuda.utilization()`` where
-   nvidia-smi is missing).
+   busy fraction: the GPU's utilization.gpu (the share of each sample period in which a kernel
+   ran; ``torch.cuda.utilization()``, else ``nvidia-smi``) sampled every 200 ms over the run,
+   averaged.
 
 One command, one GPU, under 9 minutes (``--budget``, default 500 s: a hard time guard that stops
 the run and prints what it has; each section prints its own traceback on failure and the others
@@ -55,7 +55,6 @@ import math
 import os
 import platform
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -205,34 +204,34 @@ def imagenet_folder(root: Path, classes: int, per_class: int, full_size: bool = 
 
 
 class GpuSampler:
-    """The GPU's utilization.gpu, sampled every ``period`` s in a thread while in use (``with``):
-    nvidia-smi (``-lms``), else ``torch.cuda.utilization()``; :attr:`busy` is their mean / 100."""
+    """The GPU's utilization.gpu (the share of the driver's last sample period in which a kernel
+    ran), sampled every ``period`` s in a thread while in use (``with``): ``torch.cuda.utilization()``
+    where pynvml is installed, else one ``nvidia-smi`` query per sample; :attr:`busy` is their mean / 100."""
 
     def __init__(self, period: float = 0.2):
         self.period, self.samples, self.how = period, [], None
         self._stop = threading.Event()
 
-    def _run(self):
-        smi = shutil.which("nvidia-smi")
-        if smi:
-            self.how = "nvidia-smi utilization.gpu"
+    def _sample(self):
+        try:
+            value = torch.cuda.utilization()
+            self.how = "torch.cuda.utilization() (NVML)"
+            return value
+        except Exception:  # noqa: BLE001 - no pynvml: ask nvidia-smi
             index = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or "0"
-            proc = subprocess.Popen([smi, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                                     f"-lms={int(self.period * 1000)}", f"-i={index}"],
-                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-            try:
-                for line in proc.stdout:
-                    if self._stop.is_set():
-                        break
-                    if line.strip().isdigit():
-                        self.samples.append(int(line))
-            finally:
-                proc.kill()
-                proc.wait()
-            return
-        self.how = "torch.cuda.utilization()"
+            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                  f"--id={index}"], capture_output=True, text=True, timeout=5).stdout.strip()
+            self.how = "nvidia-smi utilization.gpu"
+            return int(out) if out.isdigit() else None
+
+    def _run(self):
         while not self._stop.wait(self.period):
-            self.samples.append(torch.cuda.utilization())
+            try:
+                value = self._sample()
+            except (OSError, subprocess.SubprocessError):
+                return  # neither NVML nor nvidia-smi: no samples, busy is None
+            if value is not None:
+                self.samples.append(value)
 
     def __enter__(self):
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -241,7 +240,7 @@ class GpuSampler:
 
     def __exit__(self, *exc):
         self._stop.set()
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=10)
 
     @property
     def busy(self):

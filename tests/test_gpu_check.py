@@ -90,3 +90,12 @@ def test_on_cuda_one_worker_process_per_gpu_each_with_its_own(tmp_path, monkeypa
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     cpu = load_scenario(write_scenario(tmp_path, name="cpu.yaml", execution={"device": "cpu"}))
     assert LocalExecutor(cpu).gpus == [] and "CUDA_VISIBLE_DEVICES" not in LocalExecutor(cpu).worker_env(0)
+
+
+def test_the_gpu_sampler_averages_the_utilization_it_samples(monkeypatch):
+    import time
+
+    monkeypatch.setattr(torch.cuda, "utilization", lambda *args: 40)
+    with gpu.GpuSampler(period=0.01) as sampler:
+        time.sleep(0.2)
+    assert sampler.samples and sampler.busy == 0.4 and sampler.how.startswith("torch.cuda.utilization")
