@@ -246,7 +246,8 @@ def test_a_cuda_study_on_a_cluster_without_gpu_is_refused(cluster, tmp_path):
 def test_token_auth_refuses_a_submit_without_the_token_and_takes_one_with_it(tmp_path, mcsim_cache_dir):
     """A cluster with Ray's token authentication (cluster/local.sh's default): `mcsim submit` and
     `mcsim status` without a token or with a wrong one exit 2 with a clear message and submit
-    nothing; with the token (here from $RAY_AUTH_TOKEN_PATH) the job runs to the end."""
+    nothing; with the token (here from $RAY_AUTH_TOKEN_PATH) the job runs to the end. `mcsim run
+    --address` to it fails (exit 2, naming the token) without the token and runs with it."""
     port, dashboard = free_ports(taken=tuple(_ports(PORT, DASHBOARD_PORT)))
     scenario = write_scenario(tmp_path, data={"limit": 50}, trials=2, execution={"workers": None})
     home = tmp_path / "home"  # no ~/.ray/auth_token of this machine's user
@@ -274,6 +275,14 @@ def test_token_auth_refuses_a_submit_without_the_token_and_takes_one_with_it(tmp
         status = runner.invoke(app, ["status", job, "--address", c["dashboard"]], env=with_token)
         # the job's driver reached the cluster with the nodes' token
         assert status.output.startswith("SUCCEEDED") and "done:" in logs.output, status.output + logs.output
+        # `mcsim run --address` from here: the token in the environment turns Ray's token mode on
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+        env["HOME"] = str(home)
+        direct = ("run", str(scenario), "--address", c["gcs"], "--output", str(tmp_path / "direct.zarr"), "--quiet")
+        refused = run_cli(*direct, env=env, timeout=120)
+        assert refused.returncode == 2 and "also needs its token in $RAY_AUTH_TOKEN" in refused.stderr, refused.stderr
+        ran = run_cli(*direct, env={**env, "RAY_AUTH_TOKEN_PATH": token}, timeout=240)
+        assert ran.returncode == 0, ran.stderr
 
 
 def test_a_node_lost_mid_run_leaves_the_dataset_unchanged(reference, tmp_path):

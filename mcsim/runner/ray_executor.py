@@ -52,6 +52,10 @@ class ConnectError(InputError, RuntimeError):
 
 
 def ray_env() -> None:
+    """RAY_ENV where unset; a token given in the environment ($RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH)
+    turns Ray's token authentication on for this process (a cluster started with it needs it)."""
+    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        os.environ["RAY_AUTH_MODE"] = "token"
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
 
@@ -92,8 +96,11 @@ def init_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None) -
         ray.init(**kwargs)
     except Exception as err:  # noqa: BLE001 - any failure to connect is the same to the user
         where = "start a local Ray instance" if address in (None, "local") else f"connect to the Ray cluster at {address!r}"
+        hint = ("" if address in (None, "local") or os.environ.get("RAY_AUTH_MODE") == "token" else
+                "; a cluster with Ray's token authentication also needs its token in $RAY_AUTH_TOKEN or "
+                "$RAY_AUTH_TOKEN_PATH")
         raise ConnectError(f"cannot {where}: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
-                           ) from None
+                           f"{hint}") from None
     return True
 
 
