@@ -23,29 +23,46 @@ Prints, section by section and then as one summary:
    solve against the CPU's, and the counter-based read-noise normals element for element;
 5. profile (``--sections profile``, not in the default run): the top operators of one steady pass
    of each config, by self time on the device;
-6. gated (``--sections gated``, not in the default run): gated rows' cost over the same config
-   without parasitics, the built-in CNN at batch 64, T=8.
+6. gated: gated rows' cost over the same config without parasitics, the built-in CNN at batch 64,
+   T=8 (last in the default run: it gets what time is left);
+7. study: one study-scale scenario end to end through the CLI (``mcsim run``, a subprocess): a
+   generated ImageNet-shaped ImageFolder (JPEG files at ImageNet's sizes, 1,000 classes, two
+   images per class, made on the spot), torchvision ResNet50 with random weights, config (a), T=16,
+   two sweep points; data loading, decoding and the store are in the measurement. Reports the wall
+   time, the image-chips per second over the wall time and over the evaluation phase, and the GPU
+   busy fraction: the GPU's utilization.gpu (the share of each sample period in which a kernel
+   ran; ``torch.cuda.utilization()``, else ``nvidia-smi``) sampled every 200 ms over the run,
+   averaged.
 
-A whole GPU session (about 9 minutes): the default run, then the old chip-grouped convolution for
-comparison, then the checks against the CPU and gated rows::
+One command, one GPU, under 9 minutes (``--budget``, default 500 s: a hard time guard that stops
+the run and prints what it has; each section prints its own traceback on failure and the others
+still run)::
 
-    python bench/gpu.py
-    python bench/gpu.py --sections overheads --grouped --budget 140
-    python bench/gpu.py --sections physics gated --budget 150
+    python bench/gpu.py                      # overheads, programming, study, quickstart, gated
+    python bench/gpu.py --sections overheads --grouped --budget 140   # the old chip-grouped convolution
+    python bench/gpu.py --sections physics profile --budget 150       # checks against the CPU, profile
 
-A hard time guard (``--budget``, default 270 s) stops the run and prints what it has; each section
-prints its own traceback on failure and the others still run. Without CUDA it says so and exits 0.
+A CUDA run appends its figures to ``docs/gpu.md`` as a table (device, versions, date, every
+figure; ``--docs PATH`` to write elsewhere, ``--docs ''`` not at all). Without CUDA it says so and
+exits 0.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
+import os
+import platform
+import re
 import signal
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -60,10 +77,14 @@ from mcsim.report import summarize  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RATIO_CONFIGS = ["a_differential_adc8", "b_offset_4slices", "c_bitserial_adc_per_bit"]
 THROUGHPUT_GOAL = 2000.0  # ResNet50 image-chips per second for (a), one H100-class GPU
-SIZES = {  # what each mode measures
-    "full": dict(model="resnet50-224", batch=64, trials=16, repeat=5, limit=500, q_trials=16, calib=500, g_batch=64),
-    "quick": dict(model="resnet18-32", batch=2, trials=2, repeat=2, limit=100, q_trials=4, calib=100, g_batch=8),
+SIZES = {  # what each mode measures; s_*: the study section (classes x per-class images, T, model)
+    "full": dict(model="resnet50-224", batch=64, trials=16, repeat=5, limit=500, q_trials=16, calib=500, g_batch=64,
+                 s_classes=1000, s_per_class=2, s_trials=16, s_model="resnet50", s_batch=100, s_full_size=True),
+    "quick": dict(model="resnet18-32", batch=2, trials=2, repeat=2, limit=100, q_trials=4, calib=100, g_batch=8,
+                  s_classes=4, s_per_class=2, s_trials=2, s_model="squeezenet1_1", s_batch=8, s_full_size=False),
 }
+#: ImageNet's common image sizes (width, height): most of val is 500 x 375 or 375 x 500, then 500 x 333.
+IMAGENET_SIZES = [(500, 375), (375, 500), (500, 333), (500, 400), (333, 500), (500, 500), (640, 480)]
 
 
 class OutOfTime(BaseException):
@@ -149,6 +170,139 @@ def quickstart(device, size, deadline, summary):
     summary["quickstart"] = {"seconds": seconds, "devices": [a, b], "points": rows}
     for r in rows:
         print(json.dumps(r), flush=True)
+
+
+def _jpeg(job) -> None:
+    """One JPEG of an ImageNet-like folder: smooth random content (JPEG sizes like photos'), seeded."""
+    import numpy as np
+    from PIL import Image
+
+    path, (w, h), seed = job
+    g = np.random.default_rng(seed)
+    small = g.integers(0, 256, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((w, h), Image.BILINEAR)
+    noise = g.integers(-12, 13, (h, w, 3))
+    Image.fromarray(np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+def imagenet_folder(root: Path, classes: int, per_class: int, full_size: bool = True) -> int:
+    """An ImageNet-shaped ImageFolder under ``root``: ``val/`` with ``per_class`` images in each of
+    ``classes`` wnid-like folders and ``train/`` with one image per class (calibration). Returns
+    the number of val images. ``full_size``: ImageNet's sizes, else 64 x 48 (a smoke test)."""
+    jobs = []
+    for split, n in (("val", per_class), ("train", 1)):
+        for c in range(classes):
+            folder = root / split / f"n{c:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                seed = (c * 16 + i) * 2 + (split == "train")
+                size = IMAGENET_SIZES[seed % len(IMAGENET_SIZES)] if full_size else (64, 48)
+                jobs.append((folder / f"{split}_{c:05d}_{i}.JPEG", size, seed))
+    with ProcessPoolExecutor(max(1, min(16, os.cpu_count() or 1))) as pool:
+        list(pool.map(_jpeg, jobs, chunksize=64))
+    return classes * per_class
+
+
+class GpuSampler:
+    """The GPU's utilization.gpu (the share of the driver's last sample period in which a kernel
+    ran), sampled every ``period`` s in a thread while in use (``with``): ``torch.cuda.utilization()``
+    where pynvml is installed, else one ``nvidia-smi`` query per sample; :attr:`busy` is their mean / 100."""
+
+    def __init__(self, period: float = 0.2):
+        self.period, self.samples, self.how = period, [], None
+        self._stop = threading.Event()
+
+    def _sample(self):
+        try:
+            value = torch.cuda.utilization()
+            self.how = "torch.cuda.utilization() (NVML)"
+            return value
+        except Exception:  # noqa: BLE001 - no pynvml: ask nvidia-smi
+            index = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or "0"
+            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                  f"--id={index}"], capture_output=True, text=True, timeout=5).stdout.strip()
+            self.how = "nvidia-smi utilization.gpu"
+            return int(out) if out.isdigit() else None
+
+    def _run(self):
+        while not self._stop.wait(self.period):
+            try:
+                value = self._sample()
+            except (OSError, subprocess.SubprocessError):
+                return  # neither NVML nor nvidia-smi: no samples, busy is None
+            if value is not None:
+                self.samples.append(value)
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    @property
+    def busy(self):
+        return round(sum(self.samples) / len(self.samples) / 100, 3) if self.samples else None
+
+
+def study(device, size, deadline, summary):
+    """One study-scale scenario end to end through `mcsim run` (a subprocess) on a generated
+    ImageNet-shaped folder; wall time, image-chips/s and the GPU's busy fraction."""
+    from mcsim.runner.store import inspect_store
+
+    with tempfile.TemporaryDirectory(prefix="mcsim-study-") as tmp:
+        tmp = Path(tmp)
+        t = time.perf_counter()
+        n = imagenet_folder(tmp / "imagenet", size["s_classes"], size["s_per_class"], size["s_full_size"])
+        made = round(time.perf_counter() - t, 1)
+        print(f"# study: {n} val images of {size['s_classes']} classes generated in {made} s", flush=True)
+        points = [0.02, 0.05]
+        sc = {"name": "gpu-study", "seed": 1, "model": {"name": f"torchvision:{size['s_model']}"},
+              "data": {"name": "imagenet", "root": str(tmp / "imagenet"), "split": "val", "batch_size": size["s_batch"],
+                       "calibration": {"split": "train", "count": min(100, size["s_classes"])},
+                       **({} if size["s_full_size"] else {"resize": 36, "image_size": 32})},
+              "hardware": {**engine.CONFIGS["a_differential_adc8"], "error": {"model": "proportional", "sigma": 0.02}},
+              "sweep": {"grid": {"hardware.error.sigma": points}},
+              "trials": size["s_trials"],
+              "execution": {"shard_images": 500, "trials_per_task": size["s_trials"], "device": device.type,
+                            **({"workers": 1} if device.type == "cuda" else {})},
+              "output": str(tmp / "study.zarr")}
+        path = tmp / "study.yaml"
+        path.write_text(yaml.safe_dump(sc))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        cmd = [sys.executable, "-m", "mcsim", "run", str(path)]  # its progress lines time the evaluation phase
+        sampler = GpuSampler() if device.type == "cuda" else None
+        t = time.perf_counter()
+        with sampler or _nothing():
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                                 timeout=max(30.0, deadline - time.monotonic() + 60))
+        wall = time.perf_counter() - t
+        if out.returncode != 0:
+            raise RuntimeError(f"mcsim run exited {out.returncode}: {out.stderr[-2000:]}")
+        run = inspect_store(sc["output"]).attrs["runs"][-1]
+        chips = n * size["s_trials"] * len(points)
+        row = {"images": n, "classes": size["s_classes"], "model": size["s_model"], "trials": size["s_trials"],
+               "points": len(points), "image_chips": chips, "generate_s": made, "wall_s": round(wall, 1),
+               "image_chips_per_s_wall": round(chips / wall, 1),
+               "run": {k: run.get(k) for k in ("workers", "threads", "device", "computed", "status")}}
+        ends = re.findall(r"evaluating: (\d+)/\1 tasks.*?, (\d+) s$", out.stdout + out.stderr, re.M)
+        if ends and int(ends[-1][1]) > 0:  # the phase's last progress line: its whole seconds
+            row["evaluate_s"] = int(ends[-1][1])
+            row["image_chips_per_s_evaluate"] = round(chips / int(ends[-1][1]), 1)
+        if sampler is not None:
+            row.update(gpu_busy=sampler.busy, gpu_samples=len(sampler.samples), gpu_busy_how=sampler.how)
+        summary["study"] = row
+        print(json.dumps(row, default=str), flush=True)
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
 
 
 def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
@@ -252,8 +406,11 @@ def profile(device, size, deadline, summary):
         del analog
 
 
-SECTIONS = {"overheads": overheads, "programming": programming, "quickstart": quickstart, "physics": physics,
-            "profile": profile, "gated": gated}
+SECTIONS = {"overheads": overheads, "programming": programming, "study": study, "quickstart": quickstart,
+            "gated": gated, "physics": physics, "profile": profile}
+DEFAULT_SECTIONS = ["overheads", "programming", "study", "quickstart", "gated"]
+#: Soft deadlines, as shares of the budget: a section past its share skips what it has left.
+SHARE = {"overheads": 0.3, "programming": 0.36, "study": 0.7, "quickstart": 0.85}
 
 
 # ------------------------------------------------------------------ summary
@@ -272,6 +429,12 @@ def _print_summary(summary, device, size):
     if summary.get("gated"):
         print("\ngated rows, built-in CNN:")
         print(engine.table(summary["gated"]))
+    st = summary.get("study")
+    if st:
+        print(f"\nstudy end to end through `mcsim run`: {st['images']} JPEGs, {st['model']}, T={st['trials']}, "
+              f"{st['points']} points: {st['wall_s']} s wall, {st['image_chips_per_s_wall']} image-chips/s over it, "
+              f"{st.get('image_chips_per_s_evaluate', 'n/a')} over the evaluation phase; GPU busy "
+              f"{st.get('gpu_busy', 'n/a')}")
     prog = summary.get("programming_seconds_per_chip")
     if prog:
         print("\nprogramming one chip (fresh T=1 model, programming pass minus steady pass, one image):")
@@ -294,16 +457,83 @@ def _print_summary(summary, device, size):
         print(f"\nsections that failed or were cut: {summary['failed']}")
 
 
+def figures(summary) -> list[tuple[str, object, str]]:
+    """Every figure of a run as ``(figure, value, target)`` rows (the targets: issue 24, one
+    H100-class GPU)."""
+    targets = {"a_differential_adc8": "<= 1.5", "b_offset_4slices": "<= 6", "c_bitserial_adc_per_bit": "<= 12"}
+    rows = []
+    for r in summary.get("overheads", []):
+        o = r["overhead_ratio"]
+        rows.append((f"{r['model']} {r['config']}: analog / digital time per image", f"{o['median']} [{o['min']}-{o['max']}]",
+                     targets.get(r["config"], "")))
+        rows.append((f"{r['model']} {r['config']}: image-chips/s", r["image_chips_per_second"],
+                     f">= {THROUGHPUT_GOAL:.0f}" if r["config"] == "a_differential_adc8" else ""))
+        if "peak_gpu_gib" in r:
+            rows.append((f"{r['model']} {r['config']}: peak GPU memory, GiB", r["peak_gpu_gib"], ""))
+    for k, v in summary.get("programming_seconds_per_chip", {}).items():
+        rows.append((f"{k}: seconds to program one chip", v, ""))
+    for r in summary.get("gated", []):
+        o = r["overhead_ratio"]
+        rows.append((f"{r['model']} {r['config']}: analog / digital time per image", f"{o['median']} [{o['min']}-{o['max']}]",
+                     "<= 30x config (c)" if "gated" in r["config"] else ""))
+    st = summary.get("study")
+    if st:
+        what = f"study end to end ({st['images']} JPEGs, {st['classes']} classes, {st['model']}, T={st['trials']}, " \
+               f"{st['points']} points, `mcsim run`)"
+        rows += [(f"{what}: wall time, s", st["wall_s"], ""),
+                 (f"{what}: image-chips/s over the wall time", st["image_chips_per_s_wall"], "")]
+        if "image_chips_per_s_evaluate" in st:
+            rows.append((f"{what}: image-chips/s over the evaluation phase", st["image_chips_per_s_evaluate"], ">= 2000"))
+        if st.get("gpu_busy") is not None:
+            rows.append((f"{what}: GPU busy fraction ({st['gpu_busy_how']}, {st['gpu_samples']} samples)",
+                         st["gpu_busy"], ">= 0.8"))
+    q = summary.get("quickstart")
+    if q:
+        for r in q["points"]:
+            point = ", ".join(f"{k}={v}" for k, v in r.items() if k not in {"cpu", "device", "diff", "se", "agree_3se"})
+            rows.append((f"quickstart top-1 {point}: {q['devices'][0]} / {q['devices'][1]}",
+                         f"{r['cpu']:.4f} / {r['device']:.4f} (diff {r['diff']:+.4f}, SE {r['se']:.4f})",
+                         "within 3 SE: " + ("yes" if r["agree_3se"] else "NO")))
+    for k, v in summary.get("physics", {}).items():
+        rows.append((f"physics {k}", f"{v['value']:.3g}", f"<= {v['bound']:.1g}"))
+    return rows
+
+
+def write_docs(path: Path, summary) -> None:
+    """Append this run's figures to ``path`` as a markdown section with one table."""
+    import mcsim
+
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+    except OSError:
+        commit = ""
+    cuda = torch.version.cuda or "none"
+    lines = [f"\n## {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {summary['device']}\n",
+             f"torch {torch.__version__} (CUDA {cuda}), mcsim {mcsim.__version__}{f' ({commit})' if commit else ''}, "
+             f"Python {platform.python_version()}, `python bench/gpu.py {' '.join(sys.argv[1:])}`, "
+             f"{summary['elapsed_s']} s" + (f"; sections failed or cut: {summary['failed']}" if summary["failed"] else "")
+             + "\n", "| figure | value | target |", "|---|---|---|"]
+    lines += [f"| {f} | {v} | {t} |" for f, v, t in figures(summary)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write("\n".join(lines) + "\n")
+    print(f"\nwrote the figures to {path}", flush=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--quick", action="store_true", help="tiny model and sizes (a smoke test of the script)")
-    p.add_argument("--budget", type=float, default=270.0, help="hard time guard, seconds")
+    p.add_argument("--budget", type=float, default=500.0, help="hard time guard, seconds")
+    p.add_argument("--docs", default=str(ROOT / "docs" / "gpu.md"),
+                   help="append the figures of a CUDA run to this markdown file ('' for none; CPU runs write "
+                        "only when given explicitly)")
     p.add_argument("--grouped", action="store_true",
                    help="one grouped convolution for all chips on CUDA too, as on the CPU (to compare with "
                         "the default: one call per chip, mcsim.engine.conv.chipwise_conv); this process only, "
                         "the quickstart's workers keep the default")
-    p.add_argument("--sections", nargs="+", default=["overheads", "programming", "quickstart"], choices=list(SECTIONS))
+    p.add_argument("--sections", nargs="+", default=DEFAULT_SECTIONS, choices=list(SECTIONS))
     a = p.parse_args()
     if a.device == "cuda" and not torch.cuda.is_available():
         print("bench/gpu.py: torch sees no CUDA GPU here, nothing to measure "
@@ -323,14 +553,12 @@ def main() -> int:
           f"convolutions on CUDA: {'one grouped call' if a.grouped else 'one call per chip'}", flush=True)
     signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(int(a.budget))
-    # Soft deadlines: the overheads get ~50% of the budget, programming up to 60%; every other section the rest.
-    share = {"overheads": 0.5, "programming": 0.6}
     cpu0 = engine.cpu_times()
     try:
         for s in a.sections:
             print(f"\n---- {s}", flush=True)
             try:
-                SECTIONS[s](device, size, start + share.get(s, 1.0) * a.budget, summary)
+                SECTIONS[s](device, size, start + SHARE.get(s, 1.0) * a.budget, summary)
             except OutOfTime:
                 raise
             except Exception:
@@ -346,6 +574,8 @@ def main() -> int:
     _print_summary(summary, device, size)
     print(f"\nCPU time of this process: {json.dumps(summary['cpu_time'])}")
     print(json.dumps({"gpu_check": summary}, default=str), flush=True)
+    if a.docs and (device.type == "cuda" or "--docs" in sys.argv):
+        write_docs(Path(a.docs), summary)
     return 0
 
 

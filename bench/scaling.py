@@ -1,4 +1,10 @@
-"""Scaling benchmark: the same small scenario on 1 and 2 workers, local executor and Ray.
+"""Scaling benchmark: the same small scenario on 1 and N workers, local executor and Ray.
+
+On the CPU N = 2 (one torch thread per worker). With ``--device cuda`` N is the number of GPUs
+torch sees (one worker per GPU: the local executor gives each process its own
+``CUDA_VISIBLE_DEVICES``, Ray one actor per GPU, ``--gpus-per-task 0.5`` two per GPU); with a
+single GPU it measures 1 worker and says there is no speed-up to measure. Every run's numbers
+are compared with the first run's (``same_numbers``: the top-1 counts identical).
 
 Prints one JSON object: per executor and worker count, the wall time of the run (``wall_s``:
 the whole ``driver.run``, preflight and store included), the wall time of its task phases
@@ -11,6 +17,7 @@ workers over 1 (on ``phase_s`` and on ``wall_s``), and ``overhead_fraction = 1 -
 
     python bench/scaling.py                  # local and ray, 1 and 2 workers
     python bench/scaling.py --executors local --trials 32
+    python bench/scaling.py --device cuda --model torchvision:resnet18   # 1 and one per GPU
 Targets (issue 5, tasks of a few seconds): speed-up >= 1.8, overhead <= 5%.
 Numbers from a machine shared with other jobs are pessimistic: they compete for the same cores.
 """
@@ -36,7 +43,7 @@ def scenario_dict(args, output: str) -> dict:
     return {
         "name": "scaling",
         "seed": 1,
-        "model": {"name": "builtin:digits-cnn"},
+        "model": {"name": args.model},
         "data": {"name": "digits", "split": "test", "limit": args.images, "batch_size": 50,
                  "calibration": {"split": "train", "count": 100}},
         "hardware": {"mapping": "differential", "adc": {"bits": 8},
@@ -44,7 +51,8 @@ def scenario_dict(args, output: str) -> dict:
                      "read_noise": {"model": "independent", "sigma": 0.02}},
         "sweep": {"grid": {"hardware.error.sigma": [0.0, 0.05, 0.1, 0.2][: args.points]}},
         "trials": args.trials,
-        "execution": {"shard_images": args.images, "trials_per_task": args.trials // 2},
+        "execution": {"shard_images": args.images, "trials_per_task": args.trials // 2, "device": args.device,
+                      "gpus_per_task": args.gpus_per_task},
         "output": output,
     }
 
@@ -100,7 +108,7 @@ def measure(kind: str, workers: int, scenario_path: Path, output: str) -> dict:
             return Wrapped(RayExecutor(s, workers, address="local"))
         from mcsim.runner.local import LocalExecutor
 
-        return Wrapped(LocalExecutor(s, workers=workers, threads=1))
+        return Wrapped(LocalExecutor(s, workers=workers, threads=1))  # on CUDA: one GPU per process in turn
 
     t = time.perf_counter()
     driver.run(sc, output=output, overwrite=True, executor_factory=factory)
@@ -121,7 +129,21 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=300, help="evaluation images (one shard)")
     ap.add_argument("--trials", type=int, default=192, help="trials per point (two blocks: two tasks per point)")
     ap.add_argument("--points", type=int, default=4, choices=[1, 2, 3, 4], help="sweep points")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--gpus-per-task", type=float, default=1.0, help="GPUs per worker on CUDA (0.5: two per GPU)")
+    ap.add_argument("--model", default="builtin:digits-cnn", help="model name (digits images, 8x8: a torchvision "
+                    "model sees them as they are)")
     args = ap.parse_args()
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("bench/scaling.py: --device cuda, but torch sees no CUDA GPU here")
+            return
+        per_gpu = max(1, int(1 / args.gpus_per_task + 1e-9))
+        counts = sorted({per_gpu * 1, per_gpu * torch.cuda.device_count()}) if torch.cuda.device_count() > 1 else [per_gpu]
+    else:
+        counts = [1, 2]
 
     tmp = Path(tempfile.mkdtemp(prefix="mcsim-scaling-"))
     path = tmp / "scaling.yaml"
@@ -131,22 +153,34 @@ def main() -> None:
 
     load_model(load_scenario(path).model)  # train the built-in once, outside the timings
 
-    runs = []
+    from mcsim.api import open_result
+
+    runs, first = [], None
     for kind in args.executors:
-        for workers in (1, 2):
-            runs.append(measure(kind, workers, path, str(tmp / f"{kind}{workers}.zarr")))
+        for workers in counts:
+            out = str(tmp / f"{kind}{workers}.zarr")
+            runs.append(measure(kind, workers, path, out))
+            counts_top1 = open_result(out)["correct_top1"].values
+            first = counts_top1 if first is None else first
+            runs[-1]["same_numbers"] = bool((counts_top1 == first).all())
     summary = {}
     for kind in args.executors:
-        one, two = (r for r in runs if r["executor"] == kind)
-        summary[kind] = {"speedup_phase": round(one["phase_s"] / two["phase_s"], 3),
-                         "speedup_wall": round(one["wall_s"] / two["wall_s"], 3),
-                         "overhead_fraction_1": one["overhead_fraction"],
-                         "overhead_fraction_2": two["overhead_fraction"]}
+        mine = [r for r in runs if r["executor"] == kind]
+        one, many = mine[0], mine[-1]
+        if len(mine) == 1:
+            summary[kind] = {"note": f"one {args.device} device: no speed-up to measure"}
+            continue
+        n = many["workers"]
+        summary[kind] = {f"speedup_phase_{n}_over_{one['workers']}": round(one["phase_s"] / many["phase_s"], 3),
+                         f"speedup_wall_{n}_over_{one['workers']}": round(one["wall_s"] / many["wall_s"], 3),
+                         f"overhead_fraction_{one['workers']}": one["overhead_fraction"],
+                         f"overhead_fraction_{n}": many["overhead_fraction"],
+                         "same_numbers": all(r["same_numbers"] for r in mine)}
     try:
         load = os.getloadavg()
     except OSError:
         load = None
-    print(json.dumps({"scenario": scenario_dict(args, "")["execution"] | {"images": args.images,
+    print(json.dumps({"device": args.device, "scenario": scenario_dict(args, "")["execution"] | {"images": args.images,
                                                                            "trials": args.trials,
                                                                            "points": args.points},
                       "machine": {"cores": os.cpu_count(), "python": platform.python_version(),

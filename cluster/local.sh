@@ -6,9 +6,13 @@
 #   cluster/local.sh up      start the head and the second node; prints the addresses
 #   cluster/local.sh down    stop every process that `up` started (and nothing else)
 #   cluster/local.sh status  `ray status` of the cluster
+#   cluster/local.sh stop-node  stop the second node only (to watch a study survive a lost node)
 #
 # Settings (environment):
-#   MCSIM_RAY_DIR      state folder: pid files, logs (default /tmp/mcsim-ray-$UID)
+#   MCSIM_RAY_DIR      state folder: pid files, logs, the token (default /tmp/mcsim-ray-$UID)
+#   MCSIM_RAY_AUTH     token (default): Ray's token authentication, the token in $MCSIM_RAY_DIR/auth_token
+#                      (made by the first `up`, mode 600; clients: export RAY_AUTH_TOKEN_PATH=that file);
+#                      disabled: no authentication (anyone on this host may submit jobs)
 #   MCSIM_RAY_PORT     GCS port of the head (default 6390)
 #   MCSIM_RAY_DASHBOARD_PORT  dashboard / job submission port (default 8275)
 #   MCSIM_RAY_CPUS     CPUs each node offers (default 1)
@@ -28,8 +32,16 @@ set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
-export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled
 DIR="${MCSIM_RAY_DIR:-/tmp/mcsim-ray-$(id -u)}"
+AUTH="${MCSIM_RAY_AUTH:-token}"
+[[ "$AUTH" == token || "$AUTH" == disabled ]] || { echo "error: MCSIM_RAY_AUTH=$AUTH: expected token or disabled" >&2; exit 2; }
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE="$AUTH"
+TOKEN="$DIR/auth_token"
+if [[ "$AUTH" == token ]]; then
+  # every node, and the jobs it runs, read the token from this file ($RAY_AUTH_TOKEN would win over it)
+  unset RAY_AUTH_TOKEN
+  export RAY_AUTH_TOKEN_PATH="$TOKEN"
+fi
 PORT="${MCSIM_RAY_PORT:-6390}"
 DPORT="${MCSIM_RAY_DASHBOARD_PORT:-8275}"
 CPUS="${MCSIM_RAY_CPUS:-1}"
@@ -108,6 +120,9 @@ up() {
     exit 1
   fi
   mkdir -p "$DIR" "$TMP"
+  if [[ "$AUTH" == token && ! -s "$TOKEN" ]]; then  # 256 random bits, readable by this user only
+    (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$TOKEN")
+  fi
   # shellcheck disable=SC2046
   start_node head --head --node-ip-address 127.0.0.1 --port "$PORT" --num-cpus "$CPUS" --num-gpus 0 \
     --include-dashboard true --dashboard-host 127.0.0.1 --dashboard-port "$DPORT" \
@@ -125,6 +140,11 @@ up() {
   echo "  cluster address:   127.0.0.1:$PORT     (mcsim run SCENARIO --address 127.0.0.1:$PORT)"
   echo "  ray client:        ray://127.0.0.1:$((PORT + 1))"
   echo "  dashboard / jobs:  http://127.0.0.1:$DPORT  (mcsim submit SCENARIO --address http://127.0.0.1:$DPORT)"
+  if [[ "$AUTH" == token ]]; then
+    echo "  token auth:        on; clients need: export RAY_AUTH_TOKEN_PATH=$TOKEN"
+  else
+    echo "  token auth:        off (MCSIM_RAY_AUTH=disabled): anyone on this host may submit jobs"
+  fi
   echo "  stop with:         $0 down"
 }
 
@@ -132,5 +152,6 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) "$RAY" status --address "127.0.0.1:$PORT" ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  stop-node) if [[ -f "$DIR/node1.pid" ]]; then stop_group "$DIR/node1.pid"; echo "second node stopped"; else echo "no second node"; fi ;;
+  *) echo "usage: $0 up|down|status|stop-node" >&2; exit 2 ;;
 esac

@@ -436,12 +436,16 @@ def plot(
 # ---------------------------------------------------------------- Ray jobs
 
 JobArg = typer.Argument(..., help="a job id printed by `mcsim submit`", show_default=False)
-DashboardOpt = typer.Option(..., "--address", help="the cluster's dashboard, e.g. http://HEAD:8265",
-                            show_default=False)
+DashboardOpt = typer.Option(..., "--address", help="the cluster's dashboard, e.g. http://127.0.0.1:8265 "
+                            "through `ray dashboard`'s SSH tunnel; the Ray token goes with every request, from "
+                            "$RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token", show_default=False)
 
 
 def _job_client(address: str):
-    """A JobSubmissionClient of ``address``; an unreachable address is bad input (exit 2)."""
+    """A JobSubmissionClient of ``address`` that sends the Ray token when there is one
+    (:mod:`mcsim.runner.auth`); an unreachable address, a missing or a wrong token are bad input
+    (exit 2)."""
+    from mcsim.runner.auth import auth_headers
     from mcsim.runner.ray_executor import ray_env
 
     ray_env()
@@ -450,11 +454,23 @@ def _job_client(address: str):
     if "://" not in address:
         address = "http://" + address
     try:
-        return JobSubmissionClient(address)
+        return JobSubmissionClient(address, headers=auth_headers())
+    except InputError as err:  # an unreadable $RAY_AUTH_TOKEN_PATH
+        _fail(str(err), EXIT_BAD_INPUT)
     except Exception as err:  # noqa: BLE001 - ConnectionError and friends: all mean unreachable
+        _refused(err, address)
         _fail(f"--address: cannot reach a Ray dashboard at {address} ({type(err).__name__}: "
               f"{_first_line(err)}); give the head's dashboard address, e.g. http://HEAD:8265",
               EXIT_BAD_INPUT)
+
+
+def _refused(err: BaseException, address: str) -> None:
+    """Exit 2 with mcsim's message when ``err`` is the cluster refusing the token (or its absence)."""
+    from mcsim.runner.auth import refusal
+
+    auth = refusal(err, address)
+    if auth is not None:
+        _fail(str(auth), EXIT_BAD_INPUT)
 
 
 def _first_line(err: BaseException) -> str:
@@ -466,6 +482,7 @@ def _job_call(call, job: str, address: str):
     try:
         return call()
     except Exception as err:  # noqa: BLE001
+        _refused(err, address)
         text = str(err)
         if "404" in text or "does not exist" in text or "not found" in text.lower():
             _fail(f"no job {job!r} on the cluster at {address}", EXIT_BAD_INPUT)
@@ -513,6 +530,7 @@ def submit(
                 job = client.submit_job(entrypoint=shlex.join(args), runtime_env={"working_dir": tmp},
                                         metadata={"mcsim_scenario": sc.name, "mcsim_output": target})
             except Exception as err:  # noqa: BLE001
+                _refused(err, address)
                 _fail(f"the cluster at {address} refused the job: {_first_line(err)}", EXIT_BAD_INPUT)
         con = _console()
         con.print(job, markup=False)
@@ -553,7 +571,11 @@ def logs(
             sys.stdout.write(chunk)
             sys.stdout.flush()
 
-    asyncio.run(tail())
+    try:
+        asyncio.run(tail())
+    except Exception as err:  # noqa: BLE001 - a refused websocket; anything else as it is
+        _refused(err, address)
+        raise
 
 
 def _fmt(v) -> str:

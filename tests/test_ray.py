@@ -1,7 +1,8 @@
 """Ray: `mcsim submit` to a real two-node local cluster (cluster/local.sh, 127.0.0.1 only), a
-worker killed mid-run, and the same numbers on 1 and 2 Ray workers as on the local executor.
+worker killed mid-run, and the same numbers on 1 and 2 Ray workers as on the local executor; token
+authentication, and a node lost mid-run, each on a cluster of its own.
 
-The cluster is started once for the module and stopped (`local.sh down`) even on failure.
+The clusters are stopped (`local.sh down`) even on failure.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 
 import pytest
 import xarray as xr
@@ -41,16 +43,22 @@ def _free(port: int) -> bool:
     return True
 
 
-def free_ports() -> tuple[int, int]:
+def _ports(port: int, dashboard: int) -> list[int]:
+    """Every port `cluster/local.sh up` derives from a GCS and a dashboard port (GCS, client,
+    per-node ports at +10..+35, worker ports at +1000..+1399)."""
+    return [port, port + 1, dashboard, *range(port + 10, port + 36), *range(port + 1000, port + 1400)]
+
+
+def free_ports(taken: tuple[int, ...] = ()) -> tuple[int, int]:
     """A GCS port and a dashboard port such that every port `cluster/local.sh up` derives from
-    them is free now (GCS, client, per-node ports at +10..+35, worker ports at +1000..+1399), so
-    that tests on a shared machine never collide with another cluster on fixed ports."""
+    them is free now and not in ``taken``, so that tests on a shared machine never collide with
+    another cluster on fixed ports."""
     rng = random.Random()
     for _ in range(200):
         port = rng.randrange(20_000, 50_000, 2)
         dashboard = rng.randrange(50_000, 60_000)
-        needed = [port, port + 1, dashboard, *range(port + 10, port + 36), *range(port + 1000, port + 1400)]
-        if all(_free(p) for p in needed):
+        needed = _ports(port, dashboard)
+        if not set(needed) & set(taken) and all(_free(p) for p in needed):
             return port, dashboard
     raise RuntimeError("no free range of ports for the local Ray cluster")
 
@@ -60,24 +68,36 @@ GCS = f"127.0.0.1:{PORT}"
 DASHBOARD = f"http://127.0.0.1:{DASHBOARD_PORT}"
 
 
-@pytest.fixture(scope="module")
-def cluster(mcsim_cache_dir):
-    """The two-node local cluster (the nodes inherit MCSIM_CACHE_DIR and MCSIM_THREADS=1)."""
-    mp = pytest.MonkeyPatch()
-    for key, value in RAY_ENV.items():
-        mp.setenv(key, value)
+@contextmanager
+def local_cluster(port: int, dashboard: int, **settings: str):
+    """A two-node `cluster/local.sh` cluster on these ports, with ``settings`` (``MCSIM_RAY_AUTH``,
+    ``MCSIM_RAY_CPUS``); yields its addresses, its state folder and the environment of
+    `local.sh` (for `stop-node`). The nodes inherit MCSIM_CACHE_DIR and MCSIM_THREADS=1."""
     state = tempfile.mkdtemp(prefix="mcr", dir="/tmp")  # short: Ray's socket paths live under it
-    env = dict(os.environ, MCSIM_RAY_DIR=state, MCSIM_RAY_PORT=str(PORT),
-               MCSIM_RAY_DASHBOARD_PORT=str(DASHBOARD_PORT))
+    env = dict(os.environ, MCSIM_RAY_DIR=state, MCSIM_RAY_PORT=str(port), MCSIM_RAY_DASHBOARD_PORT=str(dashboard),
+               **{"MCSIM_RAY_AUTH": "disabled", **settings})
     env.setdefault("RAY", os.path.join(os.path.dirname(sys.executable), "ray"))  # the tests' own Ray
+    gcs, dash = f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}"
     try:
         up = subprocess.run([LOCAL_SH, "up"], env=env, capture_output=True, text=True, timeout=180)
         assert up.returncode == 0, up.stdout + up.stderr
-        assert DASHBOARD in up.stdout and GCS in up.stdout
-        yield {"gcs": GCS, "dashboard": DASHBOARD}
+        assert dash in up.stdout and gcs in up.stdout
+        yield {"gcs": gcs, "dashboard": dash, "dir": state, "env": env}
     finally:
         subprocess.run([LOCAL_SH, "down"], env=env, capture_output=True, text=True, timeout=120)
         shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(mcsim_cache_dir):
+    """The two-node local cluster without authentication, for this process's Ray clients."""
+    mp = pytest.MonkeyPatch()
+    for key, value in RAY_ENV.items():
+        mp.setenv(key, value)
+    try:
+        with local_cluster(PORT, DASHBOARD_PORT) as c:
+            yield c
+    finally:
         mp.undo()
 
 
@@ -221,3 +241,88 @@ def test_a_cuda_study_on_a_cluster_without_gpu_is_refused(cluster, tmp_path):
                           data={"limit": 50})
     with pytest.raises(SetupError, match="cuda, but the Ray cluster has no GPU"):
         run_scenario(path, progress=False, address=cluster["gcs"])
+
+
+def test_token_auth_refuses_a_submit_without_the_token_and_takes_one_with_it(tmp_path, mcsim_cache_dir):
+    """A cluster with Ray's token authentication (cluster/local.sh's default): `mcsim submit` and
+    `mcsim status` without a token or with a wrong one exit 2 with a clear message and submit
+    nothing; with the token (here from $RAY_AUTH_TOKEN_PATH) the job runs to the end. `mcsim run
+    --address` to it fails (exit 2, naming the token) without the token and runs with it."""
+    port, dashboard = free_ports(taken=tuple(_ports(PORT, DASHBOARD_PORT)))
+    scenario = write_scenario(tmp_path, data={"limit": 50}, trials=2, execution={"workers": None})
+    home = tmp_path / "home"  # no ~/.ray/auth_token of this machine's user
+    home.mkdir()
+    bare = {**RAY_ENV, "HOME": str(home), "RAY_AUTH_TOKEN": None, "RAY_AUTH_TOKEN_PATH": None}
+    runner = CliRunner()
+    with local_cluster(port, dashboard, MCSIM_RAY_AUTH="token") as c:
+        token = os.path.join(c["dir"], "auth_token")
+        assert os.stat(token).st_mode & 0o077 == 0  # the token file is its owner's only
+        submit = ["submit", str(scenario), "--address", c["dashboard"], "--output", str(tmp_path / "out.zarr")]
+        none = runner.invoke(app, submit, env=bare)
+        assert none.exit_code == 2, none.output
+        assert none.output.startswith(f"error: the cluster at {c['dashboard']} requires Ray token authentication "
+                                      "and mcsim found no token"), none.output
+        wrong = runner.invoke(app, submit, env={**bare, "RAY_AUTH_TOKEN": "0" * 64})
+        assert wrong.exit_code == 2 and "refused the Ray token from $RAY_AUTH_TOKEN" in wrong.output, wrong.output
+        peek = runner.invoke(app, ["status", "raysubmit_x", "--address", c["dashboard"]], env=bare)
+        assert peek.exit_code == 2 and "found no token" in peek.output, peek.output
+        assert "Traceback" not in none.output + wrong.output + peek.output
+        with_token = {**bare, "RAY_AUTH_TOKEN_PATH": token}
+        sub = runner.invoke(app, submit, env=with_token)
+        assert sub.exit_code == 0, sub.output
+        job = re.search(r"raysubmit_\w+", sub.output).group(0)
+        logs = runner.invoke(app, ["logs", job, "--address", c["dashboard"], "--follow"], env=with_token)
+        status = runner.invoke(app, ["status", job, "--address", c["dashboard"]], env=with_token)
+        # the job's driver reached the cluster with the nodes' token
+        assert status.output.startswith("SUCCEEDED") and "done:" in logs.output, status.output + logs.output
+        # `mcsim run --address` from here: the token in the environment turns Ray's token mode on
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+        env["HOME"] = str(home)
+        direct = ("run", str(scenario), "--address", c["gcs"], "--output", str(tmp_path / "direct.zarr"), "--quiet")
+        refused = run_cli(*direct, env=env, timeout=120)
+        assert refused.returncode == 2 and "also needs its token in $RAY_AUTH_TOKEN" in refused.stderr, refused.stderr
+        ran = run_cli(*direct, env={**env, "RAY_AUTH_TOKEN_PATH": token}, timeout=240)
+        assert ran.returncode == 0, ran.stderr
+
+
+def test_a_node_lost_mid_run_leaves_the_dataset_unchanged(reference, tmp_path):
+    """Stop the second node (`local.sh stop-node`: its raylet and every worker on it) as soon as the
+    first evaluation result is in: its actor restarts on the head (the pool is spread, one actor
+    per node, and the head has room), its tasks run again there; each task is recorded once and the
+    numbers are those of an undisturbed run."""
+    from mcsim.runner import driver
+    from mcsim.runner.ray_executor import RayExecutor
+
+    port, dashboard = free_ports(taken=tuple(_ports(PORT, DASHBOARD_PORT)))
+    mp = pytest.MonkeyPatch()
+    for key, value in RAY_ENV.items():
+        mp.setenv(key, value)
+    with local_cluster(port, dashboard, MCSIM_RAY_CPUS="2") as c:
+        nodes, stopped = [], []
+
+        class LosingANode(RayExecutor):
+            def run(self, jobs):
+                import ray
+
+                nodes[:] = [info["node"] for info in ray.get([a.info.remote() for a in self.actors])]
+                for result in super().run(jobs):
+                    if result.task.kind == "evaluate" and not stopped:
+                        out = subprocess.run([LOCAL_SH, "stop-node"], env=c["env"], capture_output=True,
+                                             text=True, timeout=60)
+                        stopped.append(out.stdout)
+                    yield result
+                nodes.append(ray.get([a.info.remote() for a in self.actors]))
+
+        path = write_scenario(tmp_path, execution={"shard_images": 50, "trials_per_task": 2, "workers": 2})
+        try:
+            ds = driver.run(load_scenario(path),
+                            executor_factory=lambda sc, n: LosingANode(sc, n, address=c["gcs"]))
+        finally:
+            mp.undo()
+    assert len(set(nodes[:2])) == 2, nodes  # one actor on each node before
+    assert stopped == ["second node stopped\n"], stopped
+    after = {info["node"] for info in nodes[2]}
+    assert len(after) == 1 and after < set(nodes[:2]), nodes  # both on the node that is left
+    runs = inspect_store(str(tmp_path / "out.zarr")).attrs["runs"]
+    assert runs[-1]["status"] == "finished" and runs[-1]["computed"]["evaluate"] == 48  # nothing twice
+    xr.testing.assert_identical(results_only(ds), reference)

@@ -298,10 +298,14 @@ def describe_store(prep: Prepared) -> list[str]:
 
 
 def report_dry_run(scenario: Scenario, prep: Prepared, on_event: EventSink) -> None:
-    """Report the plan and what the store holds; compute and write nothing."""
+    """Report the plan, its estimated cost (:mod:`mcsim.runner.cost`) and what the store holds;
+    compute and write nothing."""
+    from mcsim.runner.cost import estimate_lines
+
     title = (f"scenario {scenario.name!r} (fingerprint {scenario.fingerprint[:12]}): dry run, "
              "nothing computed or written")
-    on_event(Plan(title, tuple(prep.plan.describe() + describe_store(prep)), dry_run=True))
+    lines = prep.plan.describe() + estimate_lines(scenario, prep.plan) + describe_store(prep)
+    on_event(Plan(title, tuple(lines), dry_run=True))
 
 
 def preflight(scenario: Scenario, prep: Prepared, model: ModelLoader, *, check_device: bool) -> None:

@@ -6,6 +6,11 @@ Tasks that share a converted model (same point and trial block) go to the same p
 it has any left, so each process converts a model once per group; an idle process then takes
 the next untouched group, or helps with the group that has the most tasks left.
 
+On CUDA (``execution.device`` cuda, or auto where torch sees a GPU) each process gets one GPU of
+this machine in turn (its ``CUDA_VISIBLE_DEVICES``), and the default is one process per GPU
+(``1 / execution.gpus_per_task`` per GPU for fractions): the numbers do not depend on which GPU
+or how many (docs/physics.md section 9).
+
 A failed task is retried (``max_retries``) on the next free process; a process that dies is
 replaced. Worker processes exit by themselves when the driver goes away (even killed), as their
 pipe closes.
@@ -42,6 +47,19 @@ def available_cores() -> int:
 def default_workers(cores: Optional[int] = None) -> int:
     """One worker process per two cores (torch uses the other thread), at least one."""
     return max(1, (cores or available_cores()) // 2)
+
+
+def local_gpus(device: str) -> list[str]:
+    """The GPUs of this machine that worker processes of a ``device`` study share out (their
+    ``CUDA_VISIBLE_DEVICES`` ids); none for the CPU or where torch sees no GPU."""
+    if device == "cpu":
+        return []
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else [str(i) for i in range(n)]
+    return ids[:n]
 
 
 # --------------------------------------------------------------------------------------
@@ -121,7 +139,8 @@ class _Proc:
 class LocalExecutor:
     """Runs tasks on ``workers`` local processes with ``threads`` torch threads each.
 
-    Defaults: ``execution.workers``, else one process per two cores; threads: ``$MCSIM_THREADS``,
+    Defaults: ``execution.workers``, else one process per GPU on CUDA (see the module documentation),
+    else one process per two cores; threads: ``$MCSIM_THREADS``,
     else the cores divided among the processes (on a machine shared with other jobs, fewer
     threads than cores avoid oversubscription).
 
@@ -132,7 +151,9 @@ class LocalExecutor:
                  max_retries: Optional[int] = None):
         cores = available_cores()
         self.scenario_text = scenario.text
-        self.workers = workers or scenario.execution.workers or default_workers(cores)
+        self.gpus = local_gpus(scenario.execution.device)
+        per_gpu = max(1, int(1 / scenario.execution.gpus_per_task + 1e-9)) * len(self.gpus) if self.gpus else None
+        self.workers = workers or scenario.execution.workers or per_gpu or default_workers(cores)
         env_threads = os.environ.get("MCSIM_THREADS", "").strip()
         self.threads = threads or (int(env_threads) if env_threads.isdigit() and int(env_threads) > 0
                                    else max(1, cores // self.workers))
@@ -151,7 +172,7 @@ class LocalExecutor:
 
     def start(self) -> None:
         while len(self._procs) < self.workers:
-            self._procs.append(self._spawn())
+            self._procs.append(self._spawn(len(self._procs)))
 
     def wait_ready(self) -> None:
         """Block until every worker process has loaded the model and data (for benchmarks:
@@ -170,17 +191,25 @@ class LocalExecutor:
             p.ready = True
             self.info = self.info or msg[1]
 
-    def _spawn(self) -> _Proc:
-        """A fresh worker process (``python -m mcsim.runner.local``) on one end of a socket pair.
+    def worker_env(self, slot: int) -> dict:
+        """The environment of the worker process in ``slot`` (its GPU, on CUDA: slot modulo GPUs)."""
+        env = with_tunables(os.environ)  # large buffers reused, not mapped anew per call (malloc.py)
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.threads)
+        root = str(Path(__file__).resolve().parents[2])  # the directory holding the mcsim package
+        env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        if self.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
+        return env
+
+    def _spawn(self, slot: int) -> _Proc:
+        """A fresh worker process (``python -m mcsim.runner.local``) for ``slot`` on one end of a
+        socket pair.
 
         A plain subprocess, not multiprocessing: nothing of the caller's ``__main__`` is
         re-imported (scripts without a main guard, stdin, notebooks all work).
         """
         ours, theirs = socket.socketpair()
-        env = with_tunables(os.environ)  # large buffers reused, not mapped anew per call (malloc.py)
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.threads)
-        root = str(Path(__file__).resolve().parents[2])  # the directory holding the mcsim package
-        env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        env = self.worker_env(slot)
         process = subprocess.Popen(
             [sys.executable, "-m", "mcsim.runner.local", str(theirs.fileno()), str(self.threads)],
             pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
@@ -274,7 +303,8 @@ class LocalExecutor:
         if p.process.poll() is None:
             p.process.kill()
         p.process.wait()
-        self._procs[self._procs.index(p)] = self._spawn()
+        slot = self._procs.index(p)
+        self._procs[slot] = self._spawn(slot)
 
 
 if __name__ == "__main__":

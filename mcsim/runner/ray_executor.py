@@ -19,7 +19,9 @@ progress are the same whether the work runs on this machine or on a cluster.
   (from ``execution.max_retries``), so a worker process that dies mid-task is replaced (the new
   one loads the model again) and its task is run again by Ray. A task that *raises* is retried
   here, up to ``max_retries`` times, like the local executor does. Every task writes its own
-  region of the store and its ledger entry, so a task run twice cannot be counted twice.
+  region of the store and its ledger entry, so a task run twice cannot be counted twice. The
+  actors are spread over the nodes (``SPREAD``); those of a node that is lost restart on the
+  others where they have room (else when the autoscaler brings a node), and their tasks run there.
 
 Addresses (``address``): ``None``/``"local"`` starts a Ray instance on this machine (loopback
 only, sized to the machine); ``"auto"``, ``"host:6379"`` or ``"ray://host:10001"`` connect to
@@ -50,6 +52,10 @@ class ConnectError(InputError, RuntimeError):
 
 
 def ray_env() -> None:
+    """RAY_ENV where unset; a token given in the environment ($RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH)
+    turns Ray's token authentication on for this process (a cluster started with it needs it)."""
+    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        os.environ["RAY_AUTH_MODE"] = "token"
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
 
@@ -90,8 +96,11 @@ def init_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None) -
         ray.init(**kwargs)
     except Exception as err:  # noqa: BLE001 - any failure to connect is the same to the user
         where = "start a local Ray instance" if address in (None, "local") else f"connect to the Ray cluster at {address!r}"
+        hint = ("" if address in (None, "local") or os.environ.get("RAY_AUTH_MODE") == "token" else
+                "; a cluster with Ray's token authentication also needs its token in $RAY_AUTH_TOKEN or "
+                "$RAY_AUTH_TOKEN_PATH")
         raise ConnectError(f"cannot {where}: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
-                           ) from None
+                           f"{hint}") from None
     return True
 
 
@@ -217,7 +226,10 @@ class RayExecutor:
         import ray
 
         retries = self.max_retries
-        cls = _actor_class().options(max_restarts=retries, max_task_retries=retries, **self._resources())
+        # SPREAD: the actors over as many nodes as have room, so that a lost node costs the fewest
+        # workers and its actors' restarts find room on the others
+        cls = _actor_class().options(max_restarts=retries, max_task_retries=retries, scheduling_strategy="SPREAD",
+                                     **self._resources())
         try:
             self.workers = self._pool_size()
         except Exception:

@@ -10,13 +10,21 @@ Evaluation of a task: the model is converted for the point's hardware and the ta
 (kept while the next task shares point and trial block), the point's calibration is loaded,
 and the task's shard is evaluated in its global batches, passing the images' global indices
 (read noise is keyed by them).
+
+Data: each batch is decoded once and kept (up to ``cache_bytes``) for every later task (chips) on
+it. For image folders (``imagenet``, ``imagefolder``: JPEG decoding) a batch's images decode in
+a few threads (libjpeg and PIL release the GIL), and the next batch of a task decodes in the
+background while the current one is evaluated; on CUDA the kept batches are in pinned memory and
+go to the device without blocking. The images are the same either way (same order, same values).
 """
 from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Optional
@@ -37,6 +45,8 @@ from mcsim.sweep import expand, needs_layer_names
 __all__ = ["CalibrationResult", "DigitalResult", "EnergySums", "EvalResult", "Worker", "TOPK"]
 
 TOPK = 5  # the second accuracy metric: top-5 (top-k with k = min(5, classes))
+#: Data sets decoded from image files: their items load in threads (a factory's may not be thread-safe).
+THREADED_DATA = ("imagenet", "imagefolder")
 
 
 @dataclass(frozen=True)
@@ -143,38 +153,56 @@ class Worker:
         self.n_images = len(self.dataset)
         self._cache_bytes = cache_bytes
         self._batches: OrderedDict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        files = scenario.data.name in THREADED_DATA
+        self._decode = ThreadPoolExecutor(min(8, os.cpu_count() or 1), "mcsim-decode") if files else None
+        self._ahead = ThreadPoolExecutor(1, "mcsim-prefetch") if files else None
+        self._pin = self.device.type == "cuda" and torch.cuda.is_available()
         self._calibration_images: Optional[torch.Tensor] = None
         self._analog_key: Optional[tuple] = None
         self._analog = None
 
     # ------------------------------------------------------------------ data
-    def batch(self, b0: int, b1: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images ``[b0, b1)`` of the evaluation list and their labels (targets of any shape and type
-        with a loss metric), kept while memory allows."""
-        key = (b0, b1)
-        if key in self._batches:
-            self._batches.move_to_end(key)
-            return self._batches[key]
-        items = [self.dataset[i] for i in range(b0, b1)]
+    def _load(self, b0: int, b1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``[b0, b1)`` decoded (in threads for image files), pinned on CUDA; no caching."""
+        get = self.dataset.__getitem__
+        items = list(self._decode.map(get, range(b0, b1)) if self._decode else map(get, range(b0, b1)))
         x = torch.stack([torch.as_tensor(item[0]) for item in items])
-        if self.loss_metric:
+        if self.loss_metric:  # targets of any shape and type
             y = torch.stack([torch.as_tensor(item[1]) for item in items])
         else:
             y = torch.tensor([int(item[1]) for item in items], dtype=torch.int64)
-        self._batches[key] = (x, y)
+        return (x.pin_memory() if self._pin else x), y
+
+    def _keep(self, key: tuple[int, int], batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self._batches[key] = batch
         total = sum(v[0].numel() * v[0].element_size() for v in self._batches.values())
         while total > self._cache_bytes and len(self._batches) > 1:
             _, (old, _) = self._batches.popitem(last=False)
             total -= old.numel() * old.element_size()
-        return x, y
+
+    def batch(self, b0: int, b1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``[b0, b1)`` of the evaluation list and their labels (kept while memory allows)."""
+        key = (b0, b1)
+        if key not in self._batches:
+            self._keep(key, self._load(b0, b1))
+        self._batches.move_to_end(key)
+        return self._batches[key]
 
     def batches(self, i0: int, i1: int):
-        """``(b0, (images, labels))`` of the global batches covering ``[i0, i1)``; the images are a
-        copy (a model with an in-place first op cannot spoil the kept batch)."""
+        """``(b0, (images, labels))`` of the global batches covering ``[i0, i1)``, the next one
+        decoding in the background (image files) while the caller works on this one; the images
+        are a copy, on the device (a model with an in-place first op cannot spoil the kept batch)."""
         bs = self.scenario.data.batch_size
-        for b0 in range(i0, i1, bs):
-            x, y = self.batch(b0, min(b0 + bs, i1))
-            yield b0, (x.clone(), y)
+        keys = [(b0, min(b0 + bs, i1)) for b0 in range(i0, i1, bs)]
+        ahead = None
+        for n, key in enumerate(keys):
+            if ahead is not None:
+                self._keep(key, ahead.result())
+            x, y = self.batch(*key)
+            following = keys[n + 1] if n + 1 < len(keys) else None
+            ahead = (self._ahead.submit(self._load, *following)
+                     if self._ahead and following and following not in self._batches else None)
+            yield key[0], (x.to(self.device, non_blocking=True) if self._pin else x.clone(), y)
 
     # ------------------------------------------------------------------ tasks
     def run(self, task: Task, calibration: Optional[dict] = None):
