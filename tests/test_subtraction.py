@@ -6,6 +6,7 @@ import torch
 from pydantic import ValidationError
 
 import mcsim
+from mcsim.engine.calibration import power_of_two_steps
 from mcsim.engine.layers import AnalogLayer
 from mcsim.physics import adc
 
@@ -63,6 +64,36 @@ def _range(samples, percentile):
     return np.percentile(samples, [tail, 100 - tail])
 
 
+def _sides(net, x, layer, mapping, slices, gmin=0.01, wb=8):
+    """A Linear layer without device errors, by plain NumPy from the definitions (sections 2, 3, 5 and
+    15): per slice, each side's column outputs ``(images, columns)`` (G+ and G-, or the columns and
+    their reference column), each slice's factor in the recombination (in weight steps), and the
+    scale and bias that make the layer's output of the recombined steps."""
+    W, b = net[0].weight.detach().double().numpy(), net[0].bias.detach().double().numpy()
+    Q = 2 ** (wb - 1) - 1
+    w_max = np.abs(W).max()
+    q = np.clip(np.round(W / w_max * Q), -Q, Q)
+    n_max = 2**8 - 1  # unsigned inputs, 8 bits
+    v = np.clip(np.round(x.double().numpy() / layer.x_range * n_max), 0, n_max) / n_max
+    bm = wb - 1 if mapping == "differential" else wb
+    bs = -(-bm // slices)
+    L = 2**bs - 1
+
+    def digits(value):  # per slice
+        return [(value.astype(np.int64) // 2 ** (bs * s)) % 2**bs for s in range(slices)]
+
+    if mapping == "differential":
+        sides = [digits(np.maximum(q, 0)), digits(np.maximum(-q, 0))]
+    else:  # one reference column per array, each slice's at the digit of u0 in that slice
+        u0 = 2 ** (wb - 1)
+        sides = [digits(q + u0), digits(np.full((1, W.shape[1]), u0))]
+        # the references' digits recombine to the whole offset: none of it is left to remove digitally
+        assert sum(2 ** (bs * s) * d[0, 0] for s, d in enumerate(sides[1])) == u0
+    outputs = [[v @ (gmin + (1 - gmin) * side[s] / L).T for side in sides] for s in range(slices)]
+    factors = [2 ** (bs * s) * L / (1 - gmin) for s in range(slices)]
+    return outputs, factors, w_max / Q * layer.x_range, b
+
+
 @pytest.mark.parametrize("levels,subtraction", [("mid_tread", "digital"), ("mid_rise", "digital"),
                                                 ("mid_rise", "analog")])
 @pytest.mark.parametrize("mapping", ["differential", "offset"])
@@ -78,40 +109,57 @@ def test_each_side_is_quantized_in_its_own_range_then_subtracted(levels, subtrac
     bits, slices, pct = 5, 2, 99.0
     out, model = _run(net, x, trials=1, mapping=mapping, subtraction=subtraction, slices=slices, **extra,
                       adc={"bits": bits, "levels": levels, "percentile": pct, "slice_ranges": "independent"})
-    layer = _layer(model)
-
-    W, b = net[0].weight.detach().double().numpy(), net[0].bias.detach().double().numpy()
-    gmin, wb = 0.01, 8
-    Q = 2 ** (wb - 1) - 1
-    w_max = np.abs(W).max()
-    q = np.clip(np.round(W / w_max * Q), -Q, Q)
-    n_max = 2**8 - 1  # unsigned inputs, 8 bits
-    v = np.clip(np.round(x.double().numpy() / layer.x_range * n_max), 0, n_max) / n_max
-    bm = wb - 1 if mapping == "differential" else wb
-    bs = -(-bm // slices)
-    L = 2**bs - 1
-
-    def conductances(value):  # per slice
-        value = value.astype(np.int64)
-        return [gmin + (1 - gmin) * ((value // 2 ** (bs * s)) % 2**bs) / L for s in range(slices)]
-
-    if mapping == "differential":
-        sides = [conductances(np.maximum(q, 0)), conductances(np.maximum(-q, 0))]
-    else:
-        u0 = 2 ** (wb - 1)
-        ref = conductances(np.full((1, W.shape[1]), u0))  # one reference column per array
-        sides = [conductances(q + u0), ref]
+    outputs, factors, scale, b = _sides(net, x, _layer(model), mapping, slices)
     z = 0.0
-    for s in range(slices):
-        y = [v @ g[s].T for g in sides]  # (images, columns) per side
+    for y, c in zip(outputs, factors):
         if subtraction == "digital":
             codes = [_quantize(yy, *_range(yy, pct), bits, levels) for yy in y]
             diff = codes[0] - codes[1]
         else:
             diff = _quantize(y[0] - y[1], *_range(y[0] - y[1], pct), bits, levels)
-        z = z + 2 ** (bs * s) * L / (1 - gmin) * diff
-    expect = z * (w_max / Q) * layer.x_range + b
+        z = z + c * diff
+    expect = z * scale + b
     np.testing.assert_allclose(out[0].double().numpy(), expect, rtol=1e-5, atol=1e-5 * np.abs(expect).max())
+
+
+@pytest.mark.parametrize("slices,levels", [(2, "mid_tread"), (4, "mid_rise")])
+def test_an_analog_reference_column_quantizes_each_slice_in_its_own_power_of_two_range(slices, levels):
+    """The offset mapping's reference column subtracted in analog, 2 and 4 weight slices, a real ADC
+    with the default power-of-two slice ranges, no device errors: per slice the column-minus-reference
+    outputs quantized in a range of the widest calibrated width over a power of two, from the slice's
+    own calibrated lower end (section 15), recombined, by NumPy from the definitions. The top slice's
+    outputs lie around zero and the others' above it, so no one range scaled by powers of two serves
+    both (section 7's rule clipped one kind: the ISAAC preset fell to 39 %)."""
+    torch.manual_seed(5)
+    net = torch.nn.Sequential(torch.nn.Linear(24, 7)).eval()
+    x = torch.rand(48, 24, generator=torch.Generator().manual_seed(6))
+    bits, pct = 6, 100.0  # the whole range: no output clipped
+    out, model = _run(net, x, trials=1, mapping="offset", offset_reference="column", subtraction="analog",
+                      slices=slices, adc={"bits": bits, "levels": levels, "percentile": pct})
+    layer = _layer(model)
+    outputs, factors, scale, b = _sides(net, x, layer, "offset", slices)
+    diffs = [y[0] - y[1] for y in outputs]
+    own = np.array([_range(d, pct) for d in diffs])  # (slices, 2): each slice calibrated on its own
+    assert own[-1, 0] < 0 < own[-1, 1] and (own[:-1, 0] >= 0).all()  # the top slice alone spans zero
+    width = (own[:, 1] - own[:, 0]).max()
+    m = np.floor(np.log2(width / (own[:, 1] - own[:, 0])))  # the largest 2**m still covering its own width
+    np.testing.assert_allclose(np.array(layer.adc_range).T, np.stack([own[:, 0], own[:, 0] + width / 2**m], 1),
+                               rtol=1e-6, atol=1e-9 * width)
+    lo, hi = layer.adc_range
+    z = sum(c * _quantize(d, l, h, bits, levels) for d, c, l, h in zip(diffs, factors, lo, hi))
+    expect = z * scale + b
+    np.testing.assert_allclose(out[0].double().numpy(), expect, rtol=1e-5, atol=1e-5 * np.abs(expect).max())
+    # Nothing clipped: each slice within half its step of the exact output.
+    steps = [(h - l) / (2**bits - 1 if levels == "mid_tread" else 2**bits) for l, h in zip(lo, hi)]
+    ideal = sum(c * d for d, c in zip(diffs, factors)) * scale + b
+    assert np.abs(out[0].double().numpy() - ideal).max() <= 1.001 * scale * sum(c * st / 2 for c, st in zip(factors, steps))
+
+
+def test_power_of_two_steps_place_each_slice_over_its_own_outputs():
+    lo, hi = power_of_two_steps([0.0, -3.0, 0.5, 0.25], [8.0, 1.0, 1.2, 0.75])
+    assert (lo, hi) == ([0.0, -3.0, 0.5, 0.25], [8.0, 1.0, 1.5, 0.75])  # widths 8, 8 / 2, 8 / 8, 8 / 16
+    lo, hi = power_of_two_steps([0.5, -1.0], [4.0, 1.0])  # 3.5 / 2 < 2: the slice keeps the whole width
+    assert (lo, hi) == ([0.5, -1.0], [4.0, 2.5])
 
 
 def test_mid_rise_codes_are_the_nearest_of_two_to_the_bits_levels():
