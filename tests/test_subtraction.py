@@ -122,37 +122,46 @@ def test_each_side_is_quantized_in_its_own_range_then_subtracted(levels, subtrac
     np.testing.assert_allclose(out[0].double().numpy(), expect, rtol=1e-5, atol=1e-5 * np.abs(expect).max())
 
 
-@pytest.mark.parametrize("slices,levels", [(2, "mid_tread"), (4, "mid_rise")])
-def test_an_analog_reference_column_quantizes_each_slice_in_its_own_power_of_two_range(slices, levels):
-    """The offset mapping's reference column subtracted in analog, 2 and 4 weight slices, a real ADC
-    with the default power-of-two slice ranges, no device errors: per slice the column-minus-reference
-    outputs quantized in a range of the widest calibrated width over a power of two, from the slice's
-    own calibrated lower end (section 15), recombined, by NumPy from the definitions. The top slice's
-    outputs lie around zero and the others' above it, so no one range scaled by powers of two serves
-    both (section 7's rule clipped one kind: the ISAAC preset fell to 39 %)."""
+@pytest.mark.parametrize("slices,levels,subtraction", [(2, "mid_tread", "analog"), (4, "mid_rise", "analog"),
+                                                      (2, "mid_tread", "digital")])
+def test_a_reference_column_quantizes_each_slice_in_its_own_power_of_two_range(slices, levels, subtraction):
+    """The offset mapping's reference column with 2 and 4 weight slices, a real ADC with the default
+    power-of-two slice ranges, no device errors: per slice the ADC inputs (the column minus its
+    reference column, or each apart) quantized in a range of the widest calibrated width (per side)
+    over a power of two, from the slice's own calibrated lower end (section 15), subtracted,
+    recombined, by NumPy from the definitions. In analog the top slice's inputs lie around zero and
+    the others' above it; digitized, the reference reads Gmin * sum(v) below the top slice and
+    G_zero * sum(v) in it: no one range scaled by powers of two serves both (section 7's rule clipped
+    one kind: the ISAAC preset fell to 39 %)."""
     torch.manual_seed(5)
     net = torch.nn.Sequential(torch.nn.Linear(24, 7)).eval()
     x = torch.rand(48, 24, generator=torch.Generator().manual_seed(6))
     bits, pct = 6, 100.0  # the whole range: no output clipped
-    out, model = _run(net, x, trials=1, mapping="offset", offset_reference="column", subtraction="analog",
+    out, model = _run(net, x, trials=1, mapping="offset", offset_reference="column", subtraction=subtraction,
                       slices=slices, adc={"bits": bits, "levels": levels, "percentile": pct})
     layer = _layer(model)
     outputs, factors, scale, b = _sides(net, x, layer, "offset", slices)
-    diffs = [y[0] - y[1] for y in outputs]
-    own = np.array([_range(d, pct) for d in diffs])  # (slices, 2): each slice calibrated on its own
-    assert own[-1, 0] < 0 < own[-1, 1] and (own[:-1, 0] >= 0).all()  # the top slice alone spans zero
-    width = (own[:, 1] - own[:, 0]).max()
-    m = np.floor(np.log2(width / (own[:, 1] - own[:, 0])))  # the largest 2**m still covering its own width
-    np.testing.assert_allclose(np.array(layer.adc_range).T, np.stack([own[:, 0], own[:, 0] + width / 2**m], 1),
-                               rtol=1e-6, atol=1e-9 * width)
-    lo, hi = layer.adc_range
-    z = sum(c * _quantize(d, l, h, bits, levels) for d, c, l, h in zip(diffs, factors, lo, hi))
-    expect = z * scale + b
+    # What each ADC reads, per side: the difference (analog), or the columns and the reference (digital).
+    inputs = [[y[0] - y[1] for y in outputs]] if subtraction == "analog" else [[y[i] for y in outputs] for i in (0, 1)]
+    lo, hi = (np.array(r).reshape(len(inputs), slices) for r in layer.adc_range)  # range side * S + slice
+    codes = []
+    for side, ys in enumerate(inputs):
+        own = np.array([_range(y, pct) for y in ys])  # (slices, 2): each slice calibrated on its own
+        if subtraction == "analog":  # the top slice alone spans zero
+            assert own[-1, 0] < 0 < own[-1, 1] and (own[:-1, 0] >= 0).all()
+        width = (own[:, 1] - own[:, 0]).max()
+        m = np.floor(np.log2(width / (own[:, 1] - own[:, 0])))  # the largest 2**m still covering its width
+        np.testing.assert_allclose(np.stack([lo[side], hi[side]], 1), np.stack([own[:, 0], own[:, 0] + width / 2**m], 1),
+                                   rtol=1e-6, atol=1e-9 * width)
+        codes.append([_quantize(y, l, h, bits, levels) for y, l, h in zip(ys, lo[side], hi[side])])
+    diffs = codes[0] if subtraction == "analog" else [a - r for a, r in zip(*codes)]
+    expect = sum(c * d for d, c in zip(diffs, factors)) * scale + b
     np.testing.assert_allclose(out[0].double().numpy(), expect, rtol=1e-5, atol=1e-5 * np.abs(expect).max())
-    # Nothing clipped: each slice within half its step of the exact output.
-    steps = [(h - l) / (2**bits - 1 if levels == "mid_tread" else 2**bits) for l, h in zip(lo, hi)]
-    ideal = sum(c * d for d, c in zip(diffs, factors)) * scale + b
-    assert np.abs(out[0].double().numpy() - ideal).max() <= 1.001 * scale * sum(c * st / 2 for c, st in zip(factors, steps))
+    # Nothing clipped: each conversion within half its step of its input.
+    steps = (hi - lo) / (2**bits - 1 if levels == "mid_tread" else 2**bits)
+    ideal = sum(c * (y[0] - y[1]) for y, c in zip(outputs, factors)) * scale + b
+    bound = scale * (steps.sum(0) / 2 * factors).sum()
+    assert np.abs(out[0].double().numpy() - ideal).max() <= 1.001 * bound
 
 
 def test_power_of_two_steps_place_each_slice_over_its_own_outputs():

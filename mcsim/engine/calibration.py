@@ -40,10 +40,10 @@ def power_of_two_ranges(lo: list[float], hi: list[float]) -> tuple[list[float], 
 
 def power_of_two_steps(lo: list[float], hi: list[float]) -> tuple[list[float], list[float]]:
     """Section 15: slice ranges whose widths (so steps) differ only by powers of two, each placed over
-    its own slice's outputs, for slices whose outputs need not share a sign (the columns of an analog
-    reference column's arrays). Every slice gets the widest calibrated width divided by the largest
-    power of two ``2**m`` (m >= 0) that still covers its own calibrated width, from its own ``lo``.
-    The recombination stays a shift: the ranges' lower ends are constants added digitally."""
+    its own slice's outputs, for slices whose outputs no one range scaled by powers of two covers (a
+    reference column's). Every slice gets the widest calibrated width divided by the largest power of
+    two ``2**m`` (m >= 0) that still covers its own calibrated width, from its own ``lo``. The
+    recombination stays a shift: the ranges' lower ends are constants added digitally."""
     width = max(h - l for l, h in zip(lo, hi))
     out_hi = []
     for l, h in zip(lo, hi):
@@ -138,9 +138,10 @@ class Calibrated:
             hi.append(h)
         if self.hw.adc.slice_ranges == "power_of_two":  # aligned ranges stay aligned divided by 2**m
             s = self.n_slices  # per side (section 15): each side's slices are recombined by shifts
-            # A reference column subtracted in analog leaves the lower slices' outputs above zero and the
-            # top slice's around it (section 15): no one range scales onto both, so each is placed apart.
-            relate = power_of_two_steps if self.reference and self.sides == 1 else power_of_two_ranges
+            # A reference column's slices (section 15): subtracted in analog, the lower slices' outputs lie
+            # above zero and the top slice's around it; digitized, its own readings are Gmin * sum(v) below
+            # the top slice and G_zero * sum(v) in it. No one range scales onto both: each is placed apart.
+            relate = power_of_two_steps if self.reference else power_of_two_ranges
             aligned = [relate(lo[i : i + s], hi[i : i + s]) for i in range(0, len(lo), s)]
             lo, hi = [x for a in aligned for x in a[0]], [x for a in aligned for x in a[1]]
         self.adc_range = (lo, hi)
