@@ -42,7 +42,8 @@ class ADC(_Strict):
     slice_ranges: Literal["power_of_two", "independent"] = Field(
         "power_of_two",
         description="calibrated ranges of weight slices: differing only by powers of two (the study's "
-        "constraint: recombination is a shift), or calibrated independently per slice",
+        "constraint: recombination is a shift; with a reference column, the steps only: "
+        "docs/physics.md 15), or calibrated independently per slice",
     )
     levels: Literal["mid_tread", "mid_rise"] = Field(
         "mid_tread",

@@ -38,6 +38,22 @@ def power_of_two_ranges(lo: list[float], hi: list[float]) -> tuple[list[float], 
     return out_lo, out_hi
 
 
+def power_of_two_steps(lo: list[float], hi: list[float]) -> tuple[list[float], list[float]]:
+    """Section 15: slice ranges whose widths (so steps) differ only by powers of two, each placed over
+    its own slice's outputs, for slices whose outputs no one range scaled by powers of two covers (a
+    reference column's). Every slice gets the widest calibrated width divided by the largest power of
+    two ``2**m`` (m >= 0) that still covers its own calibrated width, from its own ``lo``. The
+    recombination stays a shift: the ranges' lower ends are constants added digitally."""
+    width = max(h - l for l, h in zip(lo, hi))
+    out_hi = []
+    for l, h in zip(lo, hi):
+        m = 0  # the tolerance keeps a grid range (section 7) that is exactly width / 2**m at its own width
+        while m < 60 and width / 2 ** (m + 1) >= (h - l) * (1 - 1e-9):
+            m += 1
+        out_hi.append(l + width / 2**m)
+    return list(lo), out_hi
+
+
 def subsample(t: torch.Tensor) -> np.ndarray:
     flat = t.detach().flatten()
     return flat[:: max(1, flat.numel() // _SAMPLES_PER_BATCH)].double().cpu().numpy()
@@ -122,7 +138,11 @@ class Calibrated:
             hi.append(h)
         if self.hw.adc.slice_ranges == "power_of_two":  # aligned ranges stay aligned divided by 2**m
             s = self.n_slices  # per side (section 15): each side's slices are recombined by shifts
-            aligned = [power_of_two_ranges(lo[i : i + s], hi[i : i + s]) for i in range(0, len(lo), s)]
+            # A reference column's slices (section 15): subtracted in analog, the lower slices' outputs lie
+            # above zero and the top slice's around it; digitized, its own readings are Gmin * sum(v) below
+            # the top slice and G_zero * sum(v) in it. No one range scales onto both: each is placed apart.
+            relate = power_of_two_steps if self.reference else power_of_two_ranges
+            aligned = [relate(lo[i : i + s], hi[i : i + s]) for i in range(0, len(lo), s)]
             lo, hi = [x for a in aligned for x in a[0]], [x for a in aligned for x in a[1]]
         self.adc_range = (lo, hi)
 
