@@ -256,6 +256,7 @@ ERRORS = {
     "ConversionError": ("mcsim.engine.convert", ("'0' is a torch.nn.LSTM",), 2, True),
     "TableError": ("mcsim.tables", ("cell.csv, line 4, column sigma: negative",), 2, True),
     "MetricError": ("mcsim.metrics", ("metric: mse compares outputs (1,) with targets of as many elements",), 2, True),
+    "SavedModelError": ("mcsim.engine.saving", ("chip.pt: written by mcsim 0.0.9, this is 0.1.0",), 2, False),
     "AuthError": ("mcsim.runner.auth", ("the cluster at http://h:8265 requires Ray token authentication",), 2, False),
     "TaskError": ("mcsim.runner.jobs", ("task 3 failed 2 times; last error: boom",), 1, False),
     "RunError": ("mcsim.runner.jobs", ("a worker process cannot start",), 1, False),
