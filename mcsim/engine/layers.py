@@ -253,8 +253,9 @@ class AnalogLayer(Programming, Calibrated, GatedColumns, nn.Module):
 
     def _grouped_conv(self, inp: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor],
                       chips: int, groups_per_chip: int) -> torch.Tensor:
-        """:func:`mcsim.engine.conv.grouped_conv` with this layer's stride, padding and dilation."""
-        return grouped_conv(inp, weight, bias, chips, groups_per_chip, self.conv_args)
+        """:func:`mcsim.engine.conv.grouped_conv` with this layer's stride, padding and dilation (a
+        Linear's as matrix products)."""
+        return grouped_conv(inp, weight, bias, chips, groups_per_chip, self.conv_args, matmul=self.linear)
 
     def _folded(self, u: torch.Tensor, u2: Optional[torch.Tensor], prog: Programmed) -> torch.Tensor:
         """The folded pass: one grouped matmul gives the layer's output ``(r, Tc, g, N_g, H', W')``."""
