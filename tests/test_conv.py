@@ -8,7 +8,7 @@ import torchvision
 
 import mcsim.engine.conv as conv
 from mcsim import Hardware, convert
-from mcsim.engine.conv import ConvWeight, canonical_conv
+from mcsim.engine.conv import ConvWeight, canonical_conv, canonical_matmul
 from mcsim.models import randomized
 
 # ResNet18's layer shapes at 112x112 on 8 chips (stem, 3x3, strided 1x1, 4 partitions of layer4, the
@@ -98,3 +98,52 @@ def test_packed_copies_are_kept_only_where_both_copies_fit_the_cache():
         assert (analog.ctx.cache, analog.ctx.pack) == (cache, pack), budget
         kept = [prog.weight for layer in analog.analog_layers() for prog in layer._cache.values()]
         assert bool(kept) == cache and all(isinstance(w, ConvWeight) == pack for w in kept)  # blocks of one chip here
+
+
+# A Linear's matrix products (conv.canonical_matmul): (depth K, columns per group) of LSTM gates, a
+# ViT's projections and MLP, classifier heads, partitions of a large layer; narrow ones of an odd depth,
+# whose numbers MKL changes with a matrix's 16-byte alignment; tiny ones, which bmm runs in a loop of
+# its own (under 400 products).
+MATMUL_SHAPES = [(28, 256), (64, 256), (64, 10), (48, 144), (96, 48), (192, 48), (300, 40), (784, 64),
+                 (1152, 512), (33, 17), (27, 10), (65, 4), (50, 1), (20, 3), (12, 2), (23, 1), (2, 1), (1, 5)]
+ROWS = [1, 2, 3, 5, 7, 11, 15, 16, 17, 18, 24, 31, 33, 64, 100, 129, 255, 300]
+
+
+def _block(shape, seed, offset=0):  # integer levels at an arbitrary element offset (a view into a buffer)
+    return _levels((offset + shape[0] * shape[1],), seed)[offset:].view(shape[0], shape[1], 1, 1)
+
+
+@pytest.mark.parametrize("depth,cols", MATMUL_SHAPES)
+def test_a_matrix_product_gives_each_group_the_same_numbers_in_any_call(depth, cols):
+    """Bit for bit, a group's outputs on a row do not depend on the rows, the other groups, the group's
+    position, the input's placement in memory or the thread count (docs/physics.md section 9)."""
+    weight = torch.randn(9 * cols, depth, 1, 1, generator=torch.Generator().manual_seed(depth * cols))
+    x = _block((max(ROWS), 9 * depth), 0)
+    alone = [canonical_matmul(x[:, c * depth:(c + 1) * depth].contiguous(), weight[c * cols:(c + 1) * cols], None, 1)
+             for c in range(9)]
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for chips in (1, 2, 3, 5, 9):
+                packed = ConvWeight(weight[:chips * cols])
+                for rows in ROWS:
+                    inp = _block((rows, chips * depth), 1, offset=rows % 5)
+                    inp.copy_(x[:rows, :chips * depth])
+                    out = canonical_matmul(inp, packed if rows % 2 else weight[:chips * cols], None, chips)
+                    for c in range(chips):
+                        assert torch.equal(out[:, c * cols:(c + 1) * cols], alone[c][:rows]), (threads, chips, rows, c)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_matrix_product_is_the_grouped_conv(dtype):
+    g = torch.Generator().manual_seed(3)
+    for groups, rows, depth, cols in ((8, 40, 28, 256), (3, 5, 64, 10), (1, 1, 2, 1), (5, 33, 7, 3)):
+        x = _levels((rows, groups * depth, 1, 1), rows).to(dtype)
+        weight, bias = torch.randn(groups * cols, depth, 1, 1, generator=g, dtype=dtype), torch.randn(groups * cols, dtype=dtype)
+        ref = F.conv2d(x.double(), weight.double(), bias.double(), groups=groups)
+        out = canonical_matmul(x, weight, bias, groups)
+        assert out.dtype == dtype and out.shape == ref.shape and out.is_contiguous()
+        assert torch.allclose(out.double(), ref, rtol=0, atol=1e-6 * ref.abs().max().item())

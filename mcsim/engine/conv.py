@@ -6,6 +6,9 @@ the matching block of input channels (``groups_per_chip`` groups each).
 
 * :func:`canonical_conv` (CPU): one grouped ``F.conv2d`` for the block, padded to the shapes above
   which oneDNN's summation order no longer depends on the block.
+* :func:`canonical_matmul` (CPU, a Linear: a 1x1 convolution of one pixel): one ``torch.bmm`` with
+  the block's matrices as its batch, in the shapes and memory placement in which MKL's summation
+  order no longer depends on the block.
 * :func:`chipwise_conv` (CUDA): one call per chip.
 * :class:`ConvWeight`: a programmed weight that keeps the CPU kernel's own layout of itself.
 """
@@ -19,6 +22,11 @@ import torch.nn.functional as F
 # The canonical floors of a grouped convolution (see canonical_conv): images per call, images
 # per call when the output is a single pixel (a matrix product), and groups per call.
 _MIN_ROWS, _MIN_ROWS_GEMM, _MIN_GROUPS = 2, 16, 3
+# The canonical shapes of canonical_matmul: rows per matrix a multiple of _ROW_BLOCK, columns at least
+# _MIN_COLS (MKL runs a single column in another kernel, whose order depends on the call), and the
+# products per matrix below which torch's bmm runs its own loop instead of MKL (rows * columns * depth
+# < 400 in torch 2.14).
+_ROW_BLOCK, _MIN_COLS, _MIN_PRODUCTS_MKL = 16, 2, 400
 _CHIPWISE_DEVICES = {"cuda"}  # device types whose grouped convolutions run one call per chip (chipwise_conv)
 
 
@@ -40,6 +48,13 @@ class ConvWeight:
     def __init__(self, tensor: torch.Tensor):
         self.tensor = tensor
         self._packed = None  # the oneDNN context, made at the first call that runs on oneDNN
+        self._matrices: Optional[torch.Tensor] = None  # canonical_matmul's copy, made at its first call
+
+    def matrices(self, groups: int) -> torch.Tensor:
+        """The weight as :func:`canonical_matmul` reads it (:func:`_weight_matrices`), kept."""
+        if self._matrices is None:
+            self._matrices = _weight_matrices(self.tensor, groups)
+        return self._matrices
 
     def conv2d(self, inp: torch.Tensor, groups: int, conv_args: dict) -> torch.Tensor:
         """``F.conv2d(inp, self.tensor, None, groups=groups, **conv_args)``, from the packed copy where
@@ -112,6 +127,49 @@ def canonical_conv(inp: torch.Tensor, weight: Weight, bias: Optional[torch.Tenso
     return out if bias is None else out.add_(bias.view(-1, 1, 1))
 
 
+def _padded(m: torch.Tensor, rows: int) -> torch.Tensor:
+    """A copy of the matrices ``m (G, R, K)`` in a fresh contiguous buffer (64-byte aligned), zero rows
+    padding each to ``rows``."""
+    out = (m.new_zeros if rows > m.shape[1] else m.new_empty)(m.shape[0], rows, m.shape[2])
+    out[:, : m.shape[1]] = m
+    return out
+
+
+def _weight_matrices(tensor: torch.Tensor, groups: int) -> torch.Tensor:
+    """A Linear's chip-major weight ``(groups * C_g, K, 1, 1)`` as :func:`canonical_matmul` reads it:
+    matrices ``(groups, max(C_g, _MIN_COLS), K)``, zero columns beyond ``C_g``."""
+    m = tensor.view(groups, -1, tensor.shape[1])
+    return _padded(m, max(m.shape[1], _MIN_COLS))
+
+
+def canonical_matmul(inp: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor], groups: int) -> torch.Tensor:
+    """:func:`canonical_conv` of a 1x1 convolution on one pixel (a Linear), ``inp (N, groups * K, 1,
+    1)``: one ``torch.bmm`` with the groups as its batch, ``(groups, N, K) @ (groups, K, C_g)``.
+
+    torch's CPU ``bmm`` runs one MKL ``sgemm`` per matrix (8-10x the speed oneDNN's grouped
+    convolution reaches on these shapes), so a group's outputs never depend on the other groups;
+    MKL picks each output's summation order from the matrix's shape and placement. Measured on
+    torch 2.14 (``tests/test_conv.py``): with a multiple of 16 rows (a row in a smaller last block
+    of rows, or a call of fewer rows, may be summed in another order), at least 2 columns (one runs
+    another kernel), at least 400 products per matrix (below that ``bmm`` runs a loop of its own)
+    and every input matrix starting at a multiple of 64 bytes (16-byte offsets change narrow
+    products: a fresh buffer of a multiple of 16 rows keeps them there), a row's
+    outputs are bit-identical whatever the row count, the group count and position and the thread
+    count. Zero rows and columns pad each call to those shapes. Outputs ``(N, groups * C_g, 1,
+    1)``, the bias added after the kernel.
+    """
+    tensor = _tensor(weight)
+    rows, k = inp.shape[0], inp.shape[1] // groups
+    cols = tensor.shape[0] // groups
+    w = weight.matrices(groups) if isinstance(weight, ConvWeight) else _weight_matrices(tensor, groups)
+    padded = -(-max(rows, -(-_MIN_PRODUCTS_MKL // (k * w.shape[1]))) // _ROW_BLOCK) * _ROW_BLOCK
+    x = _padded(inp.view(rows, groups, k).transpose(0, 1), padded)
+    out = x.new_empty(padded, groups, w.shape[1])  # the network's layout, written by the kernel
+    torch.bmm(x, w.transpose(1, 2), out=out.transpose(0, 1))
+    out = out[:rows, :, :cols].reshape(rows, groups * cols, 1, 1)  # a copy only where columns were padded
+    return out if bias is None else out.add_(bias.view(-1, 1, 1))
+
+
 def chipwise_conv(inp: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor], chips: int,
                   groups_per_chip: int, conv_args: dict) -> torch.Tensor:
     """The chip-major grouped convolution of :func:`canonical_conv` as one ``F.conv2d`` per chip.
@@ -129,9 +187,12 @@ def chipwise_conv(inp: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor
 
 
 def grouped_conv(inp: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor], chips: int, groups_per_chip: int,
-                 conv_args: dict) -> torch.Tensor:
+                 conv_args: dict, *, matmul: bool = False) -> torch.Tensor:
     """``inp (N, chips * groups_per_chip * C_g, H, W)`` through chip-major ``weight``: one grouped call
-    on the CPU (:func:`canonical_conv`), one call per chip on CUDA (:func:`chipwise_conv`)."""
+    on the CPU (:func:`canonical_conv`; :func:`canonical_matmul` for a Linear's, ``matmul``), one call
+    per chip on CUDA (:func:`chipwise_conv`)."""
     if inp.device.type in _CHIPWISE_DEVICES:
         return chipwise_conv(inp, weight, bias, chips, groups_per_chip, conv_args)
+    if matmul:
+        return canonical_matmul(inp, weight, bias, chips * groups_per_chip)
     return canonical_conv(inp, weight, bias, chips * groups_per_chip, conv_args)

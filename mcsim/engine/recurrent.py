@@ -17,6 +17,9 @@ batch-first ``(N, ...)`` activations, image-major as everywhere in the engine.
 The gates' sigmoid is computed as ``(1 + tanh(x / 2)) / 2``: torch's CPU sigmoid rounds an element
 differently in its vector loop and in the scalar loop that finishes a tensor, so a chip's numbers would
 depend on where its rows fall in the block; tanh (and the products and sums) give the same bits in both.
+An LSTM's four gates take it in one pass each over the step's ``(N, 4 H)`` pre-activations, with
+per-gate scales (``1/2`` for the sigmoids, 1 for the cell input's tanh): the same numbers as one gate at
+a time, in a third of the calls (a step's elementwise work is small, so calls, not elements, cost).
 """
 from __future__ import annotations
 
@@ -75,11 +78,20 @@ class Recurrent(nn.Module):
         self.proj_size = getattr(rnn, "proj_size", 0)
         self.batch_first, self.directions = rnn.batch_first, 2 if rnn.bidirectional else 1
         self.suffixes = _suffixes(rnn)
+        self._affine: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # an LSTM's gate scales (_gate_affine)
         for s in self.suffixes:
             for kind in ("ih", "hh", "hr"):
                 if hasattr(rnn, f"weight_{kind}{s}"):
                     bias = getattr(rnn, f"bias_{kind}{s}", None) if rnn.bias and kind != "hr" else None
                     setattr(self, f"weight_{kind}{s}", _linear(getattr(rnn, f"weight_{kind}{s}").detach(), bias))
+
+    def _gate_affine(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per LSTM gate column (i, f, g, o), the scale and shift of ``scale * tanh(scale * x) + shift``:
+        a sigmoid ``(1 + tanh(x / 2)) / 2`` for i, f and o, tanh for g."""
+        if self._affine is None or self._affine[0].dtype != like.dtype or self._affine[0].device != like.device:
+            half = like.new_full((self.hidden_size,), 0.5)
+            self._affine = torch.cat([half, half, half * 2, half]), torch.cat([half, half, half * 0, half])
+        return self._affine
 
     @staticmethod
     def _call(layer: nn.Module, x: torch.Tensor, step: Optional[int] = None) -> torch.Tensor:
@@ -137,14 +149,14 @@ class Recurrent(nn.Module):
     def _cell(self, gx: torch.Tensor, gh: torch.Tensor, h: torch.Tensor, c: Optional[torch.Tensor]):
         """torch's cell equations on the two matmuls' outputs (biases included; ``gh`` is the call's own
         buffer): the new h (before an LSTM's projection) and c."""
-        if self.mode == "LSTM":
-            i, f, g, o = gh.add_(gx).chunk(4, -1)
-            c = _sigmoid(f).mul_(c).add_(_sigmoid(i).mul_(g.tanh_()))
-            return _sigmoid(o).mul_(torch.tanh(c)), c
+        if self.mode == "LSTM":  # the four gates in one pass per step (module docstring)
+            scale, shift = self._gate_affine(gh)
+            i, f, g, o = gh.add_(gx).mul_(scale).tanh_().mul_(scale).add_(shift).chunk(4, -1)
+            c = f.mul(c).add_(i.mul_(g))
+            return o.mul_(torch.tanh(c)), c
         if self.mode == "GRU":
-            xr, xz, xn = gx.chunk(3, -1)
-            hr, hz, hn = gh.chunk(3, -1)
-            r, z = _sigmoid(xr + hr), _sigmoid(xz + hz)
+            xn, hn = gx[..., 2 * self.hidden_size:], gh[..., 2 * self.hidden_size:]
+            r, z = _sigmoid(gx[..., : 2 * self.hidden_size] + gh[..., : 2 * self.hidden_size]).chunk(2, -1)
             n = torch.tanh(xn + r * hn)
             return n + z * (h - n), None
         pre = gh.add_(gx)
