@@ -56,7 +56,7 @@ def test_the_fingerprint_holds_common_chips_only(tmp_path):
     common, _ = _plan(tmp_path, "common")
     per_point, _ = _plan(tmp_path, "per_point")
     assert common.execution.chips == "common" and "chips: common" in common.text
-    data = {k: v for k, v in per_point.canonical().items() if k not in ("execution", "output", "per_image")}
+    data = {k: v for k, v in per_point.canonical().items() if k not in ("execution", "output", "per_image", "metric")}
     import hashlib
 
     from mcsim.validation import canonical_json
