@@ -18,7 +18,7 @@ from mcsim.models import ModelError, ModelSpec, load_model
 THRESHOLDS = {"digits-cnn": 0.95, "mnist-cnn": 0.95, "mnist-resnet": 0.95, "digits-vit": 0.95,
               "digits-transformer": 0.95, "mnist-lstm": 0.95}
 DATASET = {"digits-cnn": "digits", "mnist-cnn": "mnist5k", "mnist-resnet": "mnist5k", "digits-vit": "digits",
-           "digits-transformer": "digits", "mnist-lstm": "mnist5k"}
+           "digits-transformer": "digits", "mnist-lstm": "mnist5k", "diabetes-mlp": "diabetes", "text-lstm": "text"}
 
 
 @pytest.fixture(scope="session")
