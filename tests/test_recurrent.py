@@ -176,6 +176,28 @@ def test_a_chip_alone_equals_the_chip_among_others(kind):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_the_gate_sigmoid_gives_a_row_the_same_bits_in_any_call(threads):
+    """torch's CPU sigmoid rounds its scalar tail differently from its vector loop; the gates' sigmoid
+    and tanh (mcsim.engine.recurrent._sigmoid_, _tanh_) give a row the same bits alone, in any block
+    of rows, at any width and thread count, within a few ulp of torch's."""
+    from mcsim.engine.recurrent import _sigmoid_, _tanh_
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(threads)
+        for width in (1, 50, 64, 200, 256, 300):
+            x = 6 * torch.randn(700, width, generator=g)
+            for f, ref in ((_sigmoid_, torch.sigmoid), (_tanh_, torch.tanh)):
+                alone = torch.cat([f(x[i:i + 1].clone()) for i in range(len(x))])
+                for lo, hi in ((0, 700), (3, 517), (100, 101)):
+                    assert torch.equal(f(x[lo:hi].clone()), alone[lo:hi]), (f.__name__, width, lo, hi)
+                torch.testing.assert_close(alone, ref(x), rtol=0, atol=3e-7)
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_overrides_by_module_or_matrix_name():
     net = _net("lstm_no_bias")
     hw = Hardware(adc={"bits": 8}, layers={"rnn": {"adc": {"bits": 6}}, "rnn.weight_hh_l1": {"adc": {"bits": 4}},

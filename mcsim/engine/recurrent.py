@@ -14,12 +14,15 @@ the hidden-hidden matrix (and the projection) reads once per step, keyed by the 
 (:func:`mcsim.engine.draws.read_noise`). The chips ride in the batch dim, so every call sees
 batch-first ``(N, ...)`` activations, image-major as everywhere in the engine.
 
-The gates' sigmoid is computed as ``(1 + tanh(x / 2)) / 2``: torch's CPU sigmoid rounds an element
-differently in its vector loop and in the scalar loop that finishes a tensor, so a chip's numbers would
-depend on where its rows fall in the block; tanh (and the products and sums) give the same bits in both.
-An LSTM's four gates take it in one pass each over the step's ``(N, 4 H)`` pre-activations, with
-per-gate scales (``1/2`` for the sigmoids, 1 for the cell input's tanh): the same numbers as one gate at
-a time, in a third of the calls (a step's elementwise work is small, so calls, not elements, cost).
+The gates' sigmoid and tanh: torch's CPU sigmoid rounds an element differently in its vector loop and
+in the scalar loop that finishes a call (or each thread's share of it), so a chip's numbers would depend
+on where its rows fall in the block. :func:`_sigmoid_` therefore calls it on a flat view cut into chunks
+that run serially (fewer than ATen's 32,768-element grain) and hold a multiple of 64 elements (a whole
+number of vector iterations; a flat tail is zero-padded): every element goes through the vector loop,
+whatever the block, the batch or the thread count (``tests/test_recurrent.py``). tanh is
+``2 sigmoid(2 x) - 1`` (torch 2.14's CPU tanh costs ~6x its sigmoid). An LSTM's four gates take one pass
+over the step's ``(N, 4 H)`` pre-activations, the cell input's column scaled by 2 then mapped by
+``2 s - 1`` (a step's elementwise work is small, so calls, not elements, cost).
 """
 from __future__ import annotations
 
@@ -57,8 +60,28 @@ def _replaced(m: nn.Module) -> bool:
             and type(m).forward in (nn.LSTM.forward, nn.GRU.forward, nn.RNN.forward))
 
 
-def _sigmoid(x: torch.Tensor) -> torch.Tensor:
-    return x.mul(0.5).tanh_().mul_(0.5).add_(0.5)  # the module docstring says why not torch.sigmoid
+_SERIAL_ELEMENTS = 32768  # ATen runs an elementwise call of fewer elements in one serial loop (its grain)
+_VECTOR_STEP = 64  # a multiple of the elements one iteration of a CPU vector loop takes (2 x 16 on AVX512)
+
+
+def _sigmoid_(x: torch.Tensor) -> torch.Tensor:
+    """``x.sigmoid_()``, every element through the vector loop of torch's CPU kernel (module docstring)."""
+    if x.device.type != "cpu":
+        return x.sigmoid_()
+    flat = x.contiguous().view(-1)
+    tail = flat.numel() % _VECTOR_STEP
+    if tail:
+        flat = torch.cat([flat, flat.new_zeros(_VECTOR_STEP - tail)])
+    for chunk in flat.split(_SERIAL_ELEMENTS):
+        chunk.sigmoid_()
+    if flat.data_ptr() != x.data_ptr():
+        x.copy_(flat[: x.numel()].view(x.shape))
+    return x
+
+
+def _tanh_(x: torch.Tensor) -> torch.Tensor:
+    """``x.tanh_()`` as ``2 sigmoid(2 x) - 1`` through :func:`_sigmoid_`."""
+    return _sigmoid_(x.mul_(2)).mul_(2).sub_(1)
 
 
 class Recurrent(nn.Module):
@@ -86,11 +109,11 @@ class Recurrent(nn.Module):
                     setattr(self, f"weight_{kind}{s}", _linear(getattr(rnn, f"weight_{kind}{s}").detach(), bias))
 
     def _gate_affine(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per LSTM gate column (i, f, g, o), the scale and shift of ``scale * tanh(scale * x) + shift``:
-        a sigmoid ``(1 + tanh(x / 2)) / 2`` for i, f and o, tanh for g."""
+        """Per LSTM gate column (i, f, g, o), the scale and shift of ``scale * sigmoid(scale * x) - shift``:
+        a sigmoid for i, f and o, ``tanh = 2 sigmoid(2 x) - 1`` for g."""
         if self._affine is None or self._affine[0].dtype != like.dtype or self._affine[0].device != like.device:
-            half = like.new_full((self.hidden_size,), 0.5)
-            self._affine = torch.cat([half, half, half * 2, half]), torch.cat([half, half, half * 0, half])
+            one = like.new_ones(self.hidden_size)
+            self._affine = torch.cat([one, one, one * 2, one]), torch.cat([one * 0, one * 0, one, one * 0])
         return self._affine
 
     @staticmethod
@@ -151,16 +174,16 @@ class Recurrent(nn.Module):
         buffer): the new h (before an LSTM's projection) and c."""
         if self.mode == "LSTM":  # the four gates in one pass per step (module docstring)
             scale, shift = self._gate_affine(gh)
-            i, f, g, o = gh.add_(gx).mul_(scale).tanh_().mul_(scale).add_(shift).chunk(4, -1)
+            i, f, g, o = _sigmoid_(gh.add_(gx).mul_(scale)).mul_(scale).sub_(shift).chunk(4, -1)
             c = f.mul(c).add_(i.mul_(g))
-            return o.mul_(torch.tanh(c)), c
+            return o.mul_(_tanh_(c.clone())), c
         if self.mode == "GRU":
             xn, hn = gx[..., 2 * self.hidden_size:], gh[..., 2 * self.hidden_size:]
-            r, z = _sigmoid(gx[..., : 2 * self.hidden_size] + gh[..., : 2 * self.hidden_size]).chunk(2, -1)
-            n = torch.tanh(xn + r * hn)
+            r, z = _sigmoid_(gx[..., : 2 * self.hidden_size] + gh[..., : 2 * self.hidden_size]).chunk(2, -1)
+            n = _tanh_(xn + r * hn)
             return n + z * (h - n), None
         pre = gh.add_(gx)
-        return (pre.tanh_() if self.mode == "RNN_TANH" else pre.relu_()), None
+        return (_tanh_(pre) if self.mode == "RNN_TANH" else pre.relu_()), None
 
 
 def rewrite_recurrent(model: nn.Module) -> list[str]:
