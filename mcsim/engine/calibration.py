@@ -63,7 +63,7 @@ class Calibrated:
     """The calibration state of an analog layer, and the ranges read from it.
 
     The layer provides ``hw`` (its :class:`Hardware`), ``part`` (its :class:`Partitioning`) and
-    ``n_slices``, ``reference`` and ``sides`` (section 15); :meth:`_init_calibration` starts the state
+    ``n_slices``, ``reference``, ``paired`` and ``sides`` (section 15); :meth:`_init_calibration` starts the state
     empty (explicit ADC limits need none).
     """
 
@@ -71,6 +71,7 @@ class Calibrated:
     part: Partitioning
     n_slices: int
     reference: bool
+    paired: bool
     sides: int
 
     def _init_calibration(self):
@@ -110,9 +111,8 @@ class Calibrated:
         hw = self.hw
         ranges = self.n_slices * self.sides
         if hw.adc.range == "max":  # a pair subtracted in analog spans a difference; one side, its own devices
-            pair = hw.mapping == "differential" or self.reference
             lo, hi = adc.full_range(self.part.rows_per_array, self.signed_inputs,
-                                    "differential" if pair and self.sides == 1 else "offset", hw.gmin)
+                                    "differential" if self.paired and self.sides == 1 else "offset", hw.gmin)
             lo, hi = [lo] * ranges, [hi] * ranges
         elif hw.adc.range == "explicit":
             lo, hi = [hw.adc.limits[0]] * ranges, [hw.adc.limits[1]] * ranges

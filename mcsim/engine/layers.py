@@ -137,8 +137,8 @@ class AnalogLayer(Programming, Calibrated, GatedColumns, nn.Module):
             self.ref_part = Partitioning(Geometry(self.geom.c_in, groups, groups, self.geom.kernel), hw.rows_max)
         # Section 15: the ADCs of one array's slice. Digital subtraction gives each side of a pair (G+ and
         # G-, or the columns and their reference column) its own ADCs and calibrated range.
-        pair = hw.mapping == "differential" or self.reference
-        self.sides = 2 if pair and hw.subtraction == "digital" else 1
+        self.paired = hw.mapping == "differential" or self.reference
+        self.sides = 2 if self.paired and hw.subtraction == "digital" else 1
         ng = self.geom.ng
         self.cols = ng if self.sides == 1 else (2 * ng if hw.mapping == "differential" else ng + 1)
 
@@ -362,10 +362,8 @@ class AnalogLayer(Programming, Calibrated, GatedColumns, nn.Module):
         z = None
         for b, q, s in terms:
             f = bit_weights[b] * coef[s] * step[s]
-            if self.sides == 1:
-                term = k[b, :, :, :, q, s]
-            else:  # range s: slice s % S of side s // S (section 15)
-                term = k[b, :, :, :, q, s % self.n_slices, self._side_columns(s // self.n_slices)]
+            # range s: slice s % S of side s // S (section 15); one side reads every column
+            term = k[b, :, :, :, q, s % self.n_slices, self._side_columns(s // self.n_slices)]
             if z is None:  # k is this layer's own buffer: scale the only term in place
                 z = term.mul_(f) if len(terms) == 1 else term * f
             else:  # a reference column's one code per array broadcasts over the array's columns
