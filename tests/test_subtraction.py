@@ -267,3 +267,27 @@ def test_each_side_of_a_digital_pair_has_its_own_adc_mismatch():
     assert scale.shape[-1] == 2 * ng == layer.cols
     ratio = scale[..., ng:] / scale[..., :ng]  # one range per side: the ratio of two gains, drawn apart
     assert ratio.std() > 0.02 and (shift[..., ng:] - shift[..., :ng]).std() > 0.1
+
+
+@pytest.mark.parametrize("design", ["ISAAC", "PRIME"])
+def test_a_chip_alone_is_the_chip_among_others_on_resnet18(design):
+    """The published chips' circuits (a reference column subtracted in analog over 8 weight slices;
+    pairs digitized apart with 3-bit input slices) with programming error, read noise, stuck cells and
+    ADC mismatch on a torchvision ResNet18: a chip alone gives the same bits as among others."""
+    import torchvision
+
+    from mcsim.models import randomized
+
+    net = randomized(torchvision.models.resnet18(num_classes=10))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    hw = mcsim.Hardware(design=design, error={"model": "proportional", "sigma": 0.05},
+                        read_noise={"model": "proportional", "sigma": 0.02}, faults={"stuck_off": 0.01},
+                        adc={"offset_lsb": 0.5, "noise_lsb": 0.3})
+    block = mcsim.convert(net, hw, trials=[0, 1, 2], seed=5, device="cpu")
+    block.calibrate([x])
+    alone = mcsim.convert(net, hw, trials=[1], seed=5, device="cpu")
+    alone.load_calibration(block.calibration())
+    ids = torch.arange(len(x))
+    full = block(x, image_ids=ids).detach()
+    assert torch.equal(alone(x, image_ids=ids).detach(), full[[1]])
+    assert not torch.equal(full[0], full[1])  # the chips differ

@@ -379,8 +379,11 @@ class AnalogLayer(Programming, Calibrated, GatedColumns, nn.Module):
         inp = part.gather_inputs(u).permute(0, 2, 1, 3, 4, 5, 6, 7).flatten(0, 1).flatten(1, 4)
         sv = self._grouped_conv(inp, ones, None, tc, geo.groups * part.parts)
         sv = sv.view(nb, r, tc, geo.groups, part.parts, *sv.shape[-2:]).sum(4)
-        w = torch.tensor(bit_weights, dtype=u.dtype, device=u.device).view(-1, 1, 1, 1, 1, 1)
-        return ((sv * w).sum(0) * (self.offset / self._input_scale(p.planes))).unsqueeze(3)
+        # Plane weights are w_0 times powers of two: the integer sums times those powers add up exactly
+        # in any order (section 9), and w_0 scales the total once.
+        w = torch.tensor([b / bit_weights[0] for b in bit_weights], dtype=u.dtype, device=u.device)
+        total = (sv * w.view(-1, 1, 1, 1, 1, 1)).sum(0)
+        return (total * (bit_weights[0] * self.offset / self._input_scale(p.planes))).unsqueeze(3)
 
     def _read_noise(self, nb: int, r: int, n: int) -> torch.Tensor:
         """Read-noise normals ``(nb, r, Tc, n)`` (:func:`mcsim.engine.draws.read_noise`)."""
